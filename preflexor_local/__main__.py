@@ -1,0 +1,3 @@
+from preflexor_local.app.cli import main
+
+main()
