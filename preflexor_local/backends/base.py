@@ -1,0 +1,214 @@
+"""The backend protocol: generate from chat messages plus an assistant prefill.
+
+A backend turns a ``GenerationRequest`` (messages, prefill, sampling, stop
+strings) into streamed text and a final ``Generation`` with token counts and
+timings. Text is the continuation only (the prefill is not repeated), special
+tokens are kept, and a matched stop string is cut off; nothing else is.
+
+``LocalBackend`` is the shared loop for engines that run in this process
+(llama.cpp, transformers, MLX): it renders the prompt with ``render_prompt``,
+enforces the context-window policy, scans stop strings across token
+boundaries and counts tokens. An engine only supplies tokenisation, a token
+iterator and detokenisation.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..config import Sampling
+from ..errors import ContextOverflowError
+from ..prompt import ChatTemplate, Messages, render_prompt
+
+
+@dataclass
+class GenerationRequest:
+    messages: Messages
+    prefill: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+    max_tokens: int | None = None  # overrides sampling.max_tokens for this call
+
+    @property
+    def limit(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else self.sampling.max_tokens
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "eos", "stop", "length" (max tokens or context window)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the previous call's cache
+    seconds: float = 0.0
+    ttft: float | None = None  # seconds to the first generated token
+    stop: str | None = None  # the stop string that ended generation
+
+    @property
+    def tokens_per_second(self) -> float:
+        gen_time = self.seconds - (self.ttft or 0.0)
+        return self.completion_tokens / gen_time if gen_time > 0 else 0.0
+
+
+class Backend(ABC):
+    """One loaded model. ``stream`` yields text chunks, then one ``Generation``."""
+
+    kind: ClassVar[str] = "backend"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> Iterator[str | Generation]: ...
+
+    def generate(self, request: GenerationRequest, on_text: Callable[[str], None] | None = None) -> Generation:
+        result: Generation | None = None
+        for item in self.stream(request):
+            if isinstance(item, Generation):
+                result = item
+            elif on_text is not None:
+                on_text(item)
+        assert result is not None, f"{type(self).__name__}.stream ended without a Generation"
+        return result
+
+    def describe(self) -> dict:
+        return {"backend": self.kind, "model": self.name}
+
+    def close(self) -> None:
+        """Free the engine's memory now rather than at interpreter exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StopScanner:
+    """Finds stop strings in streamed text, holding back any tail that may start one."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = tuple(s for s in dict.fromkeys(stops) if s)
+        self.text = ""
+        self._emitted = 0
+        self.matched: str | None = None
+
+    def push(self, delta: str) -> str:
+        """Add text; return what is safe to show. After a match, ``matched`` is set."""
+        if self.matched is not None or not delta:
+            return ""
+        start = max(0, self._emitted - max((len(s) for s in self.stops), default=0))
+        self.text += delta
+        hits = [(i, s) for s in self.stops if (i := self.text.find(s, start)) >= 0]
+        if hits:
+            i, self.matched = min(hits)
+            self.text = self.text[:i]
+            out, self._emitted = self.text[self._emitted:], len(self.text)
+            return out
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:n]):
+                    hold = n
+                    break
+        end = len(self.text) - hold
+        out, self._emitted = self.text[self._emitted:end], max(self._emitted, end)
+        return out
+
+    def flush(self) -> str:
+        out, self._emitted = self.text[self._emitted:], len(self.text)
+        return out
+
+
+class Detokenizer(ABC):
+    """Turns generated token ids into text increments (special tokens kept)."""
+
+    @abstractmethod
+    def push(self, token: int) -> str: ...
+
+    def flush(self) -> str:
+        return ""
+
+
+class LocalBackend(Backend):
+    """Shared generation loop for in-process engines."""
+
+    template: ChatTemplate
+    context_length: int
+
+    @abstractmethod
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt (BOS added only if the template did not write it)."""
+
+    @abstractmethod
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+        """Sampled token ids; the loop stops consuming when it is done."""
+
+    @abstractmethod
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS / end-of-turn)."""
+
+    @abstractmethod
+    def detokenizer(self, prompt_ids: list[int]) -> Detokenizer: ...
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        """How many leading prompt tokens the engine already holds in its KV cache."""
+        return 0
+
+    def render(self, request: GenerationRequest) -> str:
+        return render_prompt(self.template, request.messages, request.prefill)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "template": self.template.name, "context_length": self.context_length}
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | Generation]:
+        t0 = time.perf_counter()
+        ids = self.encode(self.render(request))
+        room = self.context_length - len(ids)
+        if room < 1:
+            raise ContextOverflowError(
+                f"the prompt is {len(ids)} tokens but {self.name}'s context window is {self.context_length}",
+                hint="raise --ctx (up to the model's trained length) or shorten the question, context or --recursive rounds",
+            )
+        # Policy: a prompt that fits is never truncated; the generation budget shrinks to the room left.
+        max_new = min(request.limit, room)
+        cached = self.cached_prefix(ids)
+        scanner = StopScanner(tuple(request.stop) + self.template.stop)
+        detok = self.detokenizer(ids)
+        n, finish, ttft = 0, "length", None
+        tokens = self.token_stream(ids, request.sampling, max_new)
+        try:
+            for token in tokens:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                n += 1
+                if self.is_end(token):
+                    finish = "eos"
+                    break
+                safe = scanner.push(detok.push(token))
+                if safe:
+                    yield safe
+                if scanner.matched is not None:
+                    finish = "stop"
+                    break
+                if n >= max_new:
+                    break
+        finally:
+            tokens.close() if hasattr(tokens, "close") else None
+        if scanner.matched is None:
+            scanner.push(detok.flush())
+            tail = scanner.flush()
+            if tail:
+                yield tail
+        yield Generation(
+            text=scanner.text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
+            cached_tokens=cached, seconds=time.perf_counter() - t0, ttft=ttft, stop=scanner.matched,
+        )
