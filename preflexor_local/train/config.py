@@ -1,0 +1,123 @@
+"""Typed training settings shared by the CLI (``train orpo|dpo|sft``), the Python API and every train engine.
+
+Fields carry their flag and help (``preflexor_local.config.opt``), so
+``cli_options(TrainConfig)`` generates the Click options. ``None`` means "the
+method's default" and is resolved by ``TrainConfig.resolved()``; an engine only
+ever sees resolved values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config import opt
+from ..errors import UsageError
+
+METHODS = ("orpo", "dpo", "sft")
+DPO_LOSSES = ("exo_pair", "sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down")
+ADAPTERS = ("lora", "dora", "none")
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = opt(None, "Model to train: a Hugging Face checkpoint directory (for DPO: the merged Phase I model).", "--model", "-m")
+    output: str | None = opt(None, "Output directory: round checkpoints, metrics.jsonl, the final adapter/model.", "--output", "-o")
+    method: str = "orpo"  # set by the subcommand
+    data: str | None = opt(None, "Fixed preference data (JSONL of prompt/chosen/rejected). Without it, pairs are generated each round from --store.", "--data")
+    engine: str = opt("trl", "Train engine: trl (PyTorch: CUDA, MPS, CPU) or mlx (Apple silicon).", "--engine")
+    # objective
+    loss: str | None = opt(None, f"DPO-family loss ({', '.join(DPO_LOSSES)}); default exo_pair.", "--loss")
+    beta: float | None = opt(None, "Beta of the ORPO/DPO objective (default 0.1).", "--beta")
+    label_smoothing: float | None = opt(None, "Label smoothing of the DPO loss (default 1e-3 for exo_pair, else 0).", "--label-smoothing")
+    # optimisation
+    lr: float | None = opt(None, "Learning rate (default: 5e-5 ORPO/SFT with an adapter, 5e-6 full; 5e-7 DPO with an adapter ... see README).", "--lr")
+    steps: int | None = opt(None, "Optimizer steps in all (default: rounds x steps-per-round).", "--steps")
+    rounds: int = opt(1, "Active-learning rounds: train, then regenerate pairs with the current model.", "--rounds")
+    steps_per_round: int = opt(50, "Optimizer steps per round.", "--steps-per-round")
+    batch_size: int = opt(1, "Pairs per device per step.", "--batch-size")
+    grad_accum: int = opt(2, "Gradient accumulation steps.", "--grad-accum")
+    max_length: int = opt(2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm")
+    warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps")
+    # adapter
+    adapter: str = opt("lora", "lora, dora, or none (full fine-tune).", "--adapter")
+    rank: int = opt(16, "LoRA/DoRA rank.", "--rank")
+    alpha: int | None = opt(None, "LoRA/DoRA alpha (default: rank).", "--alpha")
+    dropout: float = opt(0.05, "LoRA dropout.", "--lora-dropout")
+    target_modules: str = opt("all-linear", "Modules the adapter wraps (comma list or all-linear).", "--target-modules")
+    train_embeddings: bool | None = opt(None, "Train the embedding and output rows (needed when the tags are new tokens; default on for ORPO/SFT).", "--train-embeddings/--freeze-embeddings")
+    # masking
+    mask_thinking: bool | None = opt(None, "Ignore the loss before the last closing thinking tag, chosen and rejected (default on for DPO).", "--mask-thinking/--no-mask-thinking")
+    partial_mask_p: float = opt(1.0, "Fraction of thinking tokens ignored when masking (re-drawn every epoch); 1.0 = all.", "--partial-mask")
+    keep_close_tag: bool = opt(True, "Keep the closing thinking tag itself in the loss when masking.", "--keep-close-tag/--mask-close-tag")
+    on_missing_close: str = opt("score", "A reply without the closing tag: score (whole reply counts) or ignore (reply left out of the loss). Counted either way.", "--on-missing-close")
+    tags: str = opt("preflexor", "Thinking tag preset (preflexor, think).", "--tags")
+    chat_template: str | None = opt(None, "Chat template for training AND the saved model: auto, a known name (gemma, llama3, chatml, plain) or a .jinja file.", "--chat-template")
+    # runtime
+    seed: int = opt(0, "Random seed (data order, masks, sampling).", "--seed")
+    device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device")
+    dtype: str = opt("auto", "auto (bf16 on CUDA, else fp32), float32, bfloat16, float16.", "--dtype")
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory.", "--gradient-checkpointing/--no-gradient-checkpointing")
+    resume: bool = opt(False, "Continue the run in --output from its last complete round.", "--resume/--no-resume")
+    log_every: int = opt(1, "Log metrics every N steps.", "--log-every")
+
+    @property
+    def is_dpo(self) -> bool:
+        return self.method == "dpo"
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every method default filled in, validated."""
+        c = dataclasses.replace(self)
+        if c.method not in METHODS:
+            raise UsageError(f"unknown training method {c.method!r}", hint=f"use one of: {', '.join(METHODS)}")
+        if c.adapter not in ADAPTERS:
+            raise UsageError(f"unknown adapter {c.adapter!r}", hint=f"use one of: {', '.join(ADAPTERS)}")
+        if c.is_dpo:
+            c.loss = c.loss or "exo_pair"
+            if c.loss not in DPO_LOSSES:
+                raise UsageError(f"unknown DPO loss {c.loss!r}", hint=f"use one of: {', '.join(DPO_LOSSES)}")
+            if c.label_smoothing is None:
+                c.label_smoothing = 1e-3 if c.loss == "exo_pair" else 0.0
+            if c.loss == "exo_pair" and not 0 < c.label_smoothing < 0.5:
+                raise UsageError(f"exo_pair needs label smoothing in (0, 0.5), got {c.label_smoothing}", hint="the default 1e-3 is the usual value")
+            if c.mask_thinking is None:
+                c.mask_thinking = True
+            if c.train_embeddings is None:
+                c.train_embeddings = False
+        else:
+            if c.loss not in (None, c.method):
+                raise UsageError(f"--loss {c.loss} applies to DPO only", hint="use `train dpo --loss ...`")
+            c.loss = c.method
+            c.label_smoothing = c.label_smoothing or 0.0
+            c.mask_thinking = bool(c.mask_thinking)
+            if c.train_embeddings is None:
+                c.train_embeddings = c.adapter != "none"
+        c.beta = 0.1 if c.beta is None else c.beta
+        if c.lr is None:
+            full = c.adapter == "none"
+            c.lr = (5e-7 if not full else 1e-7) if c.is_dpo else (5e-6 if full else 5e-5)
+        c.alpha = c.alpha or c.rank
+        for name in ("rounds", "steps_per_round", "batch_size", "grad_accum", "rank", "log_every"):
+            if getattr(c, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        if c.steps is not None and c.steps < 1:
+            raise UsageError(f"--steps must be at least 1, got {c.steps}")
+        if c.max_length < 16:
+            raise UsageError(f"--max-length {c.max_length} is too small")
+        if not 0.0 < c.partial_mask_p <= 1.0:
+            raise UsageError(f"--partial-mask must be in (0, 1], got {c.partial_mask_p}")
+        if c.on_missing_close not in ("score", "ignore"):
+            raise UsageError(f"--on-missing-close must be score or ignore, got {c.on_missing_close!r}")
+        if not c.model:
+            raise UsageError("no model to train", hint="pass --model DIR (a Hugging Face checkpoint directory)")
+        if not c.output:
+            raise UsageError("no output directory", hint="pass -o DIR")
+        return c
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.rounds * self.steps_per_round
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

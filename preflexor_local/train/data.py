@@ -1,0 +1,182 @@
+"""Preference data: the JSONL format, loading with line-numbered errors, and rendering.
+
+One row per line, a JSON object with
+
+* ``prompt``: a string (the user's question) or a list of chat messages
+  (``{"role": "system"|"user"|"assistant", "content": str}``) ending with a user turn;
+* ``chosen`` and ``rejected``: a string (the assistant's reply) or a list with
+  one assistant message;
+* optional ``system`` (a string, used when ``prompt`` is a string), and any
+  other fields (``meta`` …), which are kept but not trained on.
+
+Rendering goes through ``preflexor_local.prompt.render_prompt`` — the same
+function every backend uses at inference — so the trained prompt is the served
+prompt: ``prompt_text = render(messages, add_generation_prompt=True)`` and the
+completion is what rendering ``messages + [assistant reply]`` adds after it
+(the reply plus the template's end-of-turn marker). A template whose full
+rendering does not start with the prompt rendering falls back to
+``reply + eos_token`` and says so once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PreflexorError, UsageError
+from ..format import ThinkingFormat
+from ..prompt import ChatTemplate, Messages, render_prompt
+
+REQUIRED = ("prompt", "chosen", "rejected")
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(PreflexorError):
+    """A preference dataset is missing, malformed or unusable."""
+
+
+@dataclass
+class PreferencePair:
+    messages: Messages  # the prompt as chat messages, ending with a user turn
+    chosen: str
+    rejected: str
+    meta: dict = field(default_factory=dict)
+    line: int = 0  # 1-based line in the source file (0 = made in memory)
+
+    def to_json(self) -> dict:
+        return {"prompt": self.messages, "chosen": self.chosen, "rejected": self.rejected, **({"meta": self.meta} if self.meta else {})}
+
+
+def _where(source: str, line: int) -> str:
+    return f"{source}:{line}" if line else source
+
+
+def _messages(value, source: str, line: int, key: str) -> Messages:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{_where(source, line)}: '{key}' must be a string or a non-empty list of messages", hint='messages look like {"role": "user", "content": "..."}')
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{_where(source, line)}: '{key}'[{i}] is not a message with role in {ROLES} and string content", hint='messages look like {"role": "user", "content": "..."}')
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _reply(value, source: str, line: int, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    msgs = _messages(value, source, line, key)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise DataError(f"{_where(source, line)}: '{key}' as a list must hold exactly one assistant message", hint=f"or give '{key}' as a plain string")
+    return msgs[0]["content"]
+
+
+def pair_from_obj(obj, source: str = "<data>", line: int = 0) -> PreferencePair:
+    """Validate one row; every problem names the file and line."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{_where(source, line)}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise DataError(
+            f"{_where(source, line)}: missing column(s) {', '.join(missing)} (found: {', '.join(sorted(obj)) or 'none'})",
+            hint="each line needs prompt, chosen and rejected (strings or chat-message lists)",
+        )
+    prompt = obj["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{_where(source, line)}: 'prompt' is empty")
+        messages = ([{"role": "system", "content": obj["system"]}] if obj.get("system") else []) + [{"role": "user", "content": prompt}]
+    else:
+        messages = _messages(prompt, source, line, "prompt")
+        if messages[-1]["role"] != "user":
+            raise DataError(f"{_where(source, line)}: the prompt's last message must be a user turn, got {messages[-1]['role']!r}")
+    chosen = _reply(obj["chosen"], source, line, "chosen")
+    rejected = _reply(obj["rejected"], source, line, "rejected")
+    for key, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise DataError(f"{_where(source, line)}: '{key}' is empty")
+    meta = obj["meta"] if isinstance(obj.get("meta"), dict) else {k: v for k, v in obj.items() if k not in (*REQUIRED, "system")}
+    return PreferencePair(messages, chosen, rejected, meta=meta, line=line)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line cut by a crash at the very end is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset {path} does not exist", hint="pass a JSONL file of prompt/chosen/rejected rows, or --store to generate pairs")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
+    for i, text in enumerate(lines):
+        if not text.strip():
+            continue
+        try:
+            yield i + 1, json.loads(text)
+        except json.JSONDecodeError as err:
+            if i == last and not text.endswith("}"):
+                continue  # an append interrupted mid-line: the earlier rows stand
+            raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg})", hint="each line must be one JSON object") from None
+
+
+def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thinking: bool = False) -> list[PreferencePair]:
+    """Load and validate a JSONL preference file.
+
+    ``require_thinking``: every chosen reply must hold a closed thinking section
+    (the closing tag), as both PRefLexOR phases need.
+    """
+    fmt = fmt or ThinkingFormat()
+    pairs = [pair_from_obj(obj, str(path), n) for n, obj in iter_jsonl(path)]
+    if not pairs:
+        raise DataError(f"dataset {path} has no rows", hint="generate pairs with `preflexor-local data generate` first")
+    if require_thinking:
+        bad = [p.line for p in pairs if fmt.think_end not in p.chosen]
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+            raise DataError(
+                f"{path}: {len(bad)} of {len(pairs)} chosen replies have no closing {fmt.think_end} tag (lines {shown})",
+                hint=f"chosen replies must look like '{fmt.think_start}…{fmt.think_end} answer'; pass --tags if your data uses other tags",
+            )
+    return pairs
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows and fsync, so a crash keeps every row written before it."""
+    import os
+
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- rendering ---------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def render_pair(template: ChatTemplate, pair: PreferencePair) -> tuple[str, str, str]:
+    """(prompt text, chosen completion text, rejected completion text) under ``template``."""
+    prompt = render_prompt(template, pair.messages, "", add_generation_prompt=True)
+    return prompt, render_completion(template, pair.messages, prompt, pair.chosen), render_completion(template, pair.messages, prompt, pair.rejected)
+
+
+def render_completion(template: ChatTemplate, messages: Messages, prompt: str, reply: str) -> str:
+    full = render_prompt(template, [*messages, {"role": "assistant", "content": reply}], "", add_generation_prompt=False)
+    if full.startswith(prompt):
+        return full[len(prompt):]
+    if template.name not in _warned:
+        import sys
+
+        _warned.add(template.name)
+        print(f"warning: chat template {template.name!r} renders the prompt differently inside a full conversation; "
+              "training on prompt + reply + end-of-sequence instead", file=sys.stderr)
+    return reply + (template.eos_token or "")
+
+
+def check_json_rows(rows: list[dict]) -> list[PreferencePair]:
+    """Validate in-memory rows (the same rules as a file)."""
+    if not rows:
+        raise UsageError("no preference rows to train on", hint="check the data source; every generated pair may have been filtered")
+    return [pair_from_obj(r, "<rows>", i + 1) for i, r in enumerate(rows)]

@@ -1,0 +1,135 @@
+"""Which label positions a loss ignores: the one mask function of the project.
+
+Both trainers (TRL here, MLX in ``engines/mlx.py``) call this module, from token
+ids only (plain lists of ints, no torch), so the two can never disagree.
+
+A training sequence is ``prompt_ids + completion_ids``. Positions are scored
+(contribute to the loss) or ignored (label ``IGNORE`` = -100):
+
+1. **Completion only.** Prompt positions are always ignored.
+2. **Thinking mask** (``MaskRule.mask_thinking``; PRefLexOR Phase II, "dynamic
+   answer comparison"). Let ``e`` be the position of the **last** closing
+   thinking tag inside the completion. Every completion position before ``e``
+   is ignored; the tag itself is scored when ``keep_close_tag`` (the published
+   setting) and ignored otherwise. What follows (the answer, end-of-turn) is
+   scored. The ignored tokens stay in the input: the thinking still conditions
+   the answer, it is only not scored.
+3. **Partial thinking mask** (``partial_p`` in (0, 1)). Instead of all of the
+   thinking region of rule 2, a random ``floor(p * n)`` of its ``n`` positions
+   are ignored. The draw uses the ``random.Random`` passed in; use
+   ``draw_rng(seed, epoch, row)`` to get a fresh, reproducible draw each epoch
+   (the reference drew once per dataset build).
+4. **No closing tag in the completion** (truncated output, or a student that
+   never closed its thinking). ``on_missing_close`` states the rule:
+   ``"score"`` (default): the whole completion is scored, exactly as rule 1 —
+   an unclosed section is then judged as the answer it became;
+   ``"ignore"``: the whole completion is ignored (the sequence contributes
+   nothing). Either way it is counted in ``MaskStats.missing_close``.
+
+Positions of padding are the caller's business (pass unpadded ids).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+IGNORE = -100
+MISSING_CLOSE_RULES = ("score", "ignore")
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How labels are masked beyond the prompt. ``close_id`` is the closing thinking tag's token id."""
+
+    mask_thinking: bool = False
+    close_id: int | None = None
+    keep_close_tag: bool = True
+    partial_p: float = 1.0  # fraction of the thinking region ignored; 1.0 = all of it
+    on_missing_close: str = "score"
+
+    def __post_init__(self) -> None:
+        from ..errors import UsageError
+
+        if self.mask_thinking and self.close_id is None:
+            raise UsageError("thinking mask needs the token id of the closing thinking tag", hint="the tag must be a single token of the tokenizer")
+        if not 0.0 <= self.partial_p <= 1.0:
+            raise UsageError(f"partial mask fraction must be within 0..1, got {self.partial_p}")
+        if self.on_missing_close not in MISSING_CLOSE_RULES:
+            raise UsageError(f"unknown rule {self.on_missing_close!r} for a completion without the closing tag", hint=f"use one of: {', '.join(MISSING_CLOSE_RULES)}")
+
+
+@dataclass
+class MaskStats:
+    """Counts over every sequence masked with one stats object."""
+
+    sequences: int = 0
+    scored_tokens: int = 0
+    ignored_thinking_tokens: int = 0
+    missing_close: int = 0
+    details: list[str] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        return {"sequences": self.sequences, "scored_tokens": self.scored_tokens,
+                "ignored_thinking_tokens": self.ignored_thinking_tokens, "missing_close": self.missing_close}
+
+
+def draw_rng(seed: int, epoch: int, row: int) -> random.Random:
+    """A reproducible random source for one row in one epoch (a new draw every epoch)."""
+    return random.Random(f"{seed}:{epoch}:{row}")
+
+
+def last_index(ids: Sequence[int], token: int, start: int = 0) -> int:
+    """Position of the last ``token`` in ``ids[start:]`` (absolute), or -1."""
+    for i in range(len(ids) - 1, start - 1, -1):
+        if ids[i] == token:
+            return i
+    return -1
+
+
+def scored_positions(
+    ids: Sequence[int],
+    prompt_len: int,
+    rule: MaskRule = MaskRule(),
+    rng: random.Random | None = None,
+    stats: MaskStats | None = None,
+) -> list[bool]:
+    """``True`` where the loss scores position ``i`` of ``ids`` (see module docstring)."""
+    n = len(ids)
+    prompt_len = max(0, min(prompt_len, n))
+    keep = [False] * prompt_len + [True] * (n - prompt_len)
+    ignored_thinking = 0
+    if rule.mask_thinking:
+        e = last_index(ids, rule.close_id, prompt_len)  # type: ignore[arg-type]
+        if e < 0:
+            if stats is not None:
+                stats.missing_close += 1
+            if rule.on_missing_close == "ignore":
+                keep = [False] * n
+        else:
+            end = e if rule.keep_close_tag else e + 1
+            region = list(range(prompt_len, end))
+            if rule.partial_p < 1.0:
+                k = int(len(region) * rule.partial_p)
+                region = (rng or random.Random()).sample(region, k) if k else []
+            for i in region:
+                keep[i] = False
+            ignored_thinking = len(region)
+    if stats is not None:
+        stats.sequences += 1
+        stats.scored_tokens += sum(keep)
+        stats.ignored_thinking_tokens += ignored_thinking
+    return keep
+
+
+def labels_for(
+    ids: Sequence[int],
+    prompt_len: int,
+    rule: MaskRule = MaskRule(),
+    rng: random.Random | None = None,
+    stats: MaskStats | None = None,
+) -> list[int]:
+    """``ids`` with ignored positions replaced by ``IGNORE`` (-100): the labels a trainer sees."""
+    keep = scored_positions(ids, prompt_len, rule, rng, stats)
+    return [t if k else IGNORE for t, k in zip(ids, keep)]
