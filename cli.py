@@ -22,6 +22,7 @@ from preflexor_local.errors import PreflexorError
 COMMANDS = {
     "ask": "preflexor_local.commands.ask:ask",
     "models": "preflexor_local.commands.models:models",
+    "convert": "preflexor_local.commands.convert:convert",
 }
 DEFAULT_COMMAND = "ask"
 _GROUP_FLAGS = {"--help", "-h", "--version"}

@@ -1,0 +1,170 @@
+"""Shared plumbing for the converters: input checks, atomic outputs, progress.
+
+Every converter writes its result under a temporary name next to the target and
+renames it into place only when it is complete, so a crash or Ctrl-C never
+leaves a half-written file or folder under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # converters never reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def read_hf_config(path: str | Path) -> dict:
+    """``config.json`` of a Hugging Face checkpoint directory, or a one-line error."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"checkpoint not found: {path}", hint="pass a Hugging Face checkpoint directory (with config.json)")
+    if path.is_file():
+        raise InvalidModelError(f"{path} is a file, not a Hugging Face checkpoint directory",
+                                hint="pass the folder that holds config.json and the *.safetensors weights")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise InvalidModelError(f"{path} is not a Hugging Face checkpoint: no config.json",
+                                hint="pass the folder that holds config.json, the weights and the tokenizer files")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InvalidModelError(f"{cfg_file} is not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise InvalidModelError(f"{cfg_file} is not a JSON object")
+    return cfg
+
+
+def weight_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("."))
+    if not files:
+        files = sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise InvalidModelError(f"{path} has a config.json but no weights (*.safetensors or pytorch_model*.bin)",
+                                hint="copy the model's weight files into the folder")
+    return files
+
+
+def check_safetensors(files: list[Path]) -> None:
+    """Catch truncated or corrupt safetensors files before any heavy work."""
+    for f in files:
+        if f.suffix != ".safetensors":
+            continue
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise ValueError("shorter than its 8-byte header length")
+                n = int.from_bytes(head, "little")
+                if n <= 0 or 8 + n > size:
+                    raise ValueError(f"header says {n} bytes but the file has {size}")
+                header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end > size:
+                raise ValueError(f"tensor data needs {8 + n + end} bytes but the file has {size}")
+        except (ValueError, KeyError, TypeError) as err:
+            raise InvalidModelError(f"{f} is truncated or corrupt: {err}",
+                                    hint="copy or download the file again; its size does not match its header") from None
+
+
+def check_output(out: str | Path, force: bool) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and not force:
+        raise UsageError(f"output {out} already exists", hint="choose another path with -o, or pass --force to replace it")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _tmp_name(target: Path, tag: str) -> Path:
+    return target.with_name(f".{target.name}.{tag}-{os.getpid()}.part")
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it replaces ``target`` atomically."""
+    tmp = _tmp_name(target, "file")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temp folder beside ``target``; on success it takes ``target``'s place."""
+    tmp = _tmp_name(target, "dir")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = _tmp_name(target, "old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def info(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def progress(total: int, desc: str, quiet: bool = False, unit: str = "tensor"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"auto": "auto", "float32": torch.float32, "f32": torch.float32, "float16": torch.float16,
+             "f16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise UsageError(f"unknown dtype {name!r}", hint="choose auto, float32, float16 or bfloat16")
+    return table[name]
+
+
+def run_script(command, argv: list[str] | None = None) -> None:
+    """Run a click command as a script, with the CLI's one-line error reporting."""
+    import click
+
+    from preflexor_local.errors import PreflexorError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("PREFLEXOR_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = command.main(args=args, standalone_mode=False)
+    except PreflexorError as err:
+        if debug:
+            raise
+        click.secho(f"error: {err.message}", fg="red", err=True)
+        if err.hint:
+            click.echo(f"  hint: {err.hint}", err=True)
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
