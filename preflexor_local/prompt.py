@@ -114,7 +114,7 @@ KNOWN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama3": (_LLAMA3, ("<|eot_id|>",)),
     "chatml": (_CHATML, ("<|im_end|>",)),
     "mistral": (_MISTRAL, ()),
-    "plain": (_PLAIN, ("\nQuestion:",)),
+    "plain": (_PLAIN, ("\nQuestion:", "\nAnswer:")),
 }
 
 # Architecture (GGUF general.architecture or HF model_type) -> known template, for

@@ -1,0 +1,187 @@
+"""llama.cpp backend (llama-cpp-python) for GGUF files, on CPU, Metal or CUDA.
+
+The prompt is rendered by the project (``render_prompt``) and tokenised with
+special tokens parsed, so a pre-filled thinking section reaches the model
+exactly as written. Generation goes through ``Llama.generate``, which keeps the
+KV cache of the previous call and evaluates only the part of a new prompt that
+differs: a thinking phase followed by its answer phase costs no re-evaluation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import sys
+from collections.abc import Iterator
+
+from ..config import LoadOptions, Sampling
+from ..errors import InvalidModelError
+from ..gguf_meta import is_gguf, read_gguf
+from ..models import ModelSpec, default_model_path
+from ..prompt import choose_template, looks_instruct
+from . import BackendEntry
+from .base import Detokenizer, LocalBackend
+
+DEFAULT_CTX_CAP = 8192
+
+
+def _claims(spec: ModelSpec) -> int:
+    if spec.kind == "default":
+        return 10
+    if spec.kind == "file" and (spec.path.suffix.lower() == ".gguf" or is_gguf(spec.path)):
+        return 10
+    if spec.kind == "file":
+        return 1  # any other file: we give the clearest error ("not a GGUF file")
+    return 0
+
+
+ENTRY = BackendEntry(
+    name="llamacpp",
+    summary="GGUF files through llama.cpp (CPU, Metal, CUDA)",
+    claims=_claims,
+    loader="preflexor_local.backends.llamacpp:load",
+    requires=("llama_cpp",),
+    extra="llama",
+)
+
+
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+_LOG: list[str] = []
+
+
+def _install_log_sink() -> None:
+    """Keep llama.cpp's C-level log off the terminal; keep errors to explain a failed load."""
+    import llama_cpp
+
+    global _log_callback
+    if "_log_callback" in globals():
+        return
+
+    @llama_cpp.llama_log_callback
+    def _log_callback(level, text, user_data):
+        line = text.decode("utf-8", errors="replace").strip()
+        if os.environ.get("PREFLEXOR_DEBUG") == "1":
+            print(line, file=sys.stderr)
+        if "error" in line.lower():
+            _LOG.append(line.split("error loading model:")[-1].strip())
+            del _LOG[:-20]
+
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+class _Detok(Detokenizer):
+    def __init__(self, vocab):
+        self.vocab = vocab
+        self.buf = ctypes.create_string_buffer(256)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buf, len(self.buf), 0, True)
+        if n < 0:  # piece longer than the buffer
+            self.buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buf, len(self.buf), 0, True)
+        return self.utf8.decode(self.buf.raw[:n])
+
+    def flush(self) -> str:
+        return self.utf8.decode(b"", final=True)
+
+
+class LlamaCppBackend(LocalBackend):
+    kind = "llamacpp"
+
+    def __init__(self, path, options: LoadOptions, name: str | None = None):
+        import llama_cpp
+
+        self.path = path
+        info = read_gguf(path)  # clear errors for non-GGUF and truncated files, before llama.cpp sees them
+        super().__init__(name or info.get("general.name") or path.name)
+        self.info = info
+        trained_ctx = int(info.arch_key("context_length", DEFAULT_CTX_CAP))
+        n_ctx = options.ctx or min(trained_ctx, DEFAULT_CTX_CAP)
+        threads = options.threads or default_threads()
+        _install_log_sink()
+        _LOG.clear()
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=options.gpu_layers, verbose=False,
+            )
+        except ValueError:
+            arch = info.architecture or "unknown"
+            reason = next((line for line in reversed(_LOG) if line), "no reason given")
+            raise InvalidModelError(
+                f"llama.cpp could not load {path} (architecture {arch!r}): {reason}",
+                hint="the architecture may be newer than this llama-cpp-python; upgrade it, or use the HF checkpoint with the transformers backend",
+            ) from None
+        self.context_length = self.llm.n_ctx()
+        self.vocab = self.llm._model.vocab
+        meta = self.llm.metadata
+        bos_id, eos_id = self.llm.token_bos(), self.llm.token_eos()
+        piece = lambda t: self.llm._model.token_get_text(t) if t >= 0 else ""  # noqa: E731
+        self.bos_token, eos_token = piece(bos_id), piece(eos_id)
+        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        self.template = choose_template(
+            options.chat_template, meta.get("tokenizer.chat_template"), info.architecture,
+            instruct=looks_instruct(meta.get("general.name"), meta.get("general.finetune"), path.name),
+            bos_token=self.bos_token, eos_token=eos_token,
+            vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if self._single_token(t)),
+        )
+
+    def _single_token(self, text: str) -> bool:
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=True)) == 1
+
+    def encode(self, prompt: str) -> list[int]:
+        starts_with_bos = bool(self.bos_token) and prompt.startswith(self.bos_token)
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos and not starts_with_bos, special=True)
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        held = self.llm._input_ids[: self.llm.n_tokens]
+        n = 0
+        for a, b in zip(held, ids):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(ids) - 1)  # the last prompt token is always re-evaluated for fresh logits
+
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+        import random
+
+        self.llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+        greedy = sampling.temperature <= 0
+        return self.llm.generate(
+            ids, temp=0.0 if greedy else sampling.temperature, top_k=1 if greedy else sampling.top_k,
+            top_p=sampling.top_p, min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
+        )
+
+    def is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
+        return _Detok(self.vocab)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "path": str(self.path), "architecture": self.info.architecture}
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()  # explicit: Llama.__del__ at interpreter exit can print a TypeError
+            self.llm = None
+
+
+def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
+    if spec.kind == "default":
+        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (default)")
+    return LlamaCppBackend(spec.path, options)

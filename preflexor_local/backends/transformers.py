@@ -1,0 +1,228 @@
+"""transformers/torch backend for Hugging Face checkpoint directories (CUDA, then MPS, then CPU).
+
+Hub ids resolve only from the local cache (``local_files_only``): nothing is
+downloaded. Generation is a plain KV-cached decode loop rather than
+``model.generate`` so the shared loop in ``LocalBackend`` controls stop strings
+and streaming exactly as for llama.cpp, and so the cache of the previous call is
+cropped to the shared prefix and reused instead of re-encoding it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..config import LoadOptions, Sampling
+from ..errors import InvalidModelError, UsageError
+from ..models import ModelSpec
+from ..prompt import choose_template, looks_instruct
+from . import BackendEntry
+from .base import Detokenizer, LocalBackend
+
+DEFAULT_CTX_CAP = 8192
+
+
+def _claims(spec: ModelSpec) -> int:
+    return 10 if spec.kind == "dir" and (spec.path / "config.json").is_file() else 0
+
+
+ENTRY = BackendEntry(
+    name="transformers",
+    summary="Hugging Face checkpoint directories through transformers (CUDA, MPS, CPU)",
+    claims=_claims,
+    loader="preflexor_local.backends.transformers:load",
+    requires=("torch", "transformers"),
+    extra="hf",
+)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but torch sees no CUDA device", hint="use --device auto or cpu")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device mps was asked for but MPS is not available", hint="use --device auto or cpu")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str):
+    import torch
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if requested != "auto":
+        if requested not in names:
+            raise UsageError(f"unknown --dtype {requested!r}", hint="use auto, float32, float16 or bfloat16")
+        return names[requested]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32  # half precision on CPU is slow and lossy
+
+
+class _Detok(Detokenizer):
+    """Incremental decoding over a short window, so multi-token characters come out whole."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def _decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]
+
+
+def sample_next(logits, history, sampling: Sampling, generator):
+    """One token from ``logits`` (1-D) with repetition penalty, temperature, top-k, top-p, min-p."""
+    import torch
+
+    logits = logits.float()
+    if sampling.repeat_penalty != 1.0 and history:
+        idx = torch.tensor(sorted(set(history)), device=logits.device)
+        picked = logits[idx]
+        logits[idx] = torch.where(picked > 0, picked / sampling.repeat_penalty, picked * sampling.repeat_penalty)
+    if sampling.temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / sampling.temperature
+    if sampling.top_k and sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits[logits < kth] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.min_p > 0:
+        probs[probs < sampling.min_p * probs.max()] = 0
+    if 0 < sampling.top_p < 1:
+        sorted_p, order = torch.sort(probs, descending=True)
+        drop = torch.cumsum(sorted_p, dim=-1) - sorted_p > sampling.top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class TransformersBackend(LocalBackend):
+    kind = "transformers"
+
+    def __init__(self, path: Path, options: LoadOptions, name: str | None = None):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr for thinking
+        hf_logging.set_verbosity_error()
+        super().__init__(name or path.name)
+        self.path = path
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except (ValueError, KeyError):
+            raise InvalidModelError(
+                f"unknown architecture {model_type!r} in {path / 'config.json'}: this transformers does not support it",
+                hint="upgrade transformers, or use a GGUF of the model with the llama.cpp backend",
+            ) from None
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype, self.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=self.dtype).to(self.device).eval()
+        except (OSError, ValueError) as err:
+            raise InvalidModelError(f"cannot load the checkpoint in {path}: {str(err).splitlines()[0]}") from None
+        tok = self.tokenizer
+        max_pos = getattr(config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CTX_CAP
+        self.context_length = options.ctx or min(max_pos, DEFAULT_CTX_CAP)
+        with_special = tok("a").input_ids
+        without = tok("a", add_special_tokens=False).input_ids
+        self._prefix_ids = with_special[: with_special.index(without[0])] if without and without[0] in with_special else []
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
+        self.template = choose_template(
+            options.chat_template, tok.chat_template, model_type, instruct=looks_instruct(path.name, name),
+            bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+            vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tok.get_vocab()),
+        )
+        self._cache = None
+        self._cache_ids: list[int] = []
+        self._torch = torch
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token
+        if self._prefix_ids and not (bos and prompt.startswith(bos)):
+            ids = self._prefix_ids + ids
+        return ids
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        n = 0
+        for a, b in zip(self._cache_ids, ids):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(ids) - 1)
+
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+        torch = self._torch
+        from transformers import DynamicCache
+
+        reuse = self.cached_prefix(ids)
+        if self._cache is not None and reuse > 0 and self._cache.is_croppable:
+            extra = self._cache.get_seq_length() - reuse
+            if extra > 0:
+                self._cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
+        else:
+            self._cache, reuse = DynamicCache(config=self.model.config), 0
+        self._cache_ids = list(ids[:reuse])
+        generator = torch.Generator(device="cpu")
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()
+        history = list(ids)
+        feed = ids[reuse:]
+        with torch.inference_mode():
+            for _ in range(max_new):
+                out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=self._cache, use_cache=True)
+                self._cache_ids.extend(feed)
+                token = sample_next(out.logits[0, -1].to("cpu"), history, sampling, generator)
+                history.append(token)
+                yield token
+                feed = [token]
+
+    def is_end(self, token: int) -> bool:
+        return token in self.eos_ids
+
+    def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
+        return _Detok(self.tokenizer)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "path": str(self.path), "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def close(self) -> None:
+        self.model = None
+        self._cache = None
+
+
+def load(spec: ModelSpec, options: LoadOptions) -> TransformersBackend:
+    return TransformersBackend(spec.path, options, name=spec.name)

@@ -1,0 +1,54 @@
+"""``ask``: the main job as one function a Python user can call without the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..backends import Backend, load
+from ..config import LoadOptions, Recursion, Sampling
+from ..format import ThinkingFormat
+from .engine import Engine, Event
+from .transcript import Transcript
+
+
+def load_roles(model: str | None, critic: str | None = None, integrator: str | None = None,
+               options: LoadOptions | None = None) -> tuple[Backend, Backend, Backend]:
+    """Load the reasoner, critic and integrator; a role naming the same spec shares the loaded model."""
+    loaded: dict[str | None, Backend] = {}
+
+    def get(spec: str | None) -> Backend:
+        if spec not in loaded:
+            loaded[spec] = load(spec, options)
+        return loaded[spec]
+
+    reasoner = get(model)
+    critic_b = get(critic) if critic is not None else reasoner
+    integrator_b = get(integrator) if integrator is not None else critic_b
+    return reasoner, critic_b, integrator_b
+
+
+def ask(
+    question: str,
+    model: str | None = None,
+    *,
+    critic: str | None = None,
+    integrator: str | None = None,
+    sampling: Sampling | None = None,
+    recursion: Recursion | None = None,
+    options: LoadOptions | None = None,
+    fmt: ThinkingFormat | None = None,
+    context: list[dict] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> Transcript:
+    """Answer ``question`` with recursive thinking; models load, run and are freed here.
+
+    >>> t = ask("Why is spider silk tough?", recursion=Recursion(rounds=3))  # doctest: +SKIP
+    >>> print(t.final_answer)  # doctest: +SKIP
+    """
+    roles = load_roles(model, critic, integrator, options)
+    try:
+        engine = Engine(*roles, sampling=sampling, recursion=recursion, fmt=fmt, context=context, on_event=on_event)
+        return engine.run(question)
+    finally:
+        for backend in {id(b): b for b in roles}.values():
+            backend.close()

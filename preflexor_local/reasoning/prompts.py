@@ -1,0 +1,96 @@
+"""The engine's prompt wording (our own), in one place so it can be read and tuned.
+
+Templates use ``str.replace`` on ``{name}`` markers, never ``str.format``, so
+braces in questions, retrieved context or model output cannot break a prompt.
+"""
+
+from __future__ import annotations
+
+from ..format import ThinkingFormat
+
+CRITIC_SYSTEM = "You review reasoning with care and precision, and you follow instructions exactly."
+INTEGRATOR_SYSTEM = "You merge several drafts of an answer into one answer that is accurate, complete and clear."
+
+CRITIQUE = """Below are a question and the reasoning someone wrote while working on it.
+
+Question:
+{question}
+
+Reasoning:
+{thinking}
+
+Review this reasoning. Name its gaps, mistakes, unsupported steps and missing considerations, and for each one say concretely how to fix it. Reply with the review only."""
+
+REWRITE = """Below are a piece of reasoning and feedback on it.
+
+Reasoning:
+{thinking}
+
+Feedback:
+{feedback}
+
+Rewrite the reasoning so that it acts on every point of the feedback. Keep its structure and headings, keep what was already right, and do not write the final answer. Reply with the rewritten reasoning only."""
+
+INTEGRATE = """Here are a question and {n} draft answers to it; each draft came from reasoning that had been reviewed and improved.
+
+Question:
+{question}
+
+{answers}
+
+Write one final answer that keeps every correct and useful point of the drafts, settles any disagreement in favour of the best-supported claim, and drops repetition. Begin directly with the answer; do not restate the question or mention the drafts."""
+
+CONTEXT = """Context:
+{chunks}
+
+Use the context where it is relevant and cite it as [n].
+
+{question}"""
+
+
+def fill(template: str, **values: str) -> str:
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def critique_prompt(question: str, thinking: str) -> str:
+    return fill(CRITIQUE, question=question, thinking=thinking)
+
+
+def rewrite_prompt(thinking: str, feedback: str) -> str:
+    return fill(REWRITE, thinking=thinking, feedback=feedback)
+
+
+def integrate_prompt(question: str, answers: list[str]) -> str:
+    blocks = "\n\n".join(f"Draft {i}:\n{a.strip()}" for i, a in enumerate(answers, 1))
+    return fill(INTEGRATE, n=str(len(answers)), question=question, answers=blocks)
+
+
+def with_context(question: str, chunks: list[dict]) -> str:
+    if not chunks:
+        return question
+    lines = "\n".join(f"[{i}] ({c.get('source', '?')}) {c['text'].strip()}" for i, c in enumerate(chunks, 1))
+    return fill(CONTEXT, chunks=lines, question=question)
+
+
+def format_example(fmt: ThinkingFormat) -> list[dict[str, str]]:
+    """A one-shot demonstration of the thinking format, for base models that were never taught it.
+
+    Base models continue documents; one worked example is what makes them
+    close the thinking section and then answer.
+    """
+    question = "Why does a wet paper towel tear more easily than a dry one?"
+    thinking = (
+        "Paper is a network of cellulose fibres held together by hydrogen bonds between fibres. "
+        "Water molecules compete for those bonds, so the fibres bond to water instead of to each other. "
+        "The fibres themselves stay strong; the joints between them weaken."
+    )
+    answer = (
+        "Water breaks the hydrogen bonds that hold the cellulose fibres to one another, so the fibre network "
+        "comes apart at its joints under a much smaller load, even though each fibre is still strong."
+    )
+    return [
+        {"role": "user", "content": fmt.question_with_cue(question)},
+        {"role": "assistant", "content": f"{fmt.think_start}\n{thinking}\n{fmt.think_end}\n{answer}"},
+    ]
