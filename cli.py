@@ -22,6 +22,7 @@ from preflexor_local.errors import PreflexorError
 COMMANDS = {
     "ask": "preflexor_local.commands.ask:ask",
     "models": "preflexor_local.commands.models:models",
+    "index": "preflexor_local.commands.index:index",
     "convert": "preflexor_local.commands.convert:convert",
 }
 DEFAULT_COMMAND = "ask"
