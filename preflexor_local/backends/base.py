@@ -204,8 +204,7 @@ class LocalBackend(Backend):
         finally:
             tokens.close() if hasattr(tokens, "close") else None
         if scanner.matched is None:
-            scanner.push(detok.flush())
-            tail = scanner.flush()
+            tail = scanner.push(detok.flush()) + scanner.flush()
             if tail:
                 yield tail
         yield Generation(

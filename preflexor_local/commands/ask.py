@@ -1,0 +1,135 @@
+"""``preflexor-local ask``: recursive thinking-and-reflection answers, streamed round by round.
+
+Thinking, reflection, critiques and rewrites stream dim to stderr, intermediate
+answers plain to stderr, and the final answer to stdout, so ``> answer.md``
+keeps only the answer. ``--json`` prints the whole transcript instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
+from ..errors import UsageError
+
+_LABELS = {
+    "thinking": "thinking", "reflection": "reflection", "answer": "answer",
+    "critique": "critique", "rewrite": "improved thinking", "final": "final answer",
+}
+_DIM = {"thinking", "reflection", "critique", "rewrite"}
+
+
+class Display:
+    """Routes engine events to the terminal."""
+
+    def __init__(self, quiet: bool, json_out: bool):
+        self.quiet, self.json_out = quiet, json_out
+        self.final_streamed = False
+        self._at_line_start = True
+        self._last_stream = None
+
+    def __call__(self, event) -> None:
+        to_stdout = event.channel == "final" and not self.json_out
+        if event.kind == "call":
+            if event.channel == "final":
+                self.final_streamed = not self.json_out
+            if not self.quiet:
+                self._newline()
+                click.secho(f"── round {event.round} · {event.role} · {_LABELS.get(event.channel, event.channel)}", err=True, dim=True)
+                self._at_line_start = True
+            return
+        if to_stdout:
+            click.echo(event.text, nl=False)
+            sys.stdout.flush()
+        elif not self.quiet:
+            click.secho(event.text, err=True, nl=False, dim=event.channel in _DIM)
+            self._at_line_start = event.text.endswith("\n")
+
+    def _newline(self) -> None:
+        if not self._at_line_start:
+            click.echo("", err=True)
+
+
+def _read_question(words: tuple[str, ...]) -> str:
+    if words == ("-",):
+        if sys.stdin is None or sys.stdin.closed:
+            raise UsageError("`-` means read the question from stdin, but stdin is closed")
+        return sys.stdin.read()
+    if not words:
+        raise UsageError("no question given", hint='preflexor-local ask "your question"  (or `-` to read it from stdin)')
+    return " ".join(words)
+
+
+@click.command("ask")
+@click.argument("question", nargs=-1)
+@click.option("--model", "-m", default=None, help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, or http(s)://host/v1[#name]. Default: the embedded Gemma 3 270M demo model.")
+@click.option("--critic", default=None, help="Critic model for reviews and rewrites (default: the reasoning model, loaded once).")
+@click.option("--integrator", default=None, help="Model that merges the answers (default: the critic).")
+@cli_options(Recursion)
+@cli_options(Sampling)
+@cli_options(LoadOptions)
+@click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.")
+@click.option("--rag", "rag_store", default=None, type=click.Path(dir_okay=False), help="A RAG store (from `index add`): retrieved chunks become cited context.")
+@click.option("-k", "rag_k", default=5, show_default=True, type=int, help="Chunks to retrieve with --rag.")
+@click.option("--json", "json_out", is_flag=True, help="Print the whole transcript as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Show only the final answer (no thinking on stderr).")
+def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, quiet, **kwargs):
+    """Answer QUESTION with recursive thinking (`-` reads it from stdin).
+
+    \b
+    preflexor-local ask "Why is spider silk so tough?" --recursive 3
+    preflexor-local ask "..." --mode reflect --model ./my.gguf --critic ./critic.gguf
+    preflexor-local ask "..." --model http://127.0.0.1:8080/v1 --json > transcript.json
+    """
+    from ..format import ThinkingFormat
+    from ..reasoning.ask import ask as run_ask
+
+    recursion = from_kwargs(Recursion, kwargs)
+    sampling = from_kwargs(Sampling, kwargs)
+    options = from_kwargs(LoadOptions, kwargs)
+    text = _read_question(question)
+    if not text.strip():
+        raise UsageError("the question is empty", hint='preflexor-local ask "your question"  (or `-` to read it from stdin)')
+    context = _retrieve(rag_store, text, rag_k, quiet) if rag_store else None
+    display = Display(quiet=quiet, json_out=json_out)
+    if not quiet:
+        click.secho(f"loading {model or 'the default model (gemma3-270m)'} …", err=True, dim=True)
+    transcript = run_ask(
+        text, model, critic=critic, integrator=integrator, sampling=sampling, recursion=recursion,
+        options=options, fmt=ThinkingFormat.preset(tags), context=context, on_event=display,
+    )
+    if json_out:
+        click.echo(transcript.to_json())
+        return
+    if not display.final_streamed:
+        click.echo(transcript.final_answer, nl=False)
+    click.echo("")
+    if not quiet:
+        secs = transcript.seconds
+        rate = transcript.completion_tokens / secs if secs else 0.0
+        click.secho(
+            f"── {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''} · "
+            f"{transcript.completion_tokens} tokens · {secs:.1f} s · {rate:.1f} tok/s",
+            err=True, dim=True,
+        )
+
+
+def _retrieve(store_path: str, question: str, k: int, quiet: bool) -> list[dict]:
+    from pathlib import Path
+
+    from ..rag import open_store
+
+    if not Path(store_path).is_file():
+        raise UsageError(f"RAG store not found: {store_path}", hint="build one with `preflexor-local index add DOCS --store FILE`")
+    if not quiet:
+        click.secho(f"retrieving {k} chunks from {store_path} …", err=True, dim=True)
+    store = open_store(store_path, readonly=True)
+    try:
+        hits = store.search(question, k=k)
+    finally:
+        close = getattr(store, "close", None)
+        if close:
+            close()
+    return [{"id": h.chunk_id, "text": h.text, "source": f"{h.path} {h.span}".strip(), "score": round(float(h.score), 4)} for h in hits]

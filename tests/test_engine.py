@@ -1,0 +1,116 @@
+"""The recursive engine on a tiny random Llama through the real transformers backend."""
+
+import pytest
+
+from preflexor_local.backends import Backend, load
+from preflexor_local.config import Recursion, Sampling
+from preflexor_local.errors import UsageError
+from preflexor_local.format import ThinkingFormat, parse
+from preflexor_local.reasoning.engine import Engine
+from preflexor_local.reasoning.transcript import Transcript
+
+FMT = ThinkingFormat()
+SAMPLING = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=8)
+
+
+class Recording(Backend):
+    """Delegates to a real backend and keeps every request it was given."""
+
+    kind = "recording"
+
+    def __init__(self, inner):
+        super().__init__(inner.name)
+        self.inner, self.requests, self.results = inner, [], []
+        self.template = inner.template
+
+    def stream(self, request):
+        self.requests.append(request)
+        for item in self.inner.stream(request):
+            if not isinstance(item, str):
+                self.results.append(item)
+            yield item
+
+    def describe(self):
+        return self.inner.describe()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    b = load(str(tiny_llama))
+    yield b
+    b.close()
+
+
+def run(tiny, rounds=3, mode="thinking", **kw):
+    rec = Recording(tiny)
+    events = []
+    engine = Engine(rec, sampling=SAMPLING, recursion=Recursion(rounds=rounds, mode=mode, **kw), on_event=events.append)
+    return engine.run("Why is spider silk tough?"), rec, events
+
+
+def test_rounds_roles_and_integration(tiny):
+    t, rec, events = run(tiny, rounds=3)
+    assert len(t.rounds) == 3
+    assert [(c.role, c.channel) for c in t.rounds[0].calls] == [
+        ("reasoner", "thinking"), ("reasoner", "answer"), ("critic", "critique"), ("critic", "rewrite")]
+    assert [(c.role, c.channel) for c in t.rounds[1].calls] == [("reasoner", "answer"), ("critic", "critique"), ("critic", "rewrite")]
+    assert [(c.role, c.channel) for c in t.rounds[2].calls] == [("reasoner", "answer")]
+    assert t.integration is not None and t.integration.role == "integrator"
+    assert len(rec.requests) == 4 + 3 + 1 + 1
+    assert t.rounds[0].thinking_source == "model" and t.rounds[1].thinking_source == "improved"
+    assert any(e.channel == "final" and e.kind == "call" for e in events)
+
+
+def test_critic_sees_the_previous_thinking_and_reasoner_continues_the_improved_one(tiny):
+    t, rec, _ = run(tiny, rounds=2, integrate=False)
+    r1, r2 = t.rounds
+    critique_req, rewrite_req, answer2_req = rec.requests[2], rec.requests[3], rec.requests[4]
+    assert r1.thinking and r1.thinking in critique_req.messages[-1]["content"]
+    assert r1.critique in rewrite_req.messages[-1]["content"] and r1.thinking in rewrite_req.messages[-1]["content"]
+    # round 2 starts from the critic's rewrite, pre-filled as a closed thinking section
+    assert answer2_req.prefill == FMT.thinking_block(r1.improved_thinking)
+    assert r2.thinking == r1.improved_thinking
+    # ... and its answer is exactly the model's continuation of that prefill
+    assert r2.answer == parse(answer2_req.prefill + rec.results[4].text, FMT).answer
+    assert rec.results[4].text.strip().endswith(r2.answer)
+    # the reasoner's own messages are rebuilt, never mutated between calls
+    assert rec.requests[0].messages == answer2_req.messages
+    assert t.final_answer == r2.answer and not t.integrated
+
+
+def test_thinking_budget_closes_the_section_for_the_model(tiny):
+    t, rec, _ = run(tiny, rounds=1, thinking_budget=2)
+    first = t.rounds[0].calls[0]
+    assert first.channel == "thinking" and first.completion_tokens <= 2
+    assert t.rounds[0].thinking_closed == (first.finish_reason == "stop")
+    answer_req = rec.requests[1]
+    assert answer_req.prefill.startswith(FMT.think_start) and answer_req.prefill.endswith(FMT.think_end + "\n")
+    assert t.integration is None  # a single answer is not integrated
+
+
+def test_reflect_mode_writes_a_reflection_each_round(tiny):
+    t, rec, _ = run(tiny, rounds=2, mode="reflect")
+    channels = [c.channel for c in t.rounds[0].calls]
+    assert channels[:3] == ["thinking", "reflection", "answer"]
+    assert t.rounds[0].critique_source in ("reflection", "critic")
+    assert [c.channel for c in t.rounds[1].calls][:2] == ["reflection", "answer"]
+    assert rec.requests[1].prefill.endswith(FMT.reflect_start + "\n")
+
+
+def test_transcript_json_round_trip(tiny):
+    t, _, _ = run(tiny, rounds=2)
+    data = t.to_dict()
+    assert data["totals"]["completion_tokens"] == t.completion_tokens > 0
+    assert data["rounds"][0]["seconds"] > 0
+    again = Transcript.from_json(t.to_json())
+    assert again == t
+    assert again.settings["recursion"]["rounds"] == 2 and again.models["reasoner"]["backend"] == "transformers"
+
+
+def test_bad_settings(tiny):
+    with pytest.raises(UsageError, match="--recursive"):
+        Recursion(rounds=0)
+    with pytest.raises(UsageError, match="unknown mode"):
+        Engine(tiny, recursion=Recursion(mode="nope"))
+    with pytest.raises(UsageError, match="empty"):
+        Engine(tiny).run("   ")
