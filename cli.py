@@ -24,6 +24,8 @@ COMMANDS = {
     "models": "preflexor_local.commands.models:models",
     "index": "preflexor_local.commands.index:index",
     "convert": "preflexor_local.commands.convert:convert",
+    "train": "preflexor_local.commands.train:train",
+    "data": "preflexor_local.commands.data:data",
 }
 DEFAULT_COMMAND = "ask"
 _GROUP_FLAGS = {"--help", "-h", "--version"}

@@ -31,7 +31,7 @@ class TrainConfig:
     beta: float | None = opt(None, "Beta of the ORPO/DPO objective (default 0.1).", "--beta")
     label_smoothing: float | None = opt(None, "Label smoothing of the DPO loss (default 1e-3 for exo_pair, else 0).", "--label-smoothing")
     # optimisation
-    lr: float | None = opt(None, "Learning rate (default: 5e-5 ORPO/SFT with an adapter, 5e-6 full; 5e-7 DPO with an adapter ... see README).", "--lr")
+    lr: float | None = opt(None, "Learning rate (default: ORPO/SFT 5e-5 with an adapter, 5e-6 full; DPO 5e-7 with an adapter, 1e-7 full).", "--lr")
     steps: int | None = opt(None, "Optimizer steps in all (default: rounds x steps-per-round).", "--steps")
     rounds: int = opt(1, "Active-learning rounds: train, then regenerate pairs with the current model.", "--rounds")
     steps_per_round: int = opt(50, "Optimizer steps per round.", "--steps-per-round")

@@ -1,0 +1,333 @@
+"""Preference pairs from a corpus: a teacher builds the *chosen* reply, the student's own reply is *rejected*.
+
+Per pair (the project's own prompt wording; see ``PROMPTS``):
+
+1. ``k`` random chunks of the corpus (``store.random_chunks``) are the seed context;
+2. the teacher writes one self-contained question from them;
+3. the question retrieves more context (``store.search``);
+4. the teacher writes one short section per *category* (headed ``**Category**:``);
+   the ``graph`` style first writes a small knowledge graph of
+   ``[A] -[IS-A|RELATES-TO|INFLUENCES]-> [B]`` lines;
+5. the teacher answers, seeing the context and its own thinking;
+6. chosen = ``<|thinking|>\\n…sections…\\n<|/thinking|>\\nanswer``;
+7. the student answers the exact training prompt (question + cue). Phase 1 keeps
+   only its plain answer (tags stripped); phase 2 keeps its full reply
+   (thinking + answer). With ``samples > 1`` several candidates are drawn;
+8. optional judge: the teacher scores the chosen answer and every candidate
+   (0-10); candidates scoring at least the chosen one are discarded (the student
+   is not worse, so the pair teaches nothing), and of the rest the best-scoring
+   (the hardest negative) is kept.
+
+Each pair is appended to the output JSONL and fsynced as soon as it is made; a
+crash keeps everything before it. Filtered candidates are counted by reason.
+Teacher calls retry (``retries``) and raise ``TeacherError`` when nothing comes
+back, naming the step.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Sampling
+from ..errors import ContextOverflowError, PreflexorError, UsageError
+from ..format import ThinkingFormat, parse
+from .data import append_jsonl
+
+DEFAULT_CATEGORIES = ("Reasoning Steps", "Relevant Materials or Concepts", "Design Principles", "Material Properties", "Hypothesis")
+GRAPH_RELATIONS = ("IS-A", "RELATES-TO", "INFLUENCES")
+
+PROMPTS = {
+    "system": "You are an expert scientist and a careful teacher.",
+    "question": (
+        "Read the passages below and write ONE exam question that a domain expert could answer without seeing them. "
+        "The question must be specific, stand on its own, and must not mention the passages, a paper, a study, or any author.\n\n"
+        "Passages:\n{context}\n\nReply with the question only."
+    ),
+    "section": (
+        "Question: {question}\n\nBackground:\n{context}\n\n"
+        "Write the part of an expert's private notes headed \"{category}\" for answering this question. "
+        "Be brief and concrete; reason step by step where it helps. Do not answer the question in full, do not mention the background text. "
+        "If nothing fits this heading, reply with an empty line.\n\nReply with the notes only, without the heading."
+    ),
+    "graph": (
+        "Question: {question}\n\nBackground:\n{context}\n\n"
+        "Sketch a compact knowledge graph for this question: 3 to 8 key concepts and the relations between them. "
+        "Use only the relation types IS-A (is a kind of), RELATES-TO (is connected to) and INFLUENCES (changes or causes). "
+        "Write one relation per line exactly as:\n[Concept A] -[RELATION]-> [Concept B]\n\nReply with the lines only."
+    ),
+    "answer": (
+        "Question: {question}\n\nBackground:\n{context}\n\nYour notes:\n{thinking}\n\n"
+        "Using the background and your notes, give a complete, accurate answer to the question. "
+        "Do not mention the background or the notes; just answer."
+    ),
+    "judge": (
+        "Question: {question}\n\nReference answer:\n{reference}\n\nCandidate answer:\n{candidate}\n\n"
+        "Grade how correct and complete the candidate answer is on a scale from 0 (wrong or empty) to 10 (as good as an expert's). "
+        "Reply with one line: SCORE: <number>"
+    ),
+}
+
+_EDGE = re.compile(r"^\s*\[([^\]]+)\]\s*-\[\s*(IS-A|RELATES-TO|INFLUENCES)\s*\]->\s*\[([^\]]+)\]\s*$", re.I)
+_SCORE = re.compile(r"SCORE\s*[:=]\s*(\d+(?:\.\d+)?)", re.I)
+
+
+class TeacherError(PreflexorError):
+    """The teacher (or judge) returned nothing usable after every retry."""
+
+
+@dataclass
+class GenerationConfig:
+    n: int = 50
+    phase: int = 1  # 1: the rejected reply is the student's plain answer; 2: its full thinking + answer
+    k_random: int = 3  # seed chunks per question
+    k_search: int = 3  # chunks retrieved for the question
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    style: str = "sections"  # "sections" or "graph"
+    samples: int = 1  # student candidates per question
+    judge: bool = False
+    teacher_temperature: float = 0.2
+    question_temperature: float = 0.7
+    teacher_max_tokens: int = 512
+    student_temperature: float = 0.9
+    student_max_tokens: int = 512
+    retries: int = 3
+    seed: int = 0
+    max_context_chars: int = 6000
+
+    def __post_init__(self) -> None:
+        if self.phase not in (1, 2):
+            raise UsageError(f"phase must be 1 or 2, got {self.phase}")
+        if self.style not in ("sections", "graph"):
+            raise UsageError(f"unknown thinking style {self.style!r}", hint="use sections or graph")
+        if self.samples < 1 or self.n < 0 or self.k_random < 1:
+            raise UsageError("samples and k must be at least 1, n at least 0")
+
+
+@dataclass
+class GenerationReport:
+    written: int = 0
+    attempted: int = 0
+    filtered: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    output: str = ""
+
+    def to_dict(self) -> dict:
+        return {"written": self.written, "attempted": self.attempted, "filtered": dict(self.filtered),
+                "seconds": round(self.seconds, 3), "pairs_per_minute": round(60 * self.written / self.seconds, 2) if self.seconds else None,
+                "output": self.output}
+
+
+def scratchpad(sections: list[tuple[str, str]]) -> str:
+    """The thinking body: ``**Heading**:`` blocks, blank lines between."""
+    return "\n\n".join(f"**{head}**:\n\n{body.strip()}" for head, body in sections if body.strip())
+
+
+def graph_lines(text: str) -> list[str]:
+    """The well-formed relation lines of a teacher's graph (others dropped)."""
+    out = []
+    for line in text.splitlines():
+        m = _EDGE.match(line)
+        if m:
+            out.append(f"[{m.group(1).strip()}] -[{m.group(2).upper()}]-> [{m.group(3).strip()}]")
+    return out
+
+
+def parse_score(text: str) -> float | None:
+    m = _SCORE.search(text or "")
+    return float(m.group(1)) if m else None
+
+
+class PairGenerator:
+    """Teacher + store (+ judge) -> preference pairs; the student is given per call (it changes as it trains)."""
+
+    def __init__(self, teacher, store, config: GenerationConfig | None = None, fmt: ThinkingFormat | None = None, judge=None, quiet: bool = False):
+        self.teacher = teacher
+        self.judge_backend = judge or teacher
+        self.store = store
+        self.cfg = config or GenerationConfig()
+        self.fmt = fmt or ThinkingFormat()
+        self.quiet = quiet
+
+    # -- calls -------------------------------------------------------------
+    def _call(self, backend, what: str, prompt: str, temperature: float, max_tokens: int, seed: int, system: str | None = None) -> str:
+        from ..backends.base import GenerationRequest
+
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        last_err = None
+        for attempt in range(self.cfg.retries):
+            try:
+                gen = backend.generate(GenerationRequest(messages=messages, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed + attempt, repeat_penalty=1.0)))
+                text = self.fmt.strip_tags(gen.text).strip() if backend is not None else ""
+                if text:
+                    return text
+                last_err = "an empty reply"
+            except ContextOverflowError as err:
+                raise TeacherError(f"the {what} prompt does not fit: {err}", hint="lower --max-context-chars or the chunk counts, or raise --ctx") from None
+            except PreflexorError as err:
+                last_err = str(err)
+            if attempt + 1 < self.cfg.retries:
+                time.sleep(min(0.5 * 2 ** attempt, 4.0))
+        raise TeacherError(f"the teacher gave no {what} after {self.cfg.retries} tries (last: {last_err})",
+                           hint="check that the teacher model/server works: preflexor-local ask 'hello' --model TEACHER")
+
+    def _context(self, seed: int) -> tuple[str, list]:
+        hits = self.store.random_chunks(self.cfg.k_random, seed=seed)
+        if not hits:
+            raise UsageError("the store has no chunks to build questions from", hint="index documents first: preflexor-local index add FOLDER --store DB")
+        return "\n\n".join(h.text.strip() for h in hits)[: self.cfg.max_context_chars], hits
+
+    def _student(self, student, question: str, seed: int) -> list[str]:
+        from ..backends.base import GenerationRequest
+
+        messages = [{"role": "user", "content": self.fmt.question_with_cue(question)}]
+        out = []
+        for s in range(self.cfg.samples):
+            gen = student.generate(GenerationRequest(messages=messages, sampling=Sampling(temperature=self.cfg.student_temperature, top_p=0.95, max_tokens=self.cfg.student_max_tokens, seed=seed + s, repeat_penalty=1.0)))
+            text = gen.text.strip()
+            if self.cfg.phase == 1:
+                parsed = parse(text, self.fmt)
+                text = (parsed.answer if parsed.thinking is not None and parsed.answer else self.fmt.strip_tags(text)).strip()
+            out.append(text)
+        return out
+
+    def _score(self, question: str, reference: str, candidate: str, seed: int) -> float | None:
+        reply = self._call(self.judge_backend, "judgement", PROMPTS["judge"].format(question=question, reference=reference, candidate=candidate), 0.0, 16, seed)
+        return parse_score(reply)
+
+    # -- one pair ----------------------------------------------------------
+    def make_pair(self, student, seed: int, filtered: Counter) -> dict | None:
+        cfg, P = self.cfg, PROMPTS
+        seed_context, hits = self._context(seed)
+        question = self._call(self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, 128, seed, P["system"])
+        question = question.strip().strip('"').splitlines()[0].strip() if question.strip() else ""
+        if len(question) < 8:
+            filtered["no_question"] += 1
+            return None
+        found = self.store.search(question, cfg.k_search) if cfg.k_search else []
+        seen = {h.text for h in hits}
+        context = (seed_context + "".join("\n\n" + h.text.strip() for h in found if h.text not in seen))[: cfg.max_context_chars]
+        sections: list[tuple[str, str]] = []
+        if cfg.style == "graph":
+            edges = graph_lines(self._call(self.teacher, "knowledge graph", P["graph"].format(question=question, context=context), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"]))
+            if not edges:
+                filtered["no_graph"] += 1
+                return None
+            sections.append(("Knowledge Graph", "\n".join(edges)))
+        for category in cfg.categories:
+            body = self._call(self.teacher, f"'{category}' section", P["section"].format(question=question, context=context, category=category), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"])
+            sections.append((category, body))
+        thinking = scratchpad(sections)
+        if not thinking:
+            filtered["empty_thinking"] += 1
+            return None
+        answer = self._call(self.teacher, "answer", P["answer"].format(question=question, context=context, thinking=thinking), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"])
+        chosen = self.fmt.thinking_block(thinking) + answer.strip()
+        candidates = [c for c in self._student(student, question, seed) if c]
+        if not candidates:
+            filtered["empty_rejected"] += 1
+            return None
+        judge = None
+        rejected = candidates[0]
+        if cfg.judge:
+            ref = self._score(question, answer, answer, seed)
+            scored = [(self._score(question, answer, parse(c, self.fmt).answer or self.fmt.strip_tags(c), seed + 1 + i), c) for i, c in enumerate(candidates)]
+            unparsable = sum(1 for s, _ in scored if s is None)
+            filtered["judge_unparsable"] += unparsable
+            worse = [(s, c) for s, c in scored if s is not None and (ref is None or s < ref)]
+            filtered["student_not_worse"] += len(scored) - unparsable - len(worse)
+            if not worse:
+                return None
+            best = max(worse, key=lambda t: t[0])
+            rejected = best[1]
+            judge = {"chosen": ref, "rejected": best[0], "candidates": [s for s, _ in scored]}
+        elif len(candidates) > 1:
+            rejected = random.Random(seed).choice(candidates)
+        if rejected.strip() == answer.strip():
+            filtered["rejected_equals_chosen"] += 1
+            return None
+        meta = {"phase": cfg.phase, "chunks": [h.chunk_id for h in hits], "style": cfg.style}
+        if judge:
+            meta["judge"] = judge
+        return {"prompt": self.fmt.question_with_cue(question), "chosen": chosen, "rejected": rejected, "meta": meta}
+
+    def generate(self, n: int, output: str | Path, student, seed_offset: int = 0) -> GenerationReport:
+        """Append up to ``n`` pairs to ``output`` (tries at most 3n questions); returns the counts."""
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        report = GenerationReport(output=str(output))
+        t0 = time.perf_counter()
+        progress = None
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=n, desc="pairs", unit="pair", file=sys.stderr, leave=False)
+        try:
+            while report.written < n and report.attempted < max(3 * n, n + 5):
+                seed = self.cfg.seed + seed_offset + report.attempted
+                report.attempted += 1
+                row = self.make_pair(student, seed, report.filtered)
+                if row is None:
+                    continue
+                append_jsonl(output, [row])
+                report.written += 1
+                if progress is not None:
+                    progress.update(1)
+        finally:
+            if progress is not None:
+                progress.close()
+            report.seconds = time.perf_counter() - t0
+        return report
+
+
+class TextCorpus:
+    """A store stand-in over plain text files (paragraphs as chunks; search by word overlap).
+
+    For corpora too small to index, and for tests; ``preflexor_local.rag``'s store is the real thing.
+    """
+
+    def __init__(self, texts: list[str]):
+        from ..rag.store import Hit
+
+        self._hit = Hit
+        self.chunks = [t.strip() for t in texts if t.strip()]
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> TextCorpus:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")) if path.is_dir() else [path]
+        return cls([para for f in files for para in re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))])
+
+    def random_chunks(self, k: int, seed: int | None = None):
+        ids = random.Random(seed).sample(range(len(self.chunks)), min(k, len(self.chunks)))
+        return [self._hit(i, self.chunks[i], "corpus", f"#{i}", 0.0) for i in ids]
+
+    def search(self, query: str, k: int = 5):
+        words = set(re.findall(r"\w+", query.lower()))
+        scored = sorted(((len(words & set(re.findall(r"\w+", c.lower()))), i) for i, c in enumerate(self.chunks)), reverse=True)
+        return [self._hit(i, self.chunks[i], "corpus", f"#{i}", float(s)) for s, i in scored[:k] if s > 0]
+
+
+def open_corpus(path: str | Path):
+    """A store file (``.db``) through the RAG API, or a text file/folder as a ``TextCorpus``."""
+    path = Path(path).expanduser()
+    if path.is_dir() or path.suffix in (".txt", ".md"):
+        if not path.exists():
+            raise UsageError(f"corpus {path} does not exist")
+        corpus = TextCorpus.from_path(path)
+        if not corpus.chunks:
+            raise UsageError(f"corpus {path} has no text", hint="add .txt/.md files, or index documents into a store")
+        return corpus
+    from ..rag import open_store
+
+    if not path.exists():
+        raise UsageError(f"no store at {path}", hint=f"build one first: preflexor-local index add FOLDER --store {path}")
+    store = open_store(path, readonly=True)
+    if not store.stats().get("chunks"):
+        raise UsageError(f"the store {path} is empty", hint=f"index documents first: preflexor-local index add FOLDER --store {path}")
+    return store
