@@ -51,6 +51,22 @@ def _break_score(text: str, end_char: int, next_start: int) -> int:
     return 0
 
 
+def _overlap_start(text: str, toks: list[tuple[int, int]], start: int, end: int, overlap: int) -> int:
+    """Where the next window begins: ``overlap`` tokens back, moved to a sentence or line start if one is
+    within the overlap (shorter overlap) or within another ``overlap`` tokens before it (longer overlap)."""
+    nxt = max(end - overlap, start + 1)
+    if overlap == 0:
+        return nxt
+    starts_sentence = lambda j: j > 0 and _break_score(text, toks[j - 1][1], toks[j][0]) > 0  # noqa: E731
+    for j in range(nxt, end):
+        if starts_sentence(j):
+            return j
+    for j in range(nxt - 1, max(end - 2 * overlap, start + 1) - 1, -1):
+        if starts_sentence(j):
+            return j
+    return nxt
+
+
 def chunk_text(ex: Extracted, offsets: Callable[[str], list[tuple[int, int]]], size: int, overlap: int) -> list[Chunk]:
     """Split ``ex.text`` into overlapping token windows; empty windows are dropped."""
     text = ex.text
@@ -75,5 +91,5 @@ def chunk_text(ex: Extracted, offsets: Callable[[str], list[tuple[int, int]]], s
             chunks.append(Chunk(body, a, b, ex.span(a, b)))
         if end >= n:
             break
-        start = max(end - overlap, start + 1)
+        start = _overlap_start(text, toks, start, end, overlap)
     return chunks
