@@ -16,6 +16,10 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", tags: bool = True, tied
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out_dir, tags=tags)
+    if arch in ("qwen2", "qwen3"):  # reload as the family's tokenizer class (it adds <|endoftext|>)
+        (out_dir / "config.json").write_text('{"model_type": "%s"}' % arch)
+        tok = tf.AutoTokenizer.from_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -28,7 +32,8 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", tags: bool = True, tied
     elif arch == "qwen3":
         config, cls = tf.Qwen3Config(head_dim=16, **common), tf.Qwen3ForCausalLM
     elif arch == "gemma3":
-        config = tf.Gemma3TextConfig(head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"][:layers] * (layers // 2 or 1),
+        # sliding window longer than any test prompt; alternate local/global layers (different rope bases)
+        config = tf.Gemma3TextConfig(head_dim=16, sliding_window=256, layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
                                      query_pre_attn_scalar=16, rope_local_base_freq=10000.0, **common)
         cls = tf.Gemma3ForCausalLM
     elif arch == "mistral":
