@@ -64,7 +64,7 @@ def sft_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.arra
     mask = scored(labels)
     n = mx.maximum(mask.sum(), 1.0)
     loss = -(lp * mask).sum() / n
-    return loss, {"nll": loss, "tokens": mask.sum()}
+    return loss, {"nll_loss": loss, "tokens": mask.sum()}
 
 
 def orpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array, beta: float) -> tuple[mx.array, dict]:
@@ -81,9 +81,11 @@ def orpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.arr
     ratio = nn.log_sigmoid(log_odds)
     loss = nll - beta * ratio.mean()
     return loss, {
-        "nll": nll, "log_odds_ratio": ratio.mean(), "log_odds_chosen": log_odds.mean(),
-        "logps_chosen": chosen.mean(), "logps_rejected": rejected.mean(),
-        "rewards_accuracy": (chosen > rejected).astype(mx.float32).mean(), "tokens": mask.sum(),
+        "nll_loss": nll, "log_odds_ratio": ratio.mean(), "log_odds_chosen": log_odds.mean(),
+        "logps/chosen": chosen.mean(), "logps/rejected": rejected.mean(),
+        "rewards/chosen": beta * chosen.mean(), "rewards/rejected": beta * rejected.mean(),
+        "rewards/margins": beta * (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).astype(mx.float32).mean(), "tokens": mask.sum(),
     }
 
 
@@ -103,9 +105,9 @@ def dpo_from_logps(chosen: mx.array, rejected: mx.array, ref_chosen: mx.array, r
     reward_c = beta * (chosen - ref_chosen)
     reward_r = beta * (rejected - ref_rejected)
     return per.mean(), {
-        "rewards_chosen": reward_c.mean(), "rewards_rejected": reward_r.mean(), "rewards_margin": (reward_c - reward_r).mean(),
-        "rewards_accuracy": (reward_c > reward_r).astype(mx.float32).mean(),
-        "logps_chosen": chosen.mean(), "logps_rejected": rejected.mean(),
+        "rewards/chosen": reward_c.mean(), "rewards/rejected": reward_r.mean(), "rewards/margins": (reward_c - reward_r).mean(),
+        "rewards/accuracies": (reward_c > reward_r).astype(mx.float32).mean(),
+        "logps/chosen": chosen.mean(), "logps/rejected": rejected.mean(),
     }
 
 

@@ -54,6 +54,15 @@ def _atomic_safetensors(path: Path, tensors: dict) -> None:
     os.replace(tmp, path)
 
 
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def lora_keys(model, target_modules: str) -> list[str] | None:
     """mlx-lm layer keys for ``target_modules`` ("all-linear" = every linear layer of the blocks, PEFT's meaning)."""
     import mlx.nn as nn
@@ -231,6 +240,7 @@ class MLXTrainer:
 
             bar = tqdm(total=steps, desc=f"mlx {c.method} round {round_index + 1}", unit="step", file=sys.stderr)
         stream = self._micro_batches(data.examples)
+        t_round = time.perf_counter()
         losses, last = [], {}
         try:
             for _ in range(steps):
@@ -250,6 +260,7 @@ class MLXTrainer:
                 self.optimizer.update(self.model, acc)
                 mx.eval(self.model.trainable_parameters(), self.optimizer.state)
                 self.global_step += 1
+                self.ctx.global_step = self.global_step
                 losses.append(step_loss)
                 last = {"step": self.global_step, "round": round_index, "loss": step_loss, "grad_norm": norm.item(),
                         "lr": float(self.optimizer.learning_rate.item()), "seconds": time.perf_counter() - t0, **agg}
@@ -263,8 +274,16 @@ class MLXTrainer:
                 bar.close()
             self._checkpointing(False)
             self.model.eval()
-        return {"loss": sum(losses) / len(losses), "last_loss": losses[-1], "first_loss": losses[0], "steps": steps,
-                "pairs": len(data.examples), "dropped_long": data.dropped_long, **{f"mask_{k}": v for k, v in data.stats.as_dict().items()}}
+        seconds = time.perf_counter() - t_round
+        summary = {"round": round_index, "steps": steps, "global_step": self.global_step, "seconds": round(seconds, 3),
+                   "seconds_per_step": round(seconds / steps, 4), "train_loss": sum(losses) / len(losses),
+                   "first_loss": losses[0], "last_loss": losses[-1], "pairs_used": len(data.examples),
+                   "dropped_long": data.dropped_long, "missing_close": data.stats.missing_close,
+                   "ignored_thinking_tokens": data.stats.ignored_thinking_tokens}
+        for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
+            if key in last:
+                summary[key] = last[key]
+        return summary
 
     def _micro_batches(self, examples):
         from .batches import batches
@@ -324,13 +343,22 @@ class MLXTrainer:
             self.optimizer.init(self.model.trainable_parameters())
             self.optimizer.state = tree_unflatten(list(mx.load(str(opt_file)).items()))
 
-    def save_final(self, path: Path) -> None:
+    def save_final(self, path: Path, merge: bool = True) -> dict:
+        """``path/adapter`` (MLX adapter dir) and, with ``merge``, ``path/merged``: the fused MLX model (mlx-lm's ``fuse``)."""
         path = Path(path)
-        self.save_adapter(path)
-        for name in ("chat_template.jinja",):
-            src = self.base_path / name
-            if src.is_file() and not (path / name).exists():
-                shutil.copy(src, path / name)
+        tmp = path / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save_adapter(tmp)
+        if self.template.name != "model":
+            (tmp / "chat_template.jinja").write_text(self.template.source, encoding="utf-8")
+        _replace_dir(tmp, path / "adapter")
+        out = {"adapter": str(path / "adapter")}
+        if merge:
+            from .fuse import fuse_adapter
+
+            fuse_adapter(self.base_path, path / "adapter", path / "merged", force=True, quiet=self.ctx.quiet)
+            out["merged"] = str(path / "merged")
+        return out
 
     def student(self):
         from ...backends.mlx import MLXBackend
