@@ -144,7 +144,7 @@ class MLXBackend(LocalBackend):
         self.adapter = adapter
         if not (self.path / "config.json").is_file():
             raise InvalidModelError(f"{self.path} has no config.json, so it is not an MLX or Hugging Face model directory",
-                                    hint="convert a Hugging Face checkpoint with `preflexor-local convert hf-to-mlx` (or mlx_lm.convert)")
+                                    hint="convert a Hugging Face checkpoint with `preflexor-local convert mlx` (or mlx_lm.convert)")
         try:
             model, tokenizer, config = mlx_load(str(self.path), return_config=True)
             if adapter is not None:
@@ -315,7 +315,7 @@ def resolve_adapter(path: Path) -> tuple[Path, Path]:
 def load(spec: ModelSpec, options: LoadOptions) -> MLXBackend:
     if spec.kind != "dir" or spec.path is None:
         raise InvalidModelError(f"{spec.text} is not a directory; the MLX backend loads MLX model or adapter directories",
-                                hint="pass the directory written by mlx_lm.convert or `convert hf-to-mlx`")
+                                hint="pass the directory written by `preflexor-local convert mlx` or mlx_lm.convert")
     if is_mlx_adapter_dir(spec.path):
         base, adapter = resolve_adapter(spec.path)
         return MLXBackend(base, options, adapter=adapter, name=spec.name)

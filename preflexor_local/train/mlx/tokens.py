@@ -72,7 +72,7 @@ def add_tokens(model_dir: str | Path, out_dir: str | Path, tokens: list[str] | t
 
     src, out = Path(model_dir).expanduser(), Path(out_dir).expanduser()
     if not (src / "config.json").is_file():
-        raise InvalidModelError(f"{src} is not a model directory (no config.json)", hint="pass an MLX model directory (convert hf-to-mlx)")
+        raise InvalidModelError(f"{src} is not a model directory (no config.json)", hint="pass an MLX model directory (`preflexor-local convert mlx`)")
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists", hint="choose another -o, or pass force=True / --force")
     if src.resolve() == out.resolve():

@@ -107,7 +107,7 @@ class MLXTrainer:
         if not (path / "config.json").is_file():
             from ...errors import ModelNotFoundError
 
-            raise ModelNotFoundError(f"{path} is not a model directory (no config.json)", hint="pass an MLX directory (convert hf-to-mlx) or a Hugging Face checkpoint directory")
+            raise ModelNotFoundError(f"{path} is not a model directory (no config.json)", hint="pass an MLX directory (`preflexor-local convert mlx`) or a Hugging Face checkpoint directory")
         self.base_path = path.resolve()
         mx.random.seed(c.seed)
         self.model, self.tokenizer, self.model_config = mlx_load(str(self.base_path), return_config=True)
@@ -125,7 +125,7 @@ class MLXTrainer:
                     self.row_ids.append(pieces[0])
             if not self.row_ids:
                 raise UsageError(f"--train-embeddings: none of the tags {self.fmt.tags} is a single token of this tokenizer",
-                                 hint="add them first (preflexor_local.train.mlx.add_tokens / `convert add-tokens`), or pass --freeze-embeddings")
+                                 hint="add them first (preflexor_local.train.mlx.add_tokens on the MLX model, or `convert add-tokens` on the HF model before `convert mlx`), or pass --freeze-embeddings")
             add_token_rows(self.model, self.row_ids)
         close = self.tok.encode(self.fmt.think_end, add_special_tokens=False)
         if c.mask_thinking and len(close) != 1:

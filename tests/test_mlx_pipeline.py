@@ -1,0 +1,61 @@
+"""The issue's "done when": HF -> MLX -> ORPO with masked thinking on MLX -> adapter -> PEFT -> merged -> GGUF -> ask."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("mlx_lm", reason="MLX is not installed on this platform (pip install 'preflexor-local[mlx]')")
+
+from mlx_fixtures import *  # noqa: E402,F403
+from mlx_fixtures import PAIRS  # noqa: E402
+
+
+def test_hf_mlx_orpo_peft_merged_gguf_ask(tiny_llama, tiny_mlx, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from preflexor_local.backends import GenerationRequest, load
+    from preflexor_local.config import Sampling
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    cli = [sys.executable, "-m", "preflexor_local.app.cli"]
+
+    def run(*args):
+        r = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+
+    run("train", "orpo", "--engine", "mlx", "--model", tiny_mlx, "--data", data, "-o", tmp_path / "run", "--mask-thinking",
+        "--steps-per-round", 4, "--lr", 5e-2, "--rank", 4, "--alpha", 8, "--lora-dropout", 0, "--batch-size", 2,
+        "--freeze-embeddings", "--no-merge", "--json")
+    rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rounds if r["type"] == "round"][0]["ignored_thinking_tokens"] > 0  # the thinking really was masked
+    adapter = tmp_path / "run" / "adapter"
+    run("convert", "mlx-adapter-to-peft", adapter, "-o", tmp_path / "peft", "--base-model", tiny_llama, "-q")
+    peft_dir = tmp_path / "peft"
+    merged_dir = tmp_path / "merged"
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), str(peft_dir)).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    for f in tiny_llama.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".jinja") or f.name == "special_tokens_map.json":
+            shutil.copy(f, merged_dir / f.name)
+    gguf = tmp_path / "tiny-orpo.gguf"
+    convert_to_gguf(merged_dir, gguf, "f32", quiet=True)
+
+    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
+    req = GenerationRequest(messages=[{"role": "user", "content": "Why is spider silk tough?"}], prefill="<|thinking|>", sampling=greedy)
+    with load(str(adapter)) as mlx_b, load(str(gguf)) as gguf_b:
+        assert (mlx_b.kind, gguf_b.kind) == ("mlx", "llamacpp")
+        assert gguf_b.generate(req).text == mlx_b.generate(req).text  # same trained model in both engines
+
+    res = run("ask", "Why is spider silk tough?", "--model", gguf, "--json", "-t", 0, "--max-tokens", 12, "--repeat-penalty", 1.0)
+    assert json.loads(res.stdout)
