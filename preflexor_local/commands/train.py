@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -41,6 +42,8 @@ def _make(method: str, phase: int):
             gen, _ = build_generation(kw, phase, pairs_per_round, cfg.seed, quiet=as_json)
             source = GeneratedPairs(gen, pairs_per_round)
         result = run_train(cfg, source, quiet=as_json, merge=merge)
+        if os.environ.get("RANK", "0") != "0":
+            return  # one report per run, from the main process
         if as_json:
             click.echo(json.dumps(result.to_dict()))
         else:

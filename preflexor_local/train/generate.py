@@ -204,7 +204,7 @@ class PairGenerator:
     def make_pair(self, student, seed: int, filtered: Counter) -> dict | None:
         cfg, P = self.cfg, PROMPTS
         seed_context, hits = self._context(seed)
-        question = self._call(self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, 128, seed, P["system"])
+        question = self._call(self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, min(128, cfg.teacher_max_tokens), seed, P["system"])
         question = question.strip().strip('"').splitlines()[0].strip() if question.strip() else ""
         if len(question) < 8:
             filtered["no_question"] += 1

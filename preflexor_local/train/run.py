@@ -81,14 +81,20 @@ class TrainResult:
         return self.__dict__.copy()
 
 
-def _dist():
-    """(is_main, wait_for_everyone) without making accelerate a hard dependency of single-process runs."""
+def _dist(device: str = "auto"):
+    """(is_main, wait_for_everyone, processes) without making accelerate a hard dependency of single-process runs.
+
+    Under ``accelerate launch`` / ``torchrun`` (WORLD_SIZE > 1) this creates accelerate's process state; on CPU it
+    must be created with ``cpu=True`` (gloo), or accelerate silently runs each process alone.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return True, lambda: None
+        return True, lambda: None, 1
     from accelerate import PartialState
 
-    state = PartialState()
-    return state.is_main_process, state.wait_for_everyone
+    from .trl_engine import pick_device
+
+    state = PartialState(cpu=pick_device(device) == "cpu")
+    return state.is_main_process, state.wait_for_everyone, state.num_processes
 
 
 def last_complete_round(rounds_dir: Path) -> tuple[int, dict] | None:
@@ -119,7 +125,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
     engine = get_engine(cfg.engine, cfg.method)
     out = Path(cfg.output).expanduser()
     rounds_dir = out / "rounds"
-    is_main, barrier = _dist()
+    is_main, barrier, processes = _dist(cfg.device)
     prev = last_complete_round(rounds_dir)
     if prev is not None and not cfg.resume:
         raise UsageError(f"{out} already holds a run (round {prev[0]} complete)", hint="pass --resume to continue it, or choose a new -o")
@@ -132,7 +138,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
         resume_from = rounds_dir / ROUND_DIR.format(state["round"])
     if is_main:
         rounds_dir.mkdir(parents=True, exist_ok=True)
-        run_info = {"config": cfg.to_dict(), "engine": cfg.engine, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_round": start if resume_from else None}
+        run_info = {"config": cfg.to_dict(), "engine": cfg.engine, "processes": processes, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_round": start if resume_from else None}
         (out / "run.json.tmp").write_text(json.dumps(run_info, indent=2))
         os.replace(out / "run.json.tmp", out / "run.json")
     barrier()

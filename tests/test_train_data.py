@@ -1,0 +1,104 @@
+"""Preference JSONL: validation with line numbers, rendering identical to inference, length checks."""
+
+import json
+
+import pytest
+from train_fixtures import pair_rows, write_pairs
+
+from preflexor_local.train.data import DataError, load_pairs, pair_from_obj, render_pair
+
+
+def test_load_string_and_message_rows(tmp_path):
+    rows = pair_rows(2)
+    rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why? Use <|thinking|>."}],
+                 "chosen": [{"role": "assistant", "content": "<|thinking|>\nx\n<|/thinking|>\ny"}],
+                 "rejected": [{"role": "assistant", "content": "z"}], "meta": {"source": "test"}})
+    pairs = load_pairs(write_pairs(tmp_path / "p.jsonl", rows), require_thinking=True)
+    assert len(pairs) == 3
+    assert pairs[2].messages[0] == {"role": "system", "content": "Be brief."}
+    assert pairs[2].chosen.endswith("y") and pairs[2].meta == {"source": "test"} and pairs[2].line == 3
+
+
+def test_missing_columns_name_the_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(pair_rows(1)[0]) + "\n" + json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"p.jsonl:2: missing column\(s\) rejected"):
+        load_pairs(path)
+
+
+def test_bad_json_and_empty_and_missing_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("{not json}\n" + json.dumps(pair_rows(1)[0]) + "\n")
+    with pytest.raises(DataError, match=r":1: not valid JSON"):
+        load_pairs(path)
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no rows"):
+        load_pairs(tmp_path / "e.jsonl")
+    with pytest.raises(DataError, match="does not exist"):
+        load_pairs(tmp_path / "nope.jsonl")
+
+
+def test_interrupted_last_line_is_skipped(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(pair_rows(1)[0]) + "\n" + '{"prompt": "cut by a cra')
+    assert len(load_pairs(path)) == 1
+
+
+def test_tags_missing_from_fixed_dataset(tmp_path):
+    rows = pair_rows(3)
+    rows[1]["chosen"] = "no thinking here"
+    with pytest.raises(DataError, match=r"1 of 3 chosen replies have no closing <\|/thinking\|> tag \(lines 2\)"):
+        load_pairs(write_pairs(tmp_path / "p.jsonl", rows), require_thinking=True)
+
+
+def test_bad_messages():
+    with pytest.raises(DataError, match="last message must be a user turn"):
+        pair_from_obj({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"})
+    with pytest.raises(DataError, match="exactly one assistant message"):
+        pair_from_obj({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"})
+
+
+def test_training_prompt_is_the_inference_prompt(tiny_llama):
+    """The prompt ids the trainer sees equal what the transformers backend feeds the model at inference."""
+    from preflexor_local import backends
+    from preflexor_local.backends.base import GenerationRequest
+    from preflexor_local.config import LoadOptions
+    from preflexor_local.train.config import TrainConfig
+    from preflexor_local.train.trl_engine import Encoder, training_template
+
+    backend = backends.load(str(tiny_llama), LoadOptions(device="cpu"))
+    pair = pair_from_obj(pair_rows(1)[0])
+    cfg = TrainConfig(model=str(tiny_llama), output="x").resolved()
+    template = training_template(cfg, backend.tokenizer, "llama", tiny_llama.name)
+    enc = Encoder(backend.tokenizer, template, 512).encode([pair])
+    served = backend.encode(backend.render(GenerationRequest(messages=pair.messages)))
+    assert enc.rows[0]["prompt_ids"] == served
+    prompt, chosen, _ = render_pair(template, pair)
+    assert chosen.startswith(pair.chosen) and chosen != pair.chosen  # reply + the template's end-of-turn
+    tok = backend.tokenizer
+    assert tok.convert_ids_to_tokens(enc.rows[0]["chosen_ids"][-1]) == "<|end|>"
+    close = tok.convert_tokens_to_ids("<|/thinking|>")
+    assert close in enc.rows[0]["chosen_ids"]  # a single token inside the completion
+    backend.close()
+
+
+def test_long_chosen_dropped_long_rejected_cut_and_counted(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from preflexor_local.prompt import ChatTemplate
+    from preflexor_local.train.trl_engine import Encoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = pair_rows(3)
+    rows[0]["chosen"] = rows[0]["chosen"] + " silk" * 200
+    rows[1]["rejected"] = "bone " * 200
+    pairs = [pair_from_obj(r, "p", i + 1) for i, r in enumerate(rows)]
+    template = ChatTemplate("model", tok.chat_template, tok.bos_token, tok.eos_token)
+    normal = Encoder(tok, template, 10_000).encode(pairs[2:]).rows[0]
+    assert len(normal["prompt_ids"]) + max(len(normal["chosen_ids"]), len(normal["rejected_ids"])) < 120
+    enc = Encoder(tok, template, 120).encode(pairs)
+    assert enc.counts() == {"pairs_in": 3, "pairs_used": 2, "dropped_long": 1, "truncated_rejected": 1}
+    assert enc.dropped_lines == [1]
+    for row in enc.rows:
+        assert len(row["prompt_ids"]) + len(row["rejected_ids"]) <= 120
+        assert len(row["prompt_ids"]) + len(row["chosen_ids"]) <= 120

@@ -1,0 +1,221 @@
+"""Real TRL + PEFT on the tiny model (CPU): ORPO, DPO (exo_pair, sigmoid), masks in the trainer's batch, resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_fixtures import pair_rows, write_pairs
+
+from preflexor_local.train.config import TrainConfig
+from preflexor_local.train.data import pair_from_obj
+from preflexor_local.train.session import RunContext
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _session(tiny, tmp_path, method, **kw):
+    from preflexor_local.train.trl_engine import open_session
+
+    cfg = TrainConfig(model=str(tiny), output=str(tmp_path), method=method, lr=5e-3, **kw).resolved()
+    logs = []
+    return open_session(cfg, RunContext(tmp_path, log=logs.append, quiet=True)), logs
+
+
+def _pairs(n=4):
+    return [pair_from_obj(r, "t", i + 1) for i, r in enumerate(pair_rows(n))]
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_orpo_moves_loss_and_changes_only_adapter_and_tag_rows(tiny_llama, tmp_path):
+    session, logs = _session(tiny_llama, tmp_path, "orpo", adapter="lora")
+    before = _params(session.model)
+    trainable = {n for n, p in session.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    summary = session.train_round(_pairs(), 8, 0)
+    after = _params(session.model)
+    changed = {n for n in before if not bool((before[n] == after[n]).all())}
+    assert changed and changed <= trainable  # base weights untouched
+    assert any("lora_B" in n for n in changed) and any("trainable_tokens" in n for n in changed)
+    losses = [r["loss"] for r in logs]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert summary["pairs_used"] == 4 and summary["dropped_long"] == 0
+    session.close()
+
+
+@pytest.mark.parametrize("loss", ["exo_pair", "sigmoid"])
+def test_dpo_losses_move_and_change_adapter(tiny_llama, tmp_path, loss):
+    session, logs = _session(tiny_llama, tmp_path, "dpo", loss=loss)
+    assert session.cfg.label_smoothing == (1e-3 if loss == "exo_pair" else 0.0)
+    before = _params(session.model)
+    session.train_round(_pairs(), 6, 0)
+    after = _params(session.model)
+    changed = {n for n in before if not bool((before[n] == after[n]).all())}
+    assert changed and all("lora_" in n for n in changed)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]
+    session.close()
+
+
+def _prompt_len(tok, ids):
+    """Independent of the code under test: the tiny template's prompt ends with the last <|assistant|>."""
+    a = tok.convert_tokens_to_ids("<|assistant|>")
+    return max(i for i, t in enumerate(ids) if t == a) + 1
+
+
+def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
+    session, _ = _session(tiny_llama, tmp_path, "dpo", batch_size=2, grad_accum=1)
+    session.capture = []
+    session.train_round(_pairs(4), 2, 0)
+    tok = session.tokenizer
+    close = tok.convert_tokens_to_ids("<|/thinking|>")
+    rows = 0
+    for batch in session.capture:
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)  # what DPOTrainer computes
+        for ids, att, lab in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), labels.tolist()):
+            n = sum(att)
+            ids, lab = ids[:n], lab[:n]
+            p = _prompt_len(tok, ids)
+            closes = [i for i in range(p, n) if ids[i] == close]
+            start = closes[-1] if closes else p  # keep_close_tag: the tag itself is scored
+            assert all(l == -100 for l in lab[:start]), (ids, lab)
+            assert lab[start:] == ids[start:]
+            rows += 1
+    assert rows == 8  # 2 steps x (2 chosen + 2 rejected)
+    session.close()
+
+
+def test_dpo_partial_mask_redrawn_each_batch(tiny_llama, tmp_path):
+    session, _ = _session(tiny_llama, tmp_path, "dpo", partial_mask_p=0.5, batch_size=4, grad_accum=1)
+    session.capture = []
+    session.train_round(_pairs(4), 3, 0)
+    tok = session.tokenizer
+    close = tok.convert_tokens_to_ids("<|/thinking|>")
+    seen: dict[tuple, list[tuple]] = {}
+    for batch in session.capture:
+        for ids, att, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["completion_mask"].tolist()):
+            n = sum(att)
+            ids, mask = ids[:n], mask[:n]
+            if close not in ids:
+                continue
+            p = _prompt_len(tok, ids)
+            e = max(i for i, t in enumerate(ids) if t == close)
+            assert sum(1 - m for m in mask[p:e]) == int((e - p) * 0.5)  # exactly the fraction, inside the thinking
+            assert all(mask[e:]) and not any(mask[:p])
+            seen.setdefault(tuple(ids), []).append(tuple(mask))
+    repeated = [m for m in seen.values() if len(m) > 1]
+    assert repeated and all(len(set(m)) > 1 for m in repeated)  # a new draw every batch
+    session.close()
+
+
+def test_orpo_labels_completion_only(tiny_llama, tmp_path):
+    session, _ = _session(tiny_llama, tmp_path, "orpo", batch_size=2, grad_accum=1)
+    session.capture = []
+    session.train_round(_pairs(2), 1, 0)
+    tok = session.tokenizer
+    batch = session.capture[0]
+    for side in ("chosen", "rejected"):
+        for ids, lab, att in zip(batch[f"{side}_input_ids"].tolist(), batch[f"{side}_labels"].tolist(), batch[f"{side}_attention_mask"].tolist()):
+            n = sum(att)
+            p = _prompt_len(tok, ids[:n])
+            assert all(x == -100 for x in lab[:p]) and lab[p:n] == ids[p:n]
+    session.close()
+
+
+def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
+    from tiny_model import build_tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = build_tiny_llama(tmp_path / "untagged", tags=False)
+    from preflexor_local.train.run import train
+
+    data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
+    result = train(TrainConfig(model=str(base), output=str(tmp_path / "out"), method="orpo", data=str(data), steps_per_round=3, lr=5e-3), quiet=True)
+    merged = Path(result.final["merged"])
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = [tok.encode(t, add_special_tokens=False) for t in ("<|thinking|>", "<|/thinking|>")]
+    assert all(len(i) == 1 for i in ids)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] >= len(tok) and emb.shape[0] % 64 == 0
+    # mean-initialised rows of never-seen tokens stay equal; the trained tag rows moved away from them
+    spare = emb[len(tok):] if emb.shape[0] > len(tok) else None
+    t0, t1 = emb[ids[0][0]], emb[ids[1][0]]
+    assert not bool((t0 == t1).all())
+    if spare is not None and len(spare):
+        assert not bool((t0 == spare[0]).all())
+    assert (merged / "chat_template.jinja").is_file() or tok.chat_template
+
+
+def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
+    data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "preflexor_local", "train", "orpo", "--model", str(tiny_llama), "--data", str(data), "-o", str(out),
+            "--rounds", "3", "--steps-per-round", "2", "--lr", "5e-3", "--json"]
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "rounds" / "round-0000" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (out / "rounds").glob("round-*"))
+    assert done and "round-0002" not in done and not (out / "merged").exists()
+    last = int(done[-1].split("-")[1])
+    from preflexor_local.train.run import train
+
+    with pytest.raises(Exception, match="already holds a run"):  # without --resume it refuses to overwrite
+        train(TrainConfig(model=str(tiny_llama), output=str(out), data=str(data), rounds=3, steps_per_round=2), quiet=True)
+    r = subprocess.run([*args, "--resume"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert [x["round"] for x in result["rounds"]] == list(range(last + 1, 3))
+    assert result["global_step"] == 6
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumed_at_round"] == last + 1
+    rounds = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"round"' in l and json.loads(l)["type"] == "round"]
+    assert [x["round"] for x in rounds] == [0, 1, 2] and [x["global_step"] for x in rounds] == [2, 4, 6]
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "step"]
+    assert steps[-2:] == [5, 6]
+    assert (out / "merged" / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_process_gloo(tiny_llama, tmp_path):
+    """torchrun (what `accelerate launch --multi_gpu` runs) with 2 CPU processes: data is sharded, one result."""
+    data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "preflexor_local",
+                        "train", "orpo", "--model", str(tiny_llama), "--data", str(data), "-o", str(out), "--steps-per-round", "2", "--json"],
+                       env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["global_step"] == 2
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
+    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "step"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert steps[0]["epoch"] == 1.0  # 4 pairs = 2 processes x batch 1 x grad-accum 2: one epoch per step
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_llama, capsys):
+    from preflexor_local.app.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    for argv, expect in [
+        (["train", "orpo", "--model", str(tiny_llama), "--data", str(bad), "-o", str(tmp_path / "o1")], "bad.jsonl:1: missing column(s) rejected"),
+        (["train", "orpo", "--model", str(tmp_path / "nope"), "--data", str(bad), "-o", str(tmp_path / "o2")], "bad.jsonl:1"),
+        (["train", "dpo", "--model", str(tiny_llama), "-o", str(tmp_path / "o3")], "nothing to train on"),
+        (["train", "dpo", "--model", str(tiny_llama), "--data", str(bad), "--loss", "nope", "-o", str(tmp_path / "o4")], "unknown DPO loss"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code in (1, 2) and expect in err and "Traceback" not in err, err

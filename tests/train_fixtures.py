@@ -1,0 +1,45 @@
+"""Helpers for the training and data-generation tests (pairs files, a scripted judge, a tiny run)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from preflexor_local.backends.base import Backend, Generation, GenerationRequest
+
+THINK = "<|thinking|>\nbeta sheets and amorphous chains share the load\n<|/thinking|>\n"
+
+
+def pair_rows(n: int = 4) -> list[dict]:
+    return [
+        {
+            "prompt": f"Why is spider silk tough ({i})? Use <|thinking|>.",
+            "chosen": THINK + "Because of its hierarchical structure.",
+            "rejected": "Bone is stiff." if i % 2 else "<|thinking|>\nnacre tablets\nBone",  # one rejected never closes
+        }
+        for i in range(n)
+    ]
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class ScriptedBackend(Backend):
+    """A backend that answers from a script: ``reply(messages) -> str`` (for the judge step)."""
+
+    kind = "scripted"
+
+    def __init__(self, reply):
+        super().__init__("scripted")
+        self.reply = reply
+        self.calls: list[str] = []
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | Generation]:
+        prompt = request.messages[-1]["content"]
+        self.calls.append(prompt)
+        text = self.reply(prompt)
+        yield text
+        yield Generation(text=text, finish_reason="eos", completion_tokens=1)
