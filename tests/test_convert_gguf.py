@@ -1,0 +1,142 @@
+"""HF -> GGUF with our converter: llama.cpp loads the result, the tags keep their ids, greedy tokens equal transformers'."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convert_fixtures import build_tiny
+from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "preflexor_local.app.cli"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny-gguf")
+    return {arch: build_tiny(base / arch, arch=arch, tied=(arch == "gemma3")) for arch in ("llama", "qwen2", "qwen3", "gemma3")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_f32_round_trip_is_exact(tiny_dirs, tmp_path, arch):
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+    from preflexor_local.convert.verify import verify
+
+    out = tmp_path / f"{arch}.gguf"
+    res = convert_to_gguf(tiny_dirs[arch], out, "f32", quiet=True)
+    assert res.arch == {"llama": "llama"}.get(arch, arch) and out.is_file()
+    assert all(isinstance(i, int) for i in res.tag_ids.values()) and res.chat_template
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    report = verify(tiny_dirs[arch], out, n_tokens=12)
+    failed = [c for c in report.checks if not c.ok]
+    assert not failed, report.table()
+    names = [c.name for c in report.checks]
+    assert "greedy gguf" in names and "tokenize gguf" in names and sum(n.startswith("tag ") for n in names) == 4
+
+
+def test_llama_logits_match_and_f16(tiny_dirs, tmp_path):
+    import numpy as np
+
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+    from preflexor_local.convert.verify import _GGUF, _HF
+
+    hf = _HF(tiny_dirs["llama"])
+    ids = hf.encode("Spider silk <|thinking|> is tough")
+    ref = hf.logits(ids)
+    for outtype, tol in (("f32", 1e-2), ("f16", 3e-2)):  # max |dlogit| relative to the logits spread (llama.cpp keeps the KV cache in f16)
+        out = convert_to_gguf(tiny_dirs["llama"], tmp_path / f"m-{outtype}.gguf", outtype, quiet=True).output
+        g = _GGUF(Path(out), 256)
+        try:
+            err = np.abs(ref - g.logits(ids)).max() / ref.std()
+            assert err < tol, (outtype, err)
+            assert g.greedy(ids, 10) == hf.greedy(ids, 10)
+        finally:
+            g.close()
+
+
+def test_quantised_outputs_load_and_generate(tiny_dirs, tmp_path):
+    import llama_cpp
+
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+    from preflexor_local.convert.verify import gguf_weight_type, verify
+
+    for outtype in ("q8_0", "q4_k_m"):
+        out = tmp_path / f"m-{outtype}.gguf"
+        convert_to_gguf(tiny_dirs["llama"], out, outtype, quiet=True)
+        assert gguf_weight_type(out) == outtype
+        llm = llama_cpp.Llama(str(out), n_ctx=128, verbose=False)
+        try:
+            text = llm.create_completion("Spider silk", max_tokens=8, temperature=0.0)["choices"][0]["text"]
+            assert llm.tokenize(b"<|thinking|>", add_bos=False, special=True) == [llm.tokenize(b"<|thinking|>", add_bos=False, special=True)[0]]
+        finally:
+            llm.close()
+        assert isinstance(text, str)
+        report = verify(tiny_dirs["llama"], out, n_tokens=8)
+        assert all(c.ok for c in report.checks if c.name != "top-1 gguf"), report.table()  # tags, template, tokens exact
+        top1 = next(c for c in report.checks if c.name == "top-1 gguf")
+        assert "top-1 agreement" in top1.detail
+        if outtype == "q8_0":  # a random 64-wide model is too flat for 4-bit top-1 tolerances; 8-bit must pass
+            assert top1.ok, top1.detail
+    # bf16 is written directly (numpy), as is q8_0
+    out = convert_to_gguf(tiny_dirs["qwen2"], tmp_path / "q-bf16.gguf", "bf16", quiet=True)
+    assert gguf_weight_type(out.output) == "bf16"
+
+
+def test_script_and_cli(tiny_dirs, tmp_path):
+    out = tmp_path / "cli.gguf"
+    r = subprocess.run([sys.executable, str(ROOT / "convert" / "hf_to_gguf.py"), str(tiny_dirs["llama"]), "--outtype", "f16", "-o", str(out), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outtype"] == "f16" and out.is_file()
+    r = subprocess.run([*CLI, "convert", "verify", str(tiny_dirs["llama"]), str(out), "--json", "--tokens", "6"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    r = subprocess.run([*CLI, "convert", "gguf", str(tiny_dirs["llama"]), "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_fails_on_a_wrong_copy(tiny_dirs, tmp_path):
+    """A GGUF of a different model must fail verify (the check can fail), with exit code 1 from the CLI."""
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+
+    other = build_tiny(tmp_path / "other", arch="llama", seed=1)
+    out = convert_to_gguf(other, tmp_path / "other.gguf", "f32", quiet=True).output
+    r = subprocess.run([*CLI, "convert", "verify", str(tiny_dirs["llama"]), out, "--tokens", "6"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "FAIL" in r.stdout
+
+
+def test_bad_inputs(tiny_dirs, tmp_path):
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+
+    with pytest.raises(ModelNotFoundError):
+        convert_to_gguf(tmp_path / "missing", tmp_path / "x.gguf")
+    (tmp_path / "notckpt").mkdir()
+    with pytest.raises(InvalidModelError, match="no config.json"):
+        convert_to_gguf(tmp_path / "notckpt", tmp_path / "x.gguf")
+    # unsupported architecture: refused by name, before weights are even looked at
+    bad = tmp_path / "bert"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    with pytest.raises(InvalidModelError, match="BertForMaskedLM is not supported"):
+        convert_to_gguf(bad, tmp_path / "x.gguf")
+    moe = tmp_path / "moe"
+    moe.mkdir()
+    (moe / "config.json").write_text(json.dumps({"architectures": ["MixtralForCausalLM"]}))
+    with pytest.raises(InvalidModelError, match="mixture-of-experts"):
+        convert_to_gguf(moe, tmp_path / "x.gguf")
+    # truncated safetensors
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    for f in tiny_dirs["llama"].iterdir():
+        data = f.read_bytes()
+        (trunc / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".safetensors" else data)
+    with pytest.raises(InvalidModelError, match="truncated or corrupt"):
+        convert_to_gguf(trunc, tmp_path / "x.gguf")
+    with pytest.raises(UsageError, match="outtype"):
+        convert_to_gguf(tiny_dirs["llama"], tmp_path / "x.gguf", "q7_z")
+    assert not (tmp_path / "x.gguf").exists()
