@@ -1,0 +1,171 @@
+"""Pair generation with real backends (the tiny model through transformers), a real store, a scripted judge."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from tiny_model import CORPUS
+from train_fixtures import ScriptedBackend
+
+from preflexor_local.errors import PreflexorError
+from preflexor_local.format import parse
+from preflexor_local.train.data import load_pairs
+from preflexor_local.train.generate import GenerationConfig, PairGenerator, TeacherError, TextCorpus, graph_lines, open_corpus
+
+FAST = dict(teacher_max_tokens=12, student_max_tokens=12, categories=("Reasoning Steps",), max_context_chars=300, k_search=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_llama):
+    from preflexor_local import backends
+    from preflexor_local.config import LoadOptions
+
+    b = backends.load(str(tiny_llama), LoadOptions(device="cpu", ctx=4096))
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_tiny_teacher_and_student_write_valid_pairs(tiny_backend, tmp_path, phase):
+    out = tmp_path / "pairs.jsonl"
+    gen = PairGenerator(tiny_backend, TextCorpus(CORPUS), GenerationConfig(phase=phase, seed=phase, **FAST), quiet=True)
+    report = gen.generate(2, out, student=tiny_backend)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert report.written == len(rows) == 2 and report.attempted >= 2
+    assert sum(report.filtered.values()) == report.attempted - report.written
+    for row in rows:
+        assert set(row) == {"prompt", "chosen", "rejected", "meta"}
+        assert row["prompt"].endswith(" Use <|thinking|>.")
+        parsed = parse(row["chosen"])
+        assert parsed.thinking_closed and "**Reasoning Steps**:" in parsed.thinking and parsed.answer
+        assert row["chosen"].startswith("<|thinking|>\n") and row["meta"]["phase"] == phase and len(row["meta"]["chunks"]) == 3
+        if phase == 1:
+            assert "<|thinking|>" not in row["rejected"] and "<|/thinking|>" not in row["rejected"]
+    assert len(load_pairs(out, require_thinking=True)) == 2  # the trainer accepts what generation writes
+
+
+def _scripted_teacher(question_for=lambda p: "What makes nacre so tough?"):
+    def reply(prompt: str) -> str:
+        if prompt.startswith("Read the passages"):
+            return question_for(prompt)
+        if "knowledge graph" in prompt:
+            return "Here is the graph:\n[Nacre] -[IS-A]-> [Composite]\nnot a relation\n[tablets] -[influences]-> [crack path]\n"
+        if "headed" in prompt:
+            return "Tablets slide and deflect cracks."
+        return "Nacre is tough because its tablets deflect cracks and slide."
+    return ScriptedBackend(reply)
+
+
+def test_judge_keeps_hardest_worse_candidate_and_counts_filtered(tmp_path):
+    teacher = _scripted_teacher()
+    answers = itertools.chain(["weak answer A", "good answer B", "decent answer C"], itertools.repeat("good answer D"))
+    student = ScriptedBackend(lambda p: next(answers))
+    scores = {"Nacre is tough because": 8, "weak": 2, "good": 9, "decent": 5}
+
+    def judge_reply(prompt):
+        cand = prompt.split("Candidate answer:\n")[1]
+        return "SCORE: %d" % next(v for k, v in scores.items() if cand.startswith(k))
+
+    judge = ScriptedBackend(judge_reply)
+    out = tmp_path / "p.jsonl"
+    gen = PairGenerator(teacher, TextCorpus(CORPUS), GenerationConfig(samples=3, judge=True, k_search=1), judge=judge, quiet=True)
+    report = gen.generate(1, out, student=student)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert report.written == 1 and rows[0]["rejected"] == "decent answer C"  # worse than the teacher (8), best of the worse
+    assert rows[0]["meta"]["judge"] == {"chosen": 8.0, "rejected": 5.0, "candidates": [2.0, 9.0, 5.0]}
+    assert report.filtered["student_not_worse"] == 1
+    report2 = gen.generate(1, out, student=student, seed_offset=10)  # every later candidate scores 9 >= 8: nothing kept
+    assert report2.written == 0 and report2.filtered["student_not_worse"] == 3 * report2.attempted == 18
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_graph_style_keeps_only_wellformed_relations(tmp_path):
+    out = tmp_path / "p.jsonl"
+    gen = PairGenerator(_scripted_teacher(), TextCorpus(CORPUS), GenerationConfig(style="graph", categories=("Hypothesis",)), quiet=True)
+    gen.generate(1, out, student=ScriptedBackend(lambda p: "no idea"))
+    thinking = parse(json.loads(out.read_text())["chosen"]).thinking
+    assert thinking.startswith("**Knowledge Graph**:\n\n[Nacre] -[IS-A]-> [Composite]\n[tablets] -[INFLUENCES]-> [crack path]\n\n**Hypothesis**:")
+    assert graph_lines("[A] -[RELATES-TO]-> [B]\nA -> B") == ["[A] -[RELATES-TO]-> [B]"]
+
+
+def test_crash_keeps_pairs_already_written(tmp_path):
+    calls = {"n": 0}
+
+    def question(prompt):
+        calls["n"] += 1
+        return "What makes nacre so tough?" if calls["n"] == 1 else ""  # the teacher goes silent after one pair
+
+    out = tmp_path / "p.jsonl"
+    gen = PairGenerator(_scripted_teacher(question), TextCorpus(CORPUS), GenerationConfig(retries=2, k_search=0), quiet=True)
+    with pytest.raises(TeacherError, match="the teacher gave no question after 2 tries"):
+        gen.generate(3, out, student=ScriptedBackend(lambda p: "plain"))
+    assert len(load_pairs(out)) == 1
+
+
+def test_teacher_down_fails_loudly(tmp_path, capsys):
+    from preflexor_local.app.cli import main
+
+    (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "generate", "--store", str(tmp_path / "c.txt"), "--teacher", "http://127.0.0.1:9/v1", "--student", "http://127.0.0.1:9/v1",
+              "-n", "1", "-o", str(tmp_path / "o.jsonl"), "--retries", "2"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "cannot reach the server at http://127.0.0.1:9/v1" in err and "Traceback" not in err
+
+
+def test_empty_or_missing_store_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PreflexorError, match="has no text"):
+        open_corpus(tmp_path / "empty")
+    with pytest.raises(PreflexorError, match="no store at"):
+        open_corpus(tmp_path / "missing.db")
+
+
+def test_real_store_through_the_cli(tmp_path, tiny_llama, capsys):
+    from preflexor_local.app.cli import main
+    from preflexor_local.rag import open_store
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(CORPUS):
+        (docs / f"d{i}.txt").write_text(text)
+    db = tmp_path / "bio.db"
+    assert main_ok(main, ["index", "add", str(docs), "--store", str(db)])
+    empty = tmp_path / "empty.db"
+    open_store(empty).close()
+    with pytest.raises(SystemExit):
+        main(["data", "generate", "--store", str(empty), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(tmp_path / "x.jsonl")])
+    assert "empty" in capsys.readouterr().err
+    out = tmp_path / "pairs.jsonl"
+    assert main_ok(main, ["data", "generate", "--store", str(db), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(out),
+                          "--categories", "Hypothesis", "--teacher-max-tokens", "12", "--student-max-tokens", "12", "--k-random", "2", "--k-search", "1",
+                          "--max-context-chars", "300", "--teacher-ctx", "4096", "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["written"] == 1 and len(load_pairs(out, require_thinking=True)) == 1
+
+
+def main_ok(main, argv) -> bool:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code in (0, None)
+    return True
+
+
+def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_llama, capsys):
+    from preflexor_local.app.cli import main
+
+    (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
+    out = tmp_path / "run"
+    assert main_ok(main, ["train", "orpo", "--model", str(tiny_llama), "--store", str(tmp_path / "c.txt"), "--teacher", str(tiny_llama),
+                          "--rounds", "2", "--steps-per-round", "1", "--pairs-per-round", "1", "--categories", "Hypothesis",
+                          "--teacher-max-tokens", "10", "--student-max-tokens", "10", "--k-search", "1", "--max-context-chars", "300",
+                          "--teacher-ctx", "4096", "--no-merge", "-o", str(out), "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["global_step"] == 2 and [r["round"] for r in result["rounds"]] == [0, 1]
+    for r in (0, 1):
+        pairs = load_pairs(out / "rounds" / f"pairs-{r:04d}.jsonl", require_thinking=True)
+        assert len(pairs) == 1
+        assert result["rounds"][r]["generation"]["written"] == 1
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "merged").exists()
