@@ -283,6 +283,7 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, store_p
         seen: set[str] = set()
         from tqdm import tqdm
 
+        t_files = time.perf_counter()
         bar = tqdm(total=len(files), unit="file", disable=not config.progress, file=sys.stderr, dynamic_ncols=True, desc="indexing")
         try:
             for path, kind in files:
@@ -318,7 +319,7 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, store_p
                     report.added += 1
                 else:
                     report.updated += 1
-                elapsed = time.perf_counter() - t0
+                elapsed = max(time.perf_counter() - t_files, 1e-6)
                 bar.set_postfix_str(f"{report.chunks_added} chunks, {report.chunks_added / elapsed:.0f} chunks/s", refresh=False)
             writer.flush()
             gone = [old[0] for p, old in existing.items() if p not in seen and _in_roots(p, roots) and not os.path.lexists(p)]
