@@ -134,6 +134,14 @@ def known_template(name: str, bos_token: str = "", eos_token: str = "") -> ChatT
     return ChatTemplate(name=name, source=source, bos_token=bos_token if name != "plain" else "", eos_token=eos_token, stop=stop)
 
 
+def check_template_option(value: str | None) -> None:
+    """Refuse a --chat-template that is neither a known name nor a file, before anything loads."""
+    from pathlib import Path
+
+    if value and value != "auto" and value not in KNOWN_TEMPLATES and not Path(value).is_file():
+        raise UsageError(f"chat template {value!r} is neither a known name nor a file", hint=f"use one of: {', '.join(KNOWN_TEMPLATES)}, or a path to a .jinja file")
+
+
 def choose_template(
     override: str | None,
     own_source: str | None,
@@ -154,9 +162,8 @@ def choose_template(
             return known_template(override, bos_token, eos_token)
         from pathlib import Path
 
+        check_template_option(override)
         path = Path(override)
-        if not path.is_file():
-            raise UsageError(f"chat template {override!r} is neither a known name nor a file", hint=f"use one of: {', '.join(KNOWN_TEMPLATES)}, or a path to a .jinja file")
         return ChatTemplate("file:" + path.name, path.read_text(encoding="utf-8"), bos_token, eos_token)
     if own_source:
         return ChatTemplate("model", own_source, bos_token, eos_token)

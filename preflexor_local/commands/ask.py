@@ -47,6 +47,9 @@ class Display:
             click.secho(event.text, err=True, nl=False, dim=event.channel in _DIM)
             self._at_line_start = event.text.endswith("\n")
 
+    def end_line(self) -> None:
+        self._newline()
+
     def _newline(self) -> None:
         if not self._at_line_start:
             click.echo("", err=True)
@@ -89,6 +92,7 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = from_kwargs(LoadOptions, kwargs)
+    _validate_early(recursion, options)
     text = _read_question(question)
     if not text.strip():
         raise UsageError("the question is empty", hint='preflexor-local ask "your question"  (or `-` to read it from stdin)')
@@ -107,6 +111,7 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
         click.echo(transcript.final_answer, nl=False)
     click.echo("")
     if not quiet:
+        display.end_line()
         secs = transcript.seconds
         rate = transcript.completion_tokens / secs if secs else 0.0
         click.secho(
@@ -114,6 +119,16 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
             f"{transcript.completion_tokens} tokens · {secs:.1f} s · {rate:.1f} tok/s",
             err=True, dim=True,
         )
+
+
+def _validate_early(recursion: Recursion, options: LoadOptions) -> None:
+    """Settings errors before any model loads (loading can take seconds)."""
+    from ..prompt import check_template_option
+    from ..reasoning.strategies import STRATEGIES
+
+    if recursion.mode not in STRATEGIES:
+        raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    check_template_option(options.chat_template)
 
 
 def _retrieve(store_path: str, question: str, k: int, quiet: bool) -> list[dict]:

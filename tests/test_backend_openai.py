@@ -1,0 +1,89 @@
+"""The OpenAI-compatible backend against a real server on loopback: llama-cpp-python's own, serving Gemma."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from preflexor_local.backends import GenerationRequest, load
+from preflexor_local.config import LoadOptions, Recursion, Sampling
+from preflexor_local.errors import ServerError
+from preflexor_local.reasoning.engine import Engine
+
+GREEDY = Sampling(temperature=0, max_tokens=12, seed=0)
+MSGS = [{"role": "user", "content": "Name a tough natural material."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(gemma_gguf, tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill up and stall the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "2048", "--model_alias", "gemma-test"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail("llama_cpp.server exited: " + log.read()[-2000:])
+        try:
+            if httpx.get(url + "/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not come up in 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+def test_completions_mode_with_our_template_prefills_exactly(server):
+    b = load(server, LoadOptions(chat_template="plain"))
+    assert b.mode == "completions" and b.name == "gemma-test"
+    gen = b.generate(GenerationRequest(messages=MSGS, prefill="The toughest one is", sampling=GREEDY))
+    assert gen.text.strip() and gen.completion_tokens > 0
+    assert gen.finish_reason in ("stop", "length")
+    b.close()
+
+
+def test_named_model_and_chat_mode(server):
+    b = load(server + "#gemma-test")
+    assert b.mode == "chat"  # this server publishes no template, so the trailing-assistant route is used
+    chunks = []
+    gen = b.generate(GenerationRequest(messages=MSGS, prefill="Bone", sampling=GREEDY), on_text=chunks.append)
+    assert "".join(chunks) == gen.text and gen.completion_tokens > 0
+    b.close()
+
+
+def test_engine_rounds_over_http(server):
+    b = load(server, LoadOptions(chat_template="plain"))
+    t = Engine(b, sampling=GREEDY, recursion=Recursion(rounds=2)).run("Why is nacre tough?")
+    assert len(t.rounds) == 2 and t.models["reasoner"]["backend"] == "openai"
+    assert t.rounds[1].calls[0].channel == "answer"
+    b.close()
+
+
+def test_wrong_model_name_lists_what_is_served(server):
+    with pytest.raises(ServerError, match="no-such-model") as err:
+        load(server + "#no-such-model")
+    assert "gemma-test" in err.value.hint
+
+
+def test_unreachable_server_is_one_clear_error():
+    with pytest.raises(ServerError, match="cannot reach"):
+        load(f"http://127.0.0.1:{free_port()}/v1")
