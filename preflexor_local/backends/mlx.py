@@ -8,8 +8,9 @@ What it serves:
 * an MLX adapter directory (``adapter_config.json`` + ``adapters.safetensors``,
   as written by ``mlx_lm.lora`` or ``train --engine mlx``): the base model named
   in its config is loaded and the adapter applied at load;
-* a plain Hugging Face directory when the transformers backend cannot serve it
-  (not installed) or on Apple silicon, where MLX is the fast path.
+* a plain Hugging Face directory (safetensors) on Apple silicon, where MLX is
+  the fast path, or where torch is not installed (the transformers backend
+  cannot serve it); elsewhere such a directory goes to transformers.
 
 The prompt is rendered by ``render_prompt`` (the model's own template, else the
 shared choice), so a pre-filled thinking section reaches the model exactly as
@@ -86,9 +87,9 @@ def _claims(spec: ModelSpec) -> int:
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         import importlib.util
 
-        if _apple_silicon():
-            return 15  # Metal through MLX beats torch MPS for these models
-        return 5 if importlib.util.find_spec("transformers") is None else 1
+        if _apple_silicon() or importlib.util.find_spec("torch") is None:
+            return 15  # above transformers (10): Metal through MLX beats torch MPS; and without torch, MLX is the only way
+        return 1
     return 0
 
 
