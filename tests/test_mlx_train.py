@@ -256,3 +256,18 @@ def test_shared_loop_runs_the_mlx_engine(tiny_mlx, tmp_path):
     assert [r["step"] for r in steps if r["type"] == "step"] == [1, 2, 3, 4]
     assert (out / "adapter" / "adapters.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
     assert (out / "rounds" / "round-0001" / "state.json").is_file()
+
+
+def test_partial_thinking_mask_is_redrawn_each_epoch(tiny_mlx, pairs, tmp_path):
+    from preflexor_local.train.mlx.trainer import MLXTrainer
+
+    t = MLXTrainer(train_config(tiny_mlx, tmp_path, method="dpo", loss="sigmoid", partial_mask_p=0.5))
+    first = [e.chosen_labels for e in t.tokenize(pairs).examples]
+    assert first == [e.chosen_labels for e in t.tokenize(pairs).examples]  # reproducible within an epoch
+    t.epoch += 1
+    second = [e.chosen_labels for e in t.tokenize(pairs).examples]
+    assert first != second
+    ignored = [sum(1 for x in lab if x == -100) for lab in first]
+    full = [sum(1 for x in e.chosen_labels if x == -100) for e in MLXTrainer(train_config(tiny_mlx, tmp_path, method="dpo", loss="sigmoid")).tokenize(pairs).examples]
+    assert all(i < f for i, f in zip(ignored, full))  # only part of the thinking is masked
+    t.close()

@@ -1,10 +1,10 @@
 """Preference pairs -> token ids, labels and padded MLX batches.
 
-Rendering is ``train.data.render_pair`` (the served prompt is the trained
-prompt) and every label mask comes from ``train.masks.labels_for`` — the same
-function the TRL engine calls — so both engines score the same positions.
-Prompt and completion are tokenised separately and concatenated (TRL's
-layout), so the prompt/completion boundary is exact.
+Rendering and tokenisation are the TRL engine's (``trl_engine.Encoder``:
+``render_pair``, then prompt+reply tokenised together and split at the common
+prefix with the prompt), and every label mask comes from
+``train.masks.labels_for``, so both engines train on the same ids and score
+the same positions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..data import PreferencePair, render_pair
+from ..data import PreferencePair
 from ..masks import IGNORE, MaskRule, MaskStats, draw_rng, labels_for
 
 
@@ -29,36 +29,29 @@ class Example:
 class Tokenized:
     examples: list[Example]
     dropped_long: int = 0
+    truncated_rejected: int = 0
     stats: MaskStats = field(default_factory=MaskStats)
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a rendered prompt; BOS added only if the tokenizer adds one and the template did not write it."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    bos = tokenizer.bos_token_id
-    if bos is not None and tokenizer.bos_token and not text.startswith(tokenizer.bos_token):
-        probe = tokenizer.encode("a", add_special_tokens=True)
-        if probe and probe[0] == bos:
-            ids = [bos, *ids]
-    return ids
-
-
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer, template, rule: MaskRule, max_length: int,
-                   partial_p: float = 1.0, seed: int = 0, epoch: int = 0, sft: bool = False) -> Tokenized:
-    """Tokenise and mask every pair; a pair whose prompt + reply exceeds ``max_length`` is dropped (never cut)."""
-    out = Tokenized([])
-    for row, pair in enumerate(pairs):
-        prompt, chosen, rejected = render_pair(template, pair)
-        p = encode_prompt(tokenizer, prompt)
-        c = p + tokenizer.encode(chosen, add_special_tokens=False)
-        r = p + tokenizer.encode(rejected, add_special_tokens=False)
-        if len(c) > max_length or (not sft and len(r) > max_length):
-            out.dropped_long += 1
-            continue
-        rng = draw_rng(seed, epoch, row) if partial_p < 1.0 else None
-        cl = labels_for(c, len(p), rule, rng, out.stats)
-        rl = labels_for(r, len(p), rule, rng, None if sft else out.stats)
-        out.examples.append(Example(c, cl, r, rl, pair.line))
+                   seed: int = 0, epoch: int = 0, sft: bool = False) -> Tokenized:
+    """Tokenise with the TRL engine's ``Encoder`` (same ids, same length policy), then label with ``masks``.
+
+    Length policy (shared): a pair whose prompt + chosen reply exceeds ``max_length`` is dropped and
+    counted; a rejected reply that does not fit is cut at the end and counted. A partial thinking mask
+    draws from ``draw_rng(seed, epoch, 2·row + side)`` (side 0 chosen, 1 rejected): reproducible, new each epoch.
+    """
+    from ..trl_engine import Encoder
+
+    enc = Encoder(tokenizer, template, max_length).encode(pairs)
+    out = Tokenized([], dropped_long=enc.dropped_long, truncated_rejected=enc.truncated_rejected)
+    for row in enc.rows:
+        p = list(row["prompt_ids"])
+        c, r = p + list(row["chosen_ids"]), p + list(row["rejected_ids"])
+        cl = labels_for(c, len(p), rule, draw_rng(seed, epoch, 2 * row["row"]), out.stats)
+        rl = labels_for(r, len(p), rule, draw_rng(seed, epoch, 2 * row["row"] + 1), None if sft else out.stats)
+        line = pairs[row["row"]].line if row["row"] < len(pairs) else 0
+        out.examples.append(Example(c, cl, r, rl, line))
     return out
 
 

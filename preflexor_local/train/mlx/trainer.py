@@ -31,7 +31,6 @@ from pathlib import Path
 
 from ...errors import UsageError
 from ...format import ThinkingFormat
-from ...prompt import choose_template, looks_instruct
 from ..config import TrainConfig
 from ..data import PreferencePair
 from ..masks import MaskRule
@@ -132,12 +131,11 @@ class MLXTrainer:
             raise UsageError(f"--mask-thinking needs {self.fmt.think_end!r} to be one token, but this tokenizer splits it into {len(close)}",
                              hint="add the tags as special tokens first (add_tokens), or pass --no-mask-thinking")
         self.rule = MaskRule(mask_thinking=c.mask_thinking, close_id=close[0] if len(close) == 1 else None,
-                             keep_close_tag=c.keep_close_tag, on_missing_close=c.on_missing_close)
-        self.template = choose_template(
-            c.chat_template, getattr(self.tok, "chat_template", None), self.model_config.get("model_type"),
-            instruct=True if c.chat_template is None else looks_instruct(path.name), bos_token=self.tok.bos_token or "",
-            eos_token=self.tok.eos_token or "",
-        )
+                             keep_close_tag=c.keep_close_tag, on_missing_close=c.on_missing_close,
+                             partial_p=c.partial_mask_p if c.mask_thinking else 1.0)
+        from ..trl_engine import training_template
+
+        self.template = training_template(c, self.tok, self.model_config.get("model_type"), path.name)  # the TRL engine's rule
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.global_step = 0
         self.epoch = 0
@@ -215,8 +213,8 @@ class MLXTrainer:
     def tokenize(self, pairs: list[PreferencePair]):
         from .batches import tokenize_pairs
 
-        return tokenize_pairs(pairs, self.tok, self.template, self.rule, self.c.max_length, self.c.partial_mask_p,
-                              self.c.seed, self.epoch, sft=self.c.method == "sft")
+        return tokenize_pairs(pairs, self.tok, self.template, self.rule, self.c.max_length, self.c.seed, self.epoch,
+                              sft=self.c.method == "sft")
 
     def train_round(self, pairs: list[PreferencePair], steps: int, round_index: int = 0) -> dict:
         import mlx.core as mx
@@ -239,7 +237,7 @@ class MLXTrainer:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"mlx {c.method} round {round_index + 1}", unit="step", file=sys.stderr)
-        stream = self._micro_batches(data.examples)
+        stream = self._micro_batches(pairs, data.examples)
         t_round = time.perf_counter()
         losses, last = [], {}
         try:
@@ -278,19 +276,22 @@ class MLXTrainer:
         summary = {"round": round_index, "steps": steps, "global_step": self.global_step, "seconds": round(seconds, 3),
                    "seconds_per_step": round(seconds / steps, 4), "train_loss": sum(losses) / len(losses),
                    "first_loss": losses[0], "last_loss": losses[-1], "pairs_used": len(data.examples),
-                   "dropped_long": data.dropped_long, "missing_close": data.stats.missing_close,
+                   "dropped_long": data.dropped_long, "truncated_rejected": data.truncated_rejected, "missing_close": data.stats.missing_close,
                    "ignored_thinking_tokens": data.stats.ignored_thinking_tokens}
         for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
             if key in last:
                 summary[key] = last[key]
         return summary
 
-    def _micro_batches(self, examples):
+    def _micro_batches(self, pairs, examples):
+        """Batches forever, reshuffled each epoch; a partial thinking mask is re-drawn each epoch too."""
         from .batches import batches
 
         while True:
             yield from batches(examples, self.c.batch_size, self.c.seed, self.epoch)
             self.epoch += 1
+            if self.c.partial_mask_p < 1.0 and self.c.mask_thinking:
+                examples = self.tokenize(pairs).examples
 
     # -- saving ----------------------------------------------------------------------
     def adapter_config(self) -> dict:
