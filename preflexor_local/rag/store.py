@@ -32,6 +32,7 @@ from .embed import DEFAULT_NAME, Embedder, ModelRef, load_embedder, resolve_mode
 SCHEMA = 1
 DEFAULT_CHUNK_TOKENS = 200
 DEFAULT_OVERLAP = 32
+MAX_K = 4096  # sqlite-vec's limit for one KNN query
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -223,7 +224,8 @@ class Store:
 
     def _knn(self, db, vector, k: int) -> list[tuple[int, float]]:
         blob = vector.astype("float32").tobytes() if hasattr(vector, "astype") else vector
-        return db.execute("SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance", (blob, int(k))).fetchall()
+        k = min(int(k), MAX_K)
+        return db.execute("SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance", (blob, k)).fetchall()
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` chunks most similar to ``query`` (distinct texts), best first."""
