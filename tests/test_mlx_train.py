@@ -119,8 +119,6 @@ def test_add_tokens_then_train_the_new_rows(tiny_mlx_notags, pairs, tmp_path):
     from preflexor_local.train.mlx import add_tokens
     from preflexor_local.train.mlx.trainer import MLXTrainer
 
-    with pytest.raises(UsageError, match="one token"):  # before: the tags are split into pieces
-        MLXTrainer(train_config(tiny_mlx_notags, tmp_path / "x", method="dpo"))
     out = tmp_path / "with-tags"
     report = add_tokens(tiny_mlx_notags, out)
     assert len(report["added"]) == 4 and report["vocab_size"] == 404
@@ -140,6 +138,11 @@ def test_add_tokens_then_train_the_new_rows(tiny_mlx_notags, pairs, tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         add_tokens(tiny_mlx_notags, out)
     t.close()
+    # Training a model whose tags are split adds them first (like the TRL engine) and trains their rows.
+    auto = MLXTrainer(train_config(tiny_mlx_notags, tmp_path / "auto", method="dpo", loss="sigmoid"))
+    assert auto.base_path == (tmp_path / "auto" / "base-with-tags").resolve() and auto.row_ids == ids
+    assert auto.adapter_config()["model"] == str(auto.base_path)
+    auto.close()
 
 
 @pytest.mark.parametrize("adapter,rows", [("lora", True), ("dora", False)])

@@ -15,7 +15,10 @@
   ``mx.checkpoint`` (mlx-lm's ``grad_checkpoint``), only while training.
 * ``train_embeddings`` trains the rows of the thinking-tag tokens in the
   embedding and output matrices (``TokenRowsEmbedding`` / ``TokenRowsLinear``):
-  the way new tags learn their meaning without a full-matrix adapter.
+  the way new tags learn their meaning without a full-matrix adapter. Tags that
+  are not single tokens of the model are added first (``tokens.add_tokens`` into
+  ``<output>/base-with-tags``, the adapter's base from then on) and their rows
+  are always trained, as the TRL engine does.
 * The learning rate warms up linearly for ``warmup_steps`` and is then constant
   (PRefLexOR's schedule).
 """
@@ -111,13 +114,27 @@ class MLXTrainer:
         mx.random.seed(c.seed)
         self.model, self.tokenizer, self.model_config = mlx_load(str(self.base_path), return_config=True)
         self.tok = self.tokenizer._tokenizer
+        self.fmt = ThinkingFormat.preset(c.tags)
+        self.added_tags: list[str] = []
+        split = [t for t in self.fmt.tags if len(self.tok.encode(t, add_special_tokens=False)) != 1]
+        if split:  # as the TRL engine does: add the tags as tokens, then train their rows
+            from .tokens import add_tokens
+
+            with_tags = Path(c.output).expanduser() / "base-with-tags"
+            if not (with_tags / "config.json").is_file():
+                if not self.ctx.quiet:
+                    print(f"adding {', '.join(split)} as special tokens: {with_tags}", file=sys.stderr)
+                add_tokens(self.base_path, with_tags, self.fmt.tags, force=True)
+            self.base_path = with_tags.resolve()
+            self.model, self.tokenizer, self.model_config = mlx_load(str(self.base_path), return_config=True)
+            self.tok = self.tokenizer._tokenizer
+            self.added_tags = split
         self.model.freeze()
         self.lora_parameters = {"rank": c.rank, "scale": c.alpha / c.rank, "dropout": c.dropout, "keys": lora_keys(self.model, c.target_modules)}
         self.num_layers = len(self.model.layers)
         linear_to_lora_layers(self.model, self.num_layers, self.lora_parameters, use_dora=c.adapter == "dora")
-        self.fmt = ThinkingFormat.preset(c.tags)
         self.row_ids: list[int] = []
-        if c.train_embeddings:
+        if c.train_embeddings or self.added_tags:
             for tag in self.fmt.tags:
                 pieces = self.tok.encode(tag, add_special_tokens=False)
                 if len(pieces) == 1:
@@ -222,7 +239,7 @@ class MLXTrainer:
         import mlx.optimizers as optim
         from mlx.utils import tree_map
 
-        from .batches import batches, pad_batch
+        from .batches import pad_batch
 
         c = self.c
         data = self.tokenize(pairs)
