@@ -14,8 +14,10 @@ from __future__ import annotations
 if __name__ == "__main__" and not __package__:
     import _bootstrap  # noqa: F401  (run from a checkout)
 
+import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,8 +74,9 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
     info(f"converting {src} with mlx-lm{' (q%d, group %d)' % (q_bits, q_group_size) if quantize else ''} ...", quiet)
     with atomic_dir(out) as tmp:
         target = tmp / "model"
-        mlx_lm.convert(str(src), str(target), quantize=quantize, q_bits=q_bits if quantize else None,
-                       q_group_size=q_group_size if quantize else None, dtype=dtype)
+        with contextlib.redirect_stdout(sys.stderr):  # mlx-lm logs on stdout; keep stdout for --json
+            mlx_lm.convert(str(src), str(target), quantize=quantize, q_bits=q_bits if quantize else None,
+                           q_group_size=q_group_size if quantize else None, dtype=dtype)
         if src_tok.chat_template and not ((target / "chat_template.jinja").is_file() or "chat_template" in
                                           json.loads((target / "tokenizer_config.json").read_text()).keys()):
             (target / "chat_template.jinja").write_text(src_tok.chat_template, encoding="utf-8")
