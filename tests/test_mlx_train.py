@@ -212,6 +212,12 @@ def test_converter_refuses_by_name(tiny_mlx, tiny_llama, pairs, tmp_path):
         convert_mlx_adapter_to_peft(MlxToPeftConfig(tmp_path, tmp_path / "o", quiet=True))
     with pytest.raises(InvalidModelError, match="expects"):  # a base with other shapes is refused before writing
         convert_mlx_adapter_to_peft(MlxToPeftConfig(ad, tmp_path / "o2", base_model=_other_base(tmp_path), quiet=True))
+    # An adapter_config as mlx_lm.lora writes it (its whole training config) is accepted.
+    from mlx_lm.lora import CONFIG_DEFAULTS
+
+    mlx_lm_style = variant("mlx-lm-style", **{**CONFIG_DEFAULTS, "model": cfg["model"], "lora_parameters": cfg["lora_parameters"],
+                                              "num_layers": -1, "fine_tune_type": "lora", "preflexor": None})
+    assert (convert_mlx_adapter_to_peft(MlxToPeftConfig(mlx_lm_style, tmp_path / "from-mlx-lm", quiet=True)) / "adapter_model.safetensors").is_file()
     res = CliRunner().invoke(command, [str(ad), "-o", str(tmp_path / "cli"), "--base-model", str(tiny_llama), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["config"]["peft_type"] == "LORA"
