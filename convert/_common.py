@@ -168,3 +168,34 @@ def run_script(command, argv: list[str] | None = None) -> None:
         click.echo("\ninterrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def read_template_arg(value: str | None) -> str | None:
+    """``--chat-template``: Jinja text (has ``{{`` or ``{%``) or the path of a template file that must exist."""
+    if value is None:
+        return None
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"chat template file not found: {value}", hint="pass an existing .jinja file, or the template text itself")
+    return path.read_text(encoding="utf-8")
+
+
+@contextlib.contextmanager
+def capture_native_stderr() -> Iterator[list[str]]:
+    """Collect what native code (llama.cpp) writes to file descriptor 2; yields a list filled on exit."""
+    import tempfile
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())

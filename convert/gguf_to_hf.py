@@ -118,7 +118,7 @@ def gguf_to_hf(gguf_path: str | Path, out: str | Path, *, force: bool = False, d
     """Dequantise ``gguf_path`` into the HF checkpoint folder ``out`` (atomically)."""
     import gguf
 
-    from preflexor_local.convert._common import atomic_dir, check_output, info, torch_dtype
+    from preflexor_local.convert._common import atomic_dir, check_output, info, read_template_arg, torch_dtype
 
     t0 = time.perf_counter()
     gguf_path = Path(gguf_path).expanduser()
@@ -138,9 +138,7 @@ def gguf_to_hf(gguf_path: str | Path, out: str | Path, *, force: bool = False, d
     tok_model = _meta(reader, "tokenizer.ggml.model")
     tokens = _meta(reader, "tokenizer.ggml.tokens") or []
     types = _meta(reader, "tokenizer.ggml.token_type") or []
-    template = chat_template if chat_template is not None else _meta(reader, "tokenizer.chat_template")
-    if chat_template is not None and Path(chat_template).is_file():
-        template = Path(chat_template).read_text(encoding="utf-8")
+    template = read_template_arg(chat_template) if chat_template is not None else _meta(reader, "tokenizer.chat_template")
     notes: list[str] = []
 
     import torch

@@ -410,7 +410,8 @@ def convert_to_gguf(src: str | Path, out: str | Path | None = None, outtype: str
     as q4_k_m, q5_k_m, q6_k (quantised in-process from a float temp file,
     ``intermediate`` f32 or f16; default f32 below 2 GB of f32 weights, else f16).
     """
-    from preflexor_local.convert._common import atomic_file, check_output, check_safetensors, info, read_hf_config, weight_files
+    from preflexor_local.convert._common import (atomic_file, check_output, check_safetensors, info, read_hf_config,
+                                                 read_template_arg, weight_files)
 
     outtype = outtype.lower()
     if outtype not in OUT_TYPES:
@@ -421,8 +422,7 @@ def convert_to_gguf(src: str | Path, out: str | Path | None = None, outtype: str
     files = weight_files(src)
     check_safetensors(files)
     out = check_output(out or default_output(src, outtype), force)
-    if chat_template is not None and Path(chat_template).is_file():
-        chat_template = Path(chat_template).read_text(encoding="utf-8")
+    chat_template = read_template_arg(chat_template)
     if outtype in FLOAT_TYPES:
         with atomic_file(out) as tmp:
             res = write_float_gguf(src, tmp, outtype, name=name, quiet=quiet, chat_template=chat_template)
@@ -439,12 +439,16 @@ def convert_to_gguf(src: str | Path, out: str | Path | None = None, outtype: str
             res = write_float_gguf(src, float_tmp, intermediate, name=name, quiet=quiet, chat_template=chat_template)
             info(f"quantising to {outtype} with llama.cpp ...", quiet)
             with atomic_file(out) as tmp:
-                quantize_gguf(float_tmp, tmp, outtype, threads=threads, quiet=quiet)
+                log = quantize_gguf(float_tmp, tmp, outtype, threads=threads, quiet=quiet)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 float_tmp.unlink()
         res.output, res.outtype, res.bytes, res.seconds = str(out), outtype, out.stat().st_size, time.perf_counter() - t0
         res.notes.append(f"quantised by llama.cpp from an {intermediate} intermediate")
+        fallbacks = [ln for ln in log if "falling back" in ln]
+        if fallbacks:
+            res.notes.append(f"llama.cpp used a fallback type for {len(fallbacks)} tensor(s) whose rows are not a multiple of 256, "
+                             f"e.g. {' '.join(fallbacks[0].split('warning:')[-1].split())}")
     info(f"wrote {out} ({res.bytes / 2**20:.1f} MiB, {res.tensors} tensors, {res.seconds:.1f} s)", quiet)
     return res
 

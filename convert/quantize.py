@@ -17,8 +17,14 @@ from pathlib import Path
 from preflexor_local.errors import BackendUnavailableError, InvalidModelError, UsageError
 
 
-def quantize_gguf(src: str | Path, out: str | Path, qtype: str, *, threads: int | None = None, quiet: bool = False) -> Path:
-    """Write ``out`` = ``src`` quantised to ``qtype`` (e.g. "q4_k_m"); ``out`` is written directly (callers wrap atomically)."""
+def quantize_gguf(src: str | Path, out: str | Path, qtype: str, *, threads: int | None = None, quiet: bool = False) -> list[str]:
+    """Write ``out`` = ``src`` quantised to ``qtype`` (e.g. "q4_k_m"); returns llama.cpp's log lines.
+
+    ``out`` is written directly (callers wrap it atomically). llama.cpp's log is
+    captured rather than printed (shown when it fails).
+    """
+    from preflexor_local.convert._common import capture_native_stderr
+
     try:
         import llama_cpp
     except ImportError:
@@ -31,10 +37,12 @@ def quantize_gguf(src: str | Path, out: str | Path, qtype: str, *, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or threads_default()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    with capture_native_stderr() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
     if rc != 0:
-        raise InvalidModelError(f"llama.cpp failed to quantise {src} to {qtype} (code {rc})", hint="check that the file loads in llama.cpp")
-    return Path(out)
+        tail = " | ".join(ln.strip() for ln in log[-3:])
+        raise InvalidModelError(f"llama.cpp failed to quantise {src} to {qtype} (code {rc}): {tail}", hint="check that the file loads in llama.cpp")
+    return log
 
 
 def _command():

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from convert_cli import run_cli
 from convert_fixtures import build_tiny
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "preflexor_local.app.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +93,11 @@ def test_script_and_cli(tiny_dirs, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outtype"] == "f16" and out.is_file()
-    r = subprocess.run([*CLI, "convert", "verify", str(tiny_dirs["llama"]), str(out), "--json", "--tokens", "6"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads(r.stdout)["ok"] is True
-    r = subprocess.run([*CLI, "convert", "gguf", str(tiny_dirs["llama"]), "-o", str(out)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    code, stdout, err = run_cli("convert", "verify", tiny_dirs["llama"], out, "--json", "--tokens", "6")
+    assert code == 0, stdout + err
+    assert json.loads(stdout)["ok"] is True
+    code, _, err = run_cli("convert", "gguf", tiny_dirs["llama"], "-o", out)
+    assert code == 2 and "already exists" in err and "Traceback" not in err
 
 
 def test_verify_fails_on_a_wrong_copy(tiny_dirs, tmp_path):
@@ -106,8 +106,8 @@ def test_verify_fails_on_a_wrong_copy(tiny_dirs, tmp_path):
 
     other = build_tiny(tmp_path / "other", arch="llama", seed=1)
     out = convert_to_gguf(other, tmp_path / "other.gguf", "f32", quiet=True).output
-    r = subprocess.run([*CLI, "convert", "verify", str(tiny_dirs["llama"]), out, "--tokens", "6"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "FAIL" in r.stdout
+    code, stdout, _ = run_cli("convert", "verify", tiny_dirs["llama"], out, "--tokens", "6")
+    assert code == 1 and "FAIL" in stdout
 
 
 def test_bad_inputs(tiny_dirs, tmp_path):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from convert_cli import run_cli
 from convert_fixtures import build_tiny
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 from preflexor_local.format import ThinkingFormat
 
-CLI = [sys.executable, "-m", "preflexor_local.app.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +76,9 @@ def test_mlx_float_and_quantised(llama, tmp_path):
     assert all(isinstance(i, int) for i in res.tag_ids.values()) and res.chat_template
     report = verify(llama, None, tmp_path / "mlx", n_tokens=8)
     assert report.ok, report.table()
-    r = subprocess.run([*CLI, "convert", "mlx", str(llama), "-q", "--q-bits", "4", "-o", str(tmp_path / "mlx-q4"), "--json"],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    code, stdout, err = run_cli("convert", "mlx", llama, "-q", "--q-bits", "4", "-o", tmp_path / "mlx-q4", "--json")
+    assert code == 0, err
+    out = json.loads(stdout)
     assert out["quantized"] and out["bits"] == 4
     model, tok = load(str(tmp_path / "mlx-q4"))  # loads in mlx-lm and generates
     assert isinstance(generate(model, tok, prompt="Spider silk", max_tokens=4), str)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from convert_cli import run_cli
 from convert_fixtures import build_tiny
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 from preflexor_local.format import ThinkingFormat
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +57,17 @@ def test_add_thinking_tokens_in_memory(tmp_path, tied):
 
 def test_add_tokens_dir_and_cli(plain, tmp_path):
     out = tmp_path / "tags"
-    r = subprocess.run([sys.executable, str(ROOT / "convert" / "tokens.py"), str(plain), "-o", str(out), "--json"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    code, stdout, err = run_cli("convert", "add-tokens", plain, "-o", out, "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
     assert res["added"] == list(ThinkingFormat().tags) and res["vocab_rows"] % 64 == 0
     model, tok = _load(out)
     assert [tok.convert_tokens_to_ids(t) for t in ThinkingFormat().tags] == list(res["ids"].values())
     assert model.get_input_embeddings().weight.shape[0] == res["vocab_rows"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     # existing output without --force: one clear line, exit 2
-    r = subprocess.run([sys.executable, "-m", "preflexor_local.app.cli", "convert", "add-tokens", str(plain), "-o", str(out)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = run_cli("convert", "add-tokens", plain, "-o", out)
+    assert code == 2 and "already exists" in err and "Traceback" not in err
 
 
 def test_add_tokens_bad_inputs(plain, tmp_path):
