@@ -114,3 +114,13 @@ def test_bad_settings(tiny):
         Engine(tiny, recursion=Recursion(mode="nope"))
     with pytest.raises(UsageError, match="empty"):
         Engine(tiny).run("   ")
+
+
+def test_retrieved_context_goes_into_the_reasoner_prompt_with_citations(tiny):
+    rec = Recording(tiny)
+    ctx = [{"id": 7, "text": "Nacre has staggered tablets.", "source": "nacre.md line 3"}]
+    t = Engine(rec, sampling=SAMPLING, recursion=Recursion(rounds=1), context=ctx).run("How does nacre stop cracks?")
+    user = rec.requests[0].messages[-1]["content"]
+    assert "[1] (nacre.md line 3) Nacre has staggered tablets." in user
+    assert user.endswith("How does nacre stop cracks?" + FMT.cue.format(think_start=FMT.think_start))
+    assert t.context == ctx
