@@ -5,7 +5,7 @@
 2. KNN: sqlite-vec ``vec0`` (cosine, k=10) at each size vs numpy brute force (dot + argpartition) on the
    same random unit vectors, with recall@k, insert rate and file size per 100k vectors.
 
-    python bench/rag.py                          # default: 120 files, KNN at 10k, 100k, 1M
+    python bench/rag.py                          # default: 60 files, KNN at 10k, 100k, 1M (about 2-3 min on 2 cores)
     python bench/rag.py --files 40 --sizes 10000,100000 --queries 20
 """
 
@@ -130,7 +130,7 @@ def bench_knn(n: int, dim: int, queries: int, k: int, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=120, help="generated corpus files for the ingest part (0 skips it)")
+    ap.add_argument("--files", type=int, default=60, help="generated corpus files for the ingest part (0 skips it)")
     ap.add_argument("--words", type=int, default=500, help="words per generated file")
     ap.add_argument("--batch", type=int, default=64, help="embedding batch size")
     ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated vector counts for KNN ('' skips it)")
