@@ -141,7 +141,6 @@ def gguf_to_hf(gguf_path: str | Path, out: str | Path, *, force: bool = False, d
     template = read_template_arg(chat_template) if chat_template is not None else _meta(reader, "tokenizer.chat_template")
     notes: list[str] = []
 
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info(f"reading {gguf_path.name} (dequantising to {dtype}) ...", quiet)

@@ -140,3 +140,38 @@ def test_bad_inputs(tiny_dirs, tmp_path):
     with pytest.raises(UsageError, match="outtype"):
         convert_to_gguf(tiny_dirs["llama"], tmp_path / "x.gguf", "q7_z")
     assert not (tmp_path / "x.gguf").exists()
+
+
+ORDINARY = ["Hello world", "emoji 😀🧵 and accents: café Ångström", "CJK 蜘蛛の糸は強い。蜘蛛丝很坚韧", "numbers 1234567 3.14159 -42",
+            "x <|thinking|>", "def f(x): return x"]
+
+
+@pytest.mark.parametrize("tokenizer,kind,pre", [("llama3", "gpt2", "llama-bpe"), ("qwen2", "gpt2", "qwen2"),
+                                                 ("custom", "gpt2", "gpt-2"), ("spm", "llama", "default")])
+def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
+    """Known pre-tokenizers map by their regex; an unknown one gets the stated fallback (and verify shows the damage)."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+    from preflexor_local.convert.verify import TRICKY
+
+    src = build_tiny(tmp_path / tokenizer, arch="llama", tokenizer=tokenizer)
+    res = convert_to_gguf(src, tmp_path / "m.gguf", "f32", quiet=True)
+    assert (res.tokenizer, res.pre_tokenizer) == (kind, pre)
+    assert any("fallback" in n for n in res.notes) == (tokenizer == "custom")
+    hf = AutoTokenizer.from_pretrained(src)
+    llm = llama_cpp.Llama(res.output, vocab_only=True, verbose=False)
+    try:
+        def same(s):
+            return hf.encode(s) == llm.tokenize(s.encode(), add_bos=res.tokenizer == "llama", special=True)
+
+        if tokenizer == "custom":
+            assert not all(same(s) for s in TRICKY)  # the fallback is visibly not the same split
+        else:
+            assert all(same(s) for s in ORDINARY), [s for s in ORDINARY if not same(s)]
+            if tokenizer != "spm":  # byte-level BPE: exact on every tricky string too
+                assert all(same(s) for s in TRICKY), [s for s in TRICKY if not same(s)]
+        assert llm.tokenize(b"<|reflect|>", add_bos=False, special=True) == [res.tag_ids["<|reflect|>"]]
+    finally:
+        llm.close()
