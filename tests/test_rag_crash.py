@@ -20,13 +20,13 @@ from preflexor_local.rag.embed import load_embedder
 from preflexor_local.rag.extract import extract
 from rag_fixtures import make_many
 
-N_FILES = 60
+N_FILES = 40
 TOKENS, OVERLAP = 40, 8  # small chunks: several per document, cheap to embed
 
 
 def _start(docs: Path, db: Path, home: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFLEXOR_HOME": str(home)}
-    cmd = [sys.executable, "-m", "preflexor_local", "index", "add", str(docs), "--store", str(db), "--commit-every", "8", "--batch-size", "16", "--chunk-tokens", str(TOKENS), "--overlap", str(OVERLAP), "--quiet"]
+    cmd = [sys.executable, "-m", "preflexor_local", "index", "add", str(docs), "--store", str(db), "--commit-every", "12", "--batch-size", "16", "--chunk-tokens", str(TOKENS), "--overlap", str(OVERLAP), "--quiet"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -58,7 +58,7 @@ def _check_whole_documents(db: Path, expected: dict[str, list[str]]) -> int:
 
 
 def test_sigkill_during_index_add_leaves_whole_documents_and_rerun_completes(tmp_path):
-    docs = make_many(tmp_path / "docs", N_FILES, seed=3, words_per_file=100)
+    docs = make_many(tmp_path / "docs", N_FILES, seed=3, words_per_file=60)
     db = tmp_path / "store.db"
     expected = _expected_chunks(docs)
     assert sum(len(v) for v in expected.values()) > 2 * N_FILES  # several transactions' worth of work
