@@ -44,8 +44,14 @@ class MLXResult:
 
 
 def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, q_bits: int = 4, q_group_size: int = 64,
-                   dtype: str | None = None, force: bool = False, fmt: ThinkingFormat | None = None, quiet: bool = False) -> MLXResult:
-    """Convert ``src`` to an MLX folder ``out`` (atomically); check tags and template afterwards."""
+                   embed_bits: int | None = 8, dtype: str | None = None, force: bool = False, fmt: ThinkingFormat | None = None,
+                   quiet: bool = False) -> MLXResult:
+    """Convert ``src`` to an MLX folder ``out`` (atomically); check tags and template afterwards.
+
+    ``embed_bits``: bits for the token embedding and ``lm_head`` when quantising
+    (default 8, like llama.cpp's K-quant mixes keep the output matrix at higher
+    precision; with tied embeddings it is the output layer). None: same as ``q_bits``.
+    """
     from preflexor_local.convert._common import atomic_dir, check_output, check_safetensors, info, read_hf_config, weight_files
 
     t0 = time.perf_counter()
@@ -74,9 +80,16 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
     info(f"converting {src} with mlx-lm{' (q%d, group %d)' % (q_bits, q_group_size) if quantize else ''} ...", quiet)
     with atomic_dir(out) as tmp:
         target = tmp / "model"
+        predicate = None
+        if quantize and embed_bits and embed_bits != q_bits:
+            def predicate(path, module, *_):  # noqa: ANN001 - mlx-lm's class predicate
+                if path.endswith(("embed_tokens", "lm_head")):
+                    return {"group_size": q_group_size, "bits": embed_bits, "mode": "affine"}
+                return hasattr(module, "to_quantized")
+            notes.append(f"embeddings / lm_head quantised to {embed_bits} bits, the rest to {q_bits}")
         with contextlib.redirect_stdout(sys.stderr):  # mlx-lm logs on stdout; keep stdout for --json
             mlx_lm.convert(str(src), str(target), quantize=quantize, q_bits=q_bits if quantize else None,
-                           q_group_size=q_group_size if quantize else None, dtype=dtype)
+                           q_group_size=q_group_size if quantize else None, dtype=dtype, quant_predicate=predicate)
         if src_tok.chat_template and not ((target / "chat_template.jinja").is_file() or "chat_template" in
                                           json.loads((target / "tokenizer_config.json").read_text()).keys()):
             (target / "chat_template.jinja").write_text(src_tok.chat_template, encoding="utf-8")
@@ -114,15 +127,16 @@ def _command():
     @click.option("-q", "--quantize", is_flag=True, help="Quantise the weights (affine, per group).")
     @click.option("--q-bits", default=4, show_default=True, help="Bits per weight when quantising.")
     @click.option("--q-group-size", default=64, show_default=True, help="Weights per scale/bias group.")
+    @click.option("--embed-bits", default=8, show_default=True, help="Bits for the embedding / lm_head when quantising (0 = same as --q-bits).")
     @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Dtype of unquantised weights (default: mlx-lm's choice).")
     @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-    def mlx_cmd(model_dir, output, quantize, q_bits, q_group_size, dtype, force, as_json):
+    def mlx_cmd(model_dir, output, quantize, q_bits, q_group_size, embed_bits, dtype, force, as_json):
         """Convert the Hugging Face checkpoint MODEL_DIR to MLX (tags and chat template checked)."""
         if output is None:
             output = Path.cwd() / f"{Path(model_dir).resolve().name}-mlx{f'-q{q_bits}' if quantize else ''}"
-        res = convert_to_mlx(model_dir, output, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size, dtype=dtype,
-                             force=force, quiet=as_json)
+        res = convert_to_mlx(model_dir, output, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
+                             embed_bits=embed_bits or None, dtype=dtype, force=force, quiet=as_json)
         if as_json:
             click.echo(json.dumps(res.to_dict()))
             return
