@@ -123,12 +123,11 @@ def iter_files(roots: Iterable[Path], follow_symlinks: bool, warn: Warn, ignored
                     yield from walk(path)
                     continue
                 if entry.is_symlink():
-                    target = path.stat()  # raises on loops and dangling links
-                    if os.path.isdir(path):
+                    path.stat()  # raises on symlink loops and dangling links
+                    if path.is_dir():
                         if follow_symlinks:
                             yield from walk(path)
                         continue
-                    del target
                 if not entry.is_file(follow_symlinks=True):
                     continue
             except OSError as err:
