@@ -175,3 +175,25 @@ def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
         assert llm.tokenize(b"<|reflect|>", add_bos=False, special=True) == [res.tag_ids["<|reflect|>"]]
     finally:
         llm.close()
+
+
+def test_llama3_rope_scaling(tmp_path):
+    """Llama 3 rope scaling becomes the rope_freqs tensor: logits over a 48-token sequence still match."""
+    import numpy as np
+
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+    from preflexor_local.convert.verify import _GGUF, _HF
+
+    src = build_tiny(tmp_path / "rope", arch="llama")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = convert_to_gguf(src, tmp_path / "rope.gguf", "f32", quiet=True).output
+    hf, g = _HF(src), _GGUF(Path(out), 256)
+    try:
+        ids = list(range(11, 59))
+        ref = hf.logits(ids)
+        assert np.abs(ref - g.logits(ids)).max() / ref.std() < 1e-2
+    finally:
+        g.close()
