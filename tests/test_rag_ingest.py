@@ -190,3 +190,22 @@ def test_bad_arguments(tmp_path):
         index_folder([tmp_path], tmp_path / "s.db", IndexConfig(chunk_tokens=5000, progress=False))
     with pytest.raises(StoreError, match="folder for the store"):
         index_folder([tmp_path], tmp_path / "no" / "s.db", QUIET)
+
+
+def test_symlinked_folders_are_followed_once_under_their_real_name(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "real").mkdir(parents=True)
+    (docs / "real" / "bone.txt").write_text(BONE)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "wood.md").write_text("Wood is a cellular composite of cellulose fibrils in lignin.\n")
+    os.symlink(docs / "real", docs / "a_link_to_real")  # sorts first, but the real path wins
+    os.symlink(outside, docs / "ext")
+    os.symlink(docs, docs / "real" / "up")  # a loop back to an ancestor
+    warnings: list[tuple[str, str]] = []
+    report = index_folder([docs], tmp_path / "s.db", QUIET, on_warning=lambda p, r: warnings.append((p, r)))
+    with open_store(tmp_path / "s.db", readonly=True) as store:
+        assert sorted(d["path"] for d in store.documents()) == [str(docs / "ext" / "wood.md"), str(docs / "real" / "bone.txt")]
+    assert report.skipped == [(str(docs / "real" / "up"), "symlink loop (links to a folder that contains it)")]
+    report = index_folder([docs], tmp_path / "t.db", IndexConfig(follow_symlinks=False, progress=False), on_warning=_quiet)
+    assert report.added == 1 and not report.skipped

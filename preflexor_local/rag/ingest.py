@@ -96,18 +96,25 @@ def _reason(err: OSError) -> str:
 
 
 def iter_files(roots: Iterable[Path], follow_symlinks: bool, warn: Warn, ignored: list[int]) -> Iterator[tuple[str, str]]:
-    """(absolute path, kind) of every indexable file under ``roots``, sorted, each real folder once."""
-    visited: set[tuple[int, int]] = set()
+    """(absolute path, kind) of every indexable file under ``roots``, sorted, each real folder once.
 
-    def walk(folder: Path) -> Iterator[tuple[str, str]]:
+    Symbolic links to folders are followed after all real folders, so a file is stored under its real
+    location when both are given; a link back into its own ancestry is a loop and is reported.
+    """
+    visited: set[tuple[int, int]] = set()
+    deferred: list[Path] = []
+
+    def walk(folder: Path, via_link: bool = False) -> Iterator[tuple[str, str]]:
         try:
             st = folder.stat()
         except OSError as err:
             warn(str(folder), _reason(err))
             return
         if (st.st_dev, st.st_ino) in visited:
-            warn(str(folder), "symlink loop (folder already visited)")
-            return
+            real, parent = os.path.realpath(folder), os.path.realpath(folder.parent)
+            if via_link and (parent == real or parent.startswith(real.rstrip(os.sep) + os.sep)):
+                warn(str(folder), "symlink loop (links to a folder that contains it)")
+            return  # otherwise: already indexed under another name
         visited.add((st.st_dev, st.st_ino))
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -126,7 +133,7 @@ def iter_files(roots: Iterable[Path], follow_symlinks: bool, warn: Warn, ignored
                     path.stat()  # raises on symlink loops and dangling links
                     if path.is_dir():
                         if follow_symlinks:
-                            yield from walk(path)
+                            deferred.append(path)
                         continue
                 if not entry.is_file(follow_symlinks=True):
                     continue
@@ -144,6 +151,8 @@ def iter_files(roots: Iterable[Path], follow_symlinks: bool, warn: Warn, ignored
             yield from walk(root)
         else:
             yield str(root), kind_of(root) or "text"  # named explicitly: try it as text
+    while deferred:
+        yield from walk(deferred.pop(0), via_link=True)
 
 
 def _check_roots(paths: Iterable[str | os.PathLike]) -> list[Path]:
