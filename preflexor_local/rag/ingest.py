@@ -225,7 +225,12 @@ class _Writer:
         vectors = self.embedder.encode([text_of[h] for h in need], batch_size=self.config.batch_size)
         with self.store.write() as db:
             db.executemany("UPDATE documents SET size = ?, mtime = ? WHERE id = ?", self.touch)
-            ids = dict(known)
+            ids: dict[str, int] = {}
+            lost = [h for h, i in known.items() if db.execute("SELECT 1 FROM texts WHERE id = ?", (i,)).fetchone() is None]
+            if lost:  # another writer removed them since we looked: embed them now (rare)
+                need = need + lost
+                vectors = list(vectors) + list(self.embedder.encode([text_of[h] for h in lost], batch_size=self.config.batch_size))
+            ids.update((h, i) for h, i in known.items() if h not in lost)
             new_vectors = []
             for h, vec in zip(need, vectors):
                 row = db.execute("INSERT INTO texts(hash, text) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING RETURNING id", (h, text_of[h])).fetchone()
