@@ -2,7 +2,7 @@
 
 1. Ingest: ``index_folder`` on a generated corpus vs raw ``SentenceTransformer.encode`` of exactly the
    same chunks (ratio = store throughput / raw throughput; the store should cost little beyond embedding).
-2. KNN: sqlite-vec ``vec0`` (cosine, k=10) at each size vs numpy brute force (dot + argpartition) on the
+2. KNN: sqlite-vec ``vec0`` (cosine, k=10) at each size vs numpy brute force (dot + argpartition, one BLAS thread) on the
    same random unit vectors, with recall@k, insert rate and file size per 100k vectors.
 
     python bench/rag.py                          # default: 60 files, KNN at 10k, 100k, 1M (about 2-3 min on 2 cores)
@@ -82,6 +82,19 @@ def bench_ingest(files: int, words: int, batch: int) -> dict:
     }
 
 
+def _timed(fn, queries) -> tuple[list, float]:
+    """Results and the median milliseconds per query (one warm-up call first; medians resist a busy machine)."""
+    import statistics
+
+    fn(queries[0])
+    out, times = [], []
+    for q in queries:
+        t = time.perf_counter()
+        out.append(fn(q))
+        times.append((time.perf_counter() - t) * 1000)
+    return out, statistics.median(times)
+
+
 def bench_knn(n: int, dim: int, queries: int, k: int, tmp: Path) -> dict:
     import numpy as np
 
@@ -107,19 +120,24 @@ def bench_knn(n: int, dim: int, queries: int, k: int, tmp: Path) -> dict:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = path.stat().st_size
 
-    conn.execute("SELECT rowid FROM v WHERE embedding MATCH ? AND k = ?", (qs[0].tobytes(), k)).fetchall()  # warm the page cache
-    t = time.perf_counter()
-    vec_ids = [[r[0] - 1 for r in conn.execute("SELECT rowid FROM v WHERE embedding MATCH ? AND k = ? ORDER BY distance", (q.tobytes(), k))] for q in qs]
-    vec_ms = (time.perf_counter() - t) / queries * 1000
-    conn.close()
+    def sqlite_vec_knn(q):
+        return [r[0] - 1 for r in conn.execute("SELECT rowid FROM v WHERE embedding MATCH ? AND k = ? ORDER BY distance", (q.tobytes(), k))]
 
-    t = time.perf_counter()
-    np_ids = []
-    for q in qs:
+    def numpy_knn(q):
         scores = data @ q
         top = np.argpartition(-scores, k)[:k]
-        np_ids.append(top[np.argsort(-scores[top])].tolist())
-    np_ms = (time.perf_counter() - t) / queries * 1000
+        return top[np.argsort(-scores[top])].tolist()
+
+    vec_ids, vec_ms = _timed(sqlite_vec_knn, qs)
+    conn.close()
+    try:  # one BLAS thread, like sqlite-vec's one core; thread wake-ups on a busy machine otherwise add ~8 ms
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        threadpool_limits = lambda limits: contextlib.nullcontext()  # noqa: E731
+    with threadpool_limits(limits=1):
+        np_ids, np_ms = _timed(numpy_knn, qs)
     recall = sum(len(set(a) & set(b)) for a, b in zip(vec_ids, np_ids)) / (k * queries)
     path.unlink()
     for suffix in ("-wal", "-shm"):
@@ -142,6 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     from preflexor_local.rag.db import driver_name
 
     print(f"driver: {driver_name()}   cores: {os.cpu_count()}", flush=True)
+    # KNN first: once torch has run, its idle OpenMP threads slow numpy down and the baseline would be unfair
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if sizes:
+        print(f"KNN: dim {args.dim}, k={args.k}, median of {args.queries} queries, random unit vectors, cosine", flush=True)
+        print(f"  {'vectors':>9} {'insert/s':>10} {'sqlite-vec ms':>14} {'numpy ms':>9} {'ratio':>6} {'recall':>7} {'MiB/100k':>9}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in sizes:
+                r = bench_knn(n, args.dim, args.queries, args.k, Path(tmp))
+                print(f"  {n:>9} {r['insert_per_s']:>10.0f} {r['sqlite_vec_ms']:>14.2f} {r['numpy_ms']:>9.2f} {r['ratio']:>6.1f} {r['recall']:>7.3f} {r['bytes_per_100k'] / 2**20:>9.1f}", flush=True)
     if args.files:
         r = bench_ingest(args.files, args.words, args.batch)
         print(
@@ -152,14 +179,6 @@ def main(argv: list[str] | None = None) -> None:
             f"  store size: {r['store_bytes'] / 2**20:.1f} MiB = {r['bytes_per_100k_chunks'] / 2**20:.0f} MiB per 100k chunks (text + metadata from dbstat, plus 4*dim bytes per vector)",
             flush=True,
         )
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    if sizes:
-        print(f"KNN: dim {args.dim}, k={args.k}, {args.queries} queries, random unit vectors, cosine", flush=True)
-        print(f"  {'vectors':>9} {'insert/s':>10} {'sqlite-vec ms':>14} {'numpy ms':>9} {'ratio':>6} {'recall':>7} {'MiB/100k':>9}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            for n in sizes:
-                r = bench_knn(n, args.dim, args.queries, args.k, Path(tmp))
-                print(f"  {n:>9} {r['insert_per_s']:>10.0f} {r['sqlite_vec_ms']:>14.2f} {r['numpy_ms']:>9.2f} {r['ratio']:>6.1f} {r['recall']:>7.3f} {r['bytes_per_100k'] / 2**20:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":
