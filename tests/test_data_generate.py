@@ -169,3 +169,11 @@ def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_
         assert len(pairs) == 1
         assert result["rounds"][r]["generation"]["written"] == 1
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "merged").exists()
+
+
+def test_clean_question():
+    from preflexor_local.train.generate import clean_question
+
+    assert clean_question("Question: What makes nacre tough? It is the tablets.") == "What makes nacre tough?"
+    assert clean_question("\n**Q:** Why do bones remodel so often\nmore") == "Why do bones remodel so often"
+    assert clean_question("10,000,000.") == "" and clean_question("") == ""

@@ -138,6 +138,20 @@ def graph_lines(text: str) -> list[str]:
     return out
 
 
+def clean_question(text: str) -> str:
+    """The teacher's question: first non-empty line, labels and quotes removed, cut after its first '?'.
+
+    Returns "" (filtered as ``no_question``) when fewer than 4 words remain.
+    """
+    lines = [l.strip() for l in (text or "").splitlines() if l.strip()]
+    if not lines:
+        return ""
+    q = re.sub(r"^(?:\*\*)?(?:question|q)\s*[:.]\s*(?:\*\*)?\s*", "", lines[0], flags=re.I).strip().strip('"').strip()
+    if "?" in q:
+        q = q[: q.index("?") + 1]
+    return q if len(re.findall(r"[^\W\d_]+", q)) >= 4 else ""
+
+
 def parse_score(text: str) -> float | None:
     m = _SCORE.search(text or "")
     return float(m.group(1)) if m else None
@@ -205,8 +219,8 @@ class PairGenerator:
         cfg, P = self.cfg, PROMPTS
         seed_context, hits = self._context(seed)
         question = self._call(self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, min(128, cfg.teacher_max_tokens), seed, P["system"])
-        question = question.strip().strip('"').splitlines()[0].strip() if question.strip() else ""
-        if len(question) < 8:
+        question = clean_question(question)
+        if not question:
             filtered["no_question"] += 1
             return None
         found = self.store.search(question, cfg.k_search) if cfg.k_search else []

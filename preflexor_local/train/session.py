@@ -14,8 +14,10 @@ and returns a ``TrainSession``:
   temporary directory the loop renames into place atomically).
 * ``student() -> Backend``: the current model as a generation backend, for
   regenerating pairs with the model being trained.
-* ``save_final(path)``: the final adapter (or full model) + tokenizer with the
-  training chat template, loadable by ``ask``/``convert``.
+* ``save_final(path, merge=True) -> dict``: the final ``path/adapter`` (PEFT
+  format) and, with ``merge``, ``path/merged`` (a full checkpoint), both with the
+  tokenizer and the training chat template, loadable by ``ask``/``convert``;
+  returns ``{"adapter": ..., "merged": ...}`` (a full fine-tune writes only merged).
 * ``close()``.
 """
 
@@ -45,6 +47,6 @@ class TrainSession(Protocol):
 
     def student(self): ...
 
-    def save_final(self, path: Path) -> None: ...
+    def save_final(self, path: Path, merge: bool = True) -> dict: ...
 
     def close(self) -> None: ...
