@@ -197,3 +197,30 @@ def test_llama3_rope_scaling(tmp_path):
         assert np.abs(ref - g.logits(ids)).max() / ref.std() < 1e-2
     finally:
         g.close()
+
+
+def test_interrupted_conversion_leaves_no_file(tiny_dirs, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of writing: nothing under the final name, no temp left, an older file kept intact."""
+    import preflexor_local.convert.hf_to_gguf as h2g
+
+    real, calls = h2g._encode, []
+
+    def interrupted(arr, qtype):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(arr, qtype)
+
+    out = tmp_path / "m.gguf"
+    monkeypatch.setattr(h2g, "_encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        h2g.convert_to_gguf(tiny_dirs["llama"], out, "f16", quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    out.write_bytes(b"older file")
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        h2g.convert_to_gguf(tiny_dirs["llama"], out, "q4_k_m", force=True, quiet=True)
+    assert out.read_bytes() == b"older file" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    monkeypatch.setattr(h2g, "_encode", real)
+    h2g.convert_to_gguf(tiny_dirs["llama"], out, "f16", force=True, quiet=True)
+    assert out.read_bytes()[:4] == b"GGUF"
