@@ -7,6 +7,11 @@ before mlx-lm starts, the output is written atomically, and afterwards the
 result is re-read to prove that the thinking tags are still single tokens with
 the same ids and that the chat template survived (copied over if mlx-lm dropped
 it). Quantisation needs the hidden sizes to be multiples of the group size.
+
+Measured on Gemma 3 270M (top-1 agreement with transformers on greedy
+continuations, ``convert verify``): 8-bit 100 %; 4-bit group 64 with 4-bit
+embeddings 59 %, with 8-bit embeddings (``embed_bits=8``, the default) 67 %;
+4-bit group 32 + 8-bit embeddings 74 %. Small models want ``--q-group-size 32``.
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ def _command():
     @click.option("-o", "--output", type=click.Path(path_type=Path), help="MLX folder to write (default: ./<model>-mlx[-q<bits>]).")
     @click.option("-q", "--quantize", is_flag=True, help="Quantise the weights (affine, per group).")
     @click.option("--q-bits", default=4, show_default=True, help="Bits per weight when quantising.")
-    @click.option("--q-group-size", default=64, show_default=True, help="Weights per scale/bias group.")
+    @click.option("--q-group-size", default=64, show_default=True, help="Weights per scale/bias group (32 is more accurate for small models).")
     @click.option("--embed-bits", default=8, show_default=True, help="Bits for the embedding / lm_head when quantising (0 = same as --q-bits).")
     @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Dtype of unquantised weights (default: mlx-lm's choice).")
     @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
