@@ -7,7 +7,7 @@ from preflexor_local.config import LoadOptions, Recursion, Sampling
 from preflexor_local.errors import InvalidModelError
 from preflexor_local.reasoning.engine import Engine
 
-GREEDY = Sampling(temperature=0, max_tokens=16, seed=0)
+GREEDY = Sampling(temperature=0, max_tokens=10, seed=0)
 
 
 @pytest.fixture(scope="module")
