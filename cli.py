@@ -10,13 +10,11 @@ Library errors become one red line and a hint; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import click
 
 from preflexor_local import __version__
-from preflexor_local.errors import PreflexorError
+from preflexor_local.commands import run
 
 # name -> "module:attribute" of a click command; adding a command is one line here.
 COMMANDS = {
@@ -81,34 +79,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("PREFLEXOR_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
-    try:
-        code = cli.main(args=args, prog_name="preflexor-local", standalone_mode=False)
-    except PreflexorError as err:
-        if debug:
-            raise
-        click.secho(f"error: {err.message}", fg="red", err=True)
-        if err.hint:
-            click.echo(f"  hint: {err.hint}", err=True)
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("\ninterrupted", err=True)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.stderr.close()  # the reader went away (e.g. `| head`): nothing left to say
-        sys.exit(0)
-    except Exception as err:  # a bug: say so in one line unless asked for the traceback
-        if debug:
-            raise
-        click.secho(f"error: unexpected {type(err).__name__}: {err}", fg="red", err=True)
-        click.echo("  hint: rerun with --debug for the traceback and report it", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    run(cli, argv, prog_name="preflexor-local")
 
 
 if __name__ == "__main__":

@@ -145,29 +145,9 @@ def torch_dtype(name: str):
 
 def run_script(command, argv: list[str] | None = None) -> None:
     """Run a click command as a script, with the CLI's one-line error reporting."""
-    import click
+    from preflexor_local.commands import run
 
-    from preflexor_local.errors import PreflexorError
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("PREFLEXOR_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
-    try:
-        code = command.main(args=args, standalone_mode=False)
-    except PreflexorError as err:
-        if debug:
-            raise
-        click.secho(f"error: {err.message}", fg="red", err=True)
-        if err.hint:
-            click.echo(f"  hint: {err.hint}", err=True)
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("\ninterrupted", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    run(command, argv)
 
 
 def read_template_arg(value: str | None) -> str | None:
