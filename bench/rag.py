@@ -5,7 +5,7 @@
 2. KNN: sqlite-vec ``vec0`` (cosine, k=10) at each size vs numpy brute force (dot + argpartition, one BLAS thread) on the
    same random unit vectors, with recall@k, insert rate and file size per 100k vectors.
 
-    python bench/rag.py                          # default: 60 files, KNN at 10k, 100k, 1M (about 2-3 min on 2 cores)
+    python bench/rag.py                          # default: 60 files x 2 rounds, KNN at 10k, 100k, 1M (about 2-3 min on 2 cores)
     python bench/rag.py --files 40 --sizes 10000,100000 --queries 20
 """
 
@@ -39,7 +39,7 @@ def make_corpus(root: Path, files: int, words: int, seed: int = 0) -> None:
         (root / f"paper{i:04d}.md").write_text(f"# Paper {i}\n\n" + "\n\n".join(paras) + "\n")
 
 
-def bench_ingest(files: int, words: int, batch: int) -> dict:
+def bench_ingest(files: int, words: int, batch: int, rounds: int = 2) -> dict:
     from preflexor_local.rag import IndexConfig, index_folder, open_store
     from preflexor_local.rag.chunking import chunk_text
     from preflexor_local.rag.embed import load_embedder
@@ -53,13 +53,34 @@ def bench_ingest(files: int, words: int, batch: int) -> dict:
         t = time.perf_counter()
         texts = [c.text for p in sorted(root.iterdir()) for c in chunk_text(extract(p, p.read_bytes()), emb.token_offsets, 200, 32)]
         chunk_s = time.perf_counter() - t
-        t = time.perf_counter()
-        emb.encode(texts, batch_size=batch)
-        raw_s = time.perf_counter() - t
-        db = Path(tmp) / "bench.db"
-        t = time.perf_counter()
-        report = index_folder([root], db, IndexConfig(batch_size=batch, progress=False))
-        store_s = time.perf_counter() - t
+        # Time spent inside the model during index_folder, to split the store's own cost from embedding;
+        # that split holds even when a busy machine makes whole runs vary by +-30 %.
+        in_encode = [0.0]
+        plain_encode = emb.encode
+
+        def counted_encode(batch_texts, batch_size=64):
+            t0 = time.perf_counter()
+            try:
+                return plain_encode(batch_texts, batch_size=batch_size)
+            finally:
+                in_encode[0] += time.perf_counter() - t0
+
+        raw_s, store_s, overhead_s = float("inf"), float("inf"), float("inf")
+        for r in range(rounds):  # alternate raw and store runs and keep the best of each
+            t = time.perf_counter()
+            emb.encode(texts, batch_size=batch)
+            raw_s = min(raw_s, time.perf_counter() - t)
+            db = Path(tmp) / f"bench{r}.db"
+            in_encode[0] = 0.0
+            emb.encode = counted_encode
+            try:
+                t = time.perf_counter()
+                report = index_folder([root], db, IndexConfig(batch_size=batch, progress=False))
+                elapsed = time.perf_counter() - t
+            finally:
+                emb.encode = plain_encode
+            store_s = min(store_s, elapsed)
+            overhead_s = min(overhead_s, elapsed - in_encode[0])
         assert report.chunks_added == len(texts), (report.chunks_added, len(texts))
         with open_store(db, readonly=True) as store:
             size = store.stats()["size_bytes"]
@@ -77,6 +98,7 @@ def bench_ingest(files: int, words: int, batch: int) -> dict:
     return {
         "files": files, "chunks": n, "chunking_s": chunk_s, "raw_encode_s": raw_s, "raw_chunks_per_s": n / raw_s,
         "store_s": store_s, "store_chunks_per_s": n / store_s, "ratio": (n / store_s) / (n / raw_s),
+        "overhead_s": overhead_s, "overhead_ms_per_chunk": overhead_s / n * 1000,
         "store_bytes": size,
         "bytes_per_100k_chunks": (other / n + 4 * dim) * 100_000 if other else size / n * 100_000, "rerun_unchanged_s": rerun_s,
     }
@@ -151,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=60, help="generated corpus files for the ingest part (0 skips it)")
     ap.add_argument("--words", type=int, default=500, help="words per generated file")
     ap.add_argument("--batch", type=int, default=64, help="embedding batch size")
+    ap.add_argument("--rounds", type=int, default=2, help="ingest rounds (raw and store alternate; best of each)")
     ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated vector counts for KNN ('' skips it)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=20)
@@ -170,12 +193,14 @@ def main(argv: list[str] | None = None) -> None:
                 r = bench_knn(n, args.dim, args.queries, args.k, Path(tmp))
                 print(f"  {n:>9} {r['insert_per_s']:>10.0f} {r['sqlite_vec_ms']:>14.2f} {r['numpy_ms']:>9.2f} {r['ratio']:>6.1f} {r['recall']:>7.3f} {r['bytes_per_100k'] / 2**20:>9.1f}", flush=True)
     if args.files:
-        r = bench_ingest(args.files, args.words, args.batch)
+        r = bench_ingest(args.files, args.words, args.batch, args.rounds)
         print(
-            f"ingest: {r['files']} files -> {r['chunks']} chunks (200 tokens, 32 overlap; chunking {r['chunking_s']:.2f} s)\n"
+            f"ingest: {r['files']} files -> {r['chunks']} chunks (200 tokens, 32 overlap; chunking {r['chunking_s']:.2f} s), best of {args.rounds}\n"
             f"  raw SentenceTransformer.encode: {r['raw_encode_s']:.1f} s = {r['raw_chunks_per_s']:.1f} chunks/s\n"
             f"  index_folder (extract+chunk+embed+store): {r['store_s']:.1f} s = {r['store_chunks_per_s']:.1f} chunks/s\n"
             f"  ratio store/raw throughput: {r['ratio']:.2f}   re-run (all unchanged): {r['rerun_unchanged_s']:.2f} s\n"
+            f"  store's own cost (index_folder minus time inside the model): {r['overhead_s']:.2f} s = {r['overhead_ms_per_chunk']:.2f} ms/chunk "
+            f"({r['overhead_s'] / r['store_s'] * 100:.1f} % of the run)\n"
             f"  store size: {r['store_bytes'] / 2**20:.1f} MiB = {r['bytes_per_100k_chunks'] / 2**20:.0f} MiB per 100k chunks (text + metadata from dbstat, plus 4*dim bytes per vector)",
             flush=True,
         )
