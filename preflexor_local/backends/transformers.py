@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import LoadOptions, Sampling
-from ..errors import InvalidModelError, UsageError
+from ..devices import pick_device, pick_dtype
+from ..errors import InvalidModelError
 from ..models import ModelSpec
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
@@ -35,37 +36,6 @@ ENTRY = BackendEntry(
     requires=("torch", "transformers"),
     extra="hf",
 )
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but torch sees no CUDA device", hint="use --device auto or cpu")
-        if requested == "mps" and not torch.backends.mps.is_available():
-            raise UsageError("--device mps was asked for but MPS is not available", hint="use --device auto or cpu")
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(requested: str, device: str):
-    import torch
-
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if requested != "auto":
-        if requested not in names:
-            raise UsageError(f"unknown --dtype {requested!r}", hint="use auto, float32, float16 or bfloat16")
-        return names[requested]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "mps":
-        return torch.float16
-    return torch.float32  # half precision on CPU is slow and lossy
 
 
 class _Detok(Detokenizer):

