@@ -30,7 +30,7 @@ class Sampling:
 @dataclass
 class LoadOptions:
     ctx: int | None = opt(None, "Context window in tokens (default: the model's, capped at 8192).", "--ctx")
-    threads: int | None = opt(None, "CPU threads for llama.cpp (default: the cores this process may use).", "--threads")
+    threads: int | None = opt(None, "CPU threads for llama.cpp (default: usable cores minus one; oversubscribed llama.cpp threads stall).", "--threads")
     gpu_layers: int = opt(-1, "Layers to offload to Metal/CUDA in llama.cpp (-1 = all, 0 = CPU only).", "--gpu-layers")
     chat_template: str | None = opt(None, "Chat template: auto, a known name (gemma, llama3, chatml, mistral, plain) or a .jinja file.", "--chat-template")
     device: str = opt("auto", "Device for transformers: auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device")
