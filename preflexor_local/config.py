@@ -25,6 +25,7 @@ class Sampling:
     repeat_penalty: float = opt(1.1, "Penalty for repeating recent tokens (1.0 = off).", "--repeat-penalty")
     max_tokens: int = opt(512, "Most tokens per generation (each answer, critique, rewrite).", "--max-tokens")
     seed: int | None = opt(None, "Random seed for reproducible sampling.", "--seed")
+    stop_repeats: bool = opt(True, "Stop a generation that has started repeating itself verbatim (small models loop).", "--stop-repeats/--no-stop-repeats")
 
 
 @dataclass

@@ -18,3 +18,13 @@ def test_streamed_text_is_the_text_cut_at_the_first_stop(text, stops, data):
     expected = text[: min(hits)] if hits else text
     assert out == expected == scanner.text
     assert (scanner.matched is not None) == bool(hits)
+
+
+def test_loop_detection():
+    from preflexor_local.backends.base import repeats_at_end
+
+    paragraph = "The reason why I wrote this response is that it was a good one, and so on. "
+    assert repeats_at_end("Intro. " + paragraph * 2)
+    assert not repeats_at_end("Intro. " + paragraph)
+    assert repeats_at_end("x: " + "ha ha " * 4) and not repeats_at_end("x: " + "ha ha " * 3)
+    assert not repeats_at_end("1.\n2.\n3.\n4.\n5.\n6.\n")  # counting is not a loop

@@ -41,7 +41,7 @@ class GenerationRequest:
 @dataclass
 class Generation:
     text: str
-    finish_reason: str  # "eos", "stop", "length" (max tokens or context window)
+    finish_reason: str  # "eos", "stop", "length" (max tokens or context window), "loop" (verbatim repetition)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the previous call's cache
@@ -125,6 +125,20 @@ class StopScanner:
         return out
 
 
+def repeats_at_end(text: str, max_period: int = 400) -> bool:
+    """Whether ``text`` ends in a verbatim loop: a passage of 64+ characters twice in a row, or a
+    shorter one (8+) four times. Greedy small models fall into these and never leave."""
+    n = len(text)
+    for period in range(8, min(max_period, n // 2) + 1):
+        times = 2 if period >= 64 else 4
+        if period * times <= n and text.endswith(text[n - period:] * times):
+            return True
+    return False
+
+
+LOOP_CHECK_EVERY = 8  # tokens (or server chunks) between loop checks
+
+
 class Detokenizer(ABC):
     """Turns generated token ids into text increments (special tokens kept)."""
 
@@ -200,6 +214,9 @@ class LocalBackend(Backend):
                     finish = "stop"
                     break
                 if n >= max_new:
+                    break
+                if request.sampling.stop_repeats and n % LOOP_CHECK_EVERY == 0 and repeats_at_end(scanner.text):
+                    finish = "loop"
                     break
         finally:
             tokens.close() if hasattr(tokens, "close") else None

@@ -27,7 +27,7 @@ from ..errors import ServerError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, choose_template, render_prompt
 from . import BackendEntry
-from .base import Backend, Generation, GenerationRequest, StopScanner
+from .base import LOOP_CHECK_EVERY, Backend, Generation, GenerationRequest, StopScanner, repeats_at_end
 
 
 def _claims(spec: ModelSpec) -> int:
@@ -168,6 +168,9 @@ class OpenAIBackend(Backend):
                             # "stop" covers both an end-of-turn token and a stop string the server matched
                             finish = choice["finish_reason"]
                     if scanner.matched is not None:
+                        break
+                    if request.sampling.stop_repeats and chunks % LOOP_CHECK_EVERY == 0 and repeats_at_end(scanner.text):
+                        finish = "loop"
                         break
         except httpx.HTTPError as err:
             raise self._fail(err) from None

@@ -104,6 +104,7 @@ class Engine:
         if will_integrate and len(answers) > 1:
             gen = self._call(self.integrator, n, "integrator", "final", [
                 {"role": "system", "content": prompts.INTEGRATOR_SYSTEM},
+                *self._examples(self.integrator, "final"),
                 {"role": "user", "content": prompts.integrate_prompt(question, answers)},
             ])
             t.integration = self._record(self.integrator, "integrator", "final", gen)
@@ -115,17 +116,26 @@ class Engine:
     def critic_call(self, rnd: Round, channel: str, prompt: str) -> str:
         """A critic turn on behalf of a strategy; recorded in ``rnd.calls``."""
         system = self.recursion.critic_system or prompts.CRITIC_SYSTEM
-        gen = self._call(self.critic, rnd.index, "critic", channel, [{"role": "system", "content": system}, {"role": "user", "content": prompt}])
+        messages = [{"role": "system", "content": system}, *self._examples(self.critic, channel), {"role": "user", "content": prompt}]
+        gen = self._call(self.critic, rnd.index, "critic", channel, messages)
         rnd.calls.append(self._record(self.critic, "critic", channel, gen))
         return gen.text.strip()
 
     # -- internals ------------------------------------------------------------
+    @staticmethod
+    def _is_base(backend: Backend) -> bool:
+        """Base models (plain completion format) are shown each task once before doing it."""
+        template = getattr(backend, "template", None)
+        return template is not None and template.name == "plain"
+
+    def _examples(self, backend: Backend, task: str) -> list[dict]:
+        return prompts.task_example(task) if self._is_base(backend) else []
+
     def _messages(self) -> list[dict]:
         msgs = []
         if self.recursion.system:
             msgs.append({"role": "system", "content": self.recursion.system})
-        template = getattr(self.reasoner, "template", None)
-        if template is not None and template.name == "plain":
+        if self._is_base(self.reasoner):
             msgs.extend(prompts.format_example(self.fmt))
         question = prompts.with_context(self.question, self.context)
         msgs.append({"role": "user", "content": self.fmt.question_with_cue(question)})

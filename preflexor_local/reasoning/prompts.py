@@ -74,23 +74,47 @@ def with_context(question: str, chunks: list[dict]) -> str:
     return fill(CONTEXT, chunks=lines, question=question)
 
 
+# One worked example, used to show base models (plain completion format) each task once.
+_EX_QUESTION = "Why does a wet paper towel tear more easily than a dry one?"
+_EX_THINKING = (
+    "Paper is a network of cellulose fibres held together by hydrogen bonds between fibres. "
+    "Water molecules compete for those bonds, so the fibres bond to water instead of to each other. "
+    "The fibres themselves stay strong; the joints between them weaken."
+)
+_EX_WEAK_THINKING = "Paper is made of fibres. Water makes things soft, so wet paper is weaker."
+_EX_CRITIQUE = (
+    "1. It never says what holds the fibres together: name the hydrogen bonds between cellulose fibres.\n"
+    "2. \"Water makes things soft\" is vague: explain that water molecules take over those bonds.\n"
+    "3. It misses that the fibres stay strong and the network fails at its joints."
+)
+_EX_ANSWER = (
+    "Water breaks the hydrogen bonds that hold the cellulose fibres to one another, so the fibre network "
+    "comes apart at its joints under a much smaller load, even though each fibre is still strong."
+)
+_EX_DRAFTS = [
+    "Water weakens the bonds between the paper's fibres, so it tears easily.",
+    "The cellulose fibres stay strong, but water takes over the hydrogen bonds that join them.",
+]
+
+
 def format_example(fmt: ThinkingFormat) -> list[dict[str, str]]:
     """A one-shot demonstration of the thinking format, for base models that were never taught it.
 
     Base models continue documents; one worked example is what makes them
     close the thinking section and then answer.
     """
-    question = "Why does a wet paper towel tear more easily than a dry one?"
-    thinking = (
-        "Paper is a network of cellulose fibres held together by hydrogen bonds between fibres. "
-        "Water molecules compete for those bonds, so the fibres bond to water instead of to each other. "
-        "The fibres themselves stay strong; the joints between them weaken."
-    )
-    answer = (
-        "Water breaks the hydrogen bonds that hold the cellulose fibres to one another, so the fibre network "
-        "comes apart at its joints under a much smaller load, even though each fibre is still strong."
-    )
     return [
-        {"role": "user", "content": fmt.question_with_cue(question)},
-        {"role": "assistant", "content": f"{fmt.think_start}\n{thinking}\n{fmt.think_end}\n{answer}"},
+        {"role": "user", "content": fmt.question_with_cue(_EX_QUESTION)},
+        {"role": "assistant", "content": f"{fmt.think_start}\n{_EX_THINKING}\n{fmt.think_end}\n{_EX_ANSWER}"},
     ]
+
+
+def task_example(task: str) -> list[dict[str, str]]:
+    """A one-shot demonstration of a critic or integrator task ("critique", "rewrite", "final"), for base models."""
+    shots = {
+        "critique": (critique_prompt(_EX_QUESTION, _EX_WEAK_THINKING), _EX_CRITIQUE),
+        "rewrite": (rewrite_prompt(_EX_WEAK_THINKING, _EX_CRITIQUE), _EX_THINKING),
+        "final": (integrate_prompt(_EX_QUESTION, _EX_DRAFTS), _EX_ANSWER),
+    }
+    prompt, reply = shots[task]
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
