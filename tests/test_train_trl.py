@@ -219,3 +219,35 @@ def test_cli_errors_are_one_line(tmp_path, tiny_llama, capsys):
             main(argv)
         err = capsys.readouterr().err
         assert exc.value.code in (1, 2) and expect in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fast_trainable_tokens_equal_peft(tmp_path, tied):
+    import torch
+    from convert_fixtures import build_tiny
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from preflexor_local.train.trl_engine import fast_trainable_tokens
+
+    path = build_tiny(tmp_path / "m", arch="gemma3" if tied else "llama", tied=tied)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    n = model.get_input_embeddings().weight.shape[0]
+    idx = [3, 7, n - 1]
+    tti = {"embed_tokens": idx} if tied else {"embed_tokens": idx, "lm_head": idx}
+    pm = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", trainable_token_indices=tti))
+    torch.manual_seed(0)
+    for name, p in pm.named_parameters():
+        if "trainable_tokens_delta" in name:
+            p.data += torch.randn_like(p)
+    x = torch.tensor([[1, 3, 5, 7, n - 1, 9, 3]])
+    ref = pm(input_ids=x).logits
+    ref.sum().backward()
+    ref_grads = {k: p.grad.clone() for k, p in pm.named_parameters() if p.grad is not None}
+    pm.zero_grad()
+    fast_trainable_tokens(pm)
+    out = pm(input_ids=x).logits
+    out.sum().backward()
+    assert torch.allclose(ref, out, atol=1e-5, rtol=1e-5)
+    for k, g in ref_grads.items():
+        assert torch.allclose(g, dict(pm.named_parameters())[k].grad, atol=1e-4, rtol=1e-4), k
