@@ -163,6 +163,10 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
             if not is_main:
                 pairs = source.pairs_for_round(r, lambda: None, rounds_dir) if isinstance(source, FixedPairs) else \
                     [pair_from_obj(o, "pairs", n) for n, o in iter_jsonl(rounds_dir / PAIRS_FILE.format(r))]
+            if not pairs:
+                filtered = source.reports[-1]["filtered"] if isinstance(source, GeneratedPairs) and source.reports else {}
+                raise UsageError(f"round {r + 1}: no preference pairs to train on (filtered: {filtered or 'none'})",
+                                 hint="check the teacher's output (data generate -n 2) or drop --judge-pairs")
             summary = session.train_round(pairs, steps_per_round, r)
             if isinstance(source, GeneratedPairs) and source.reports:
                 summary["generation"] = source.reports[-1]
