@@ -20,11 +20,22 @@ def test_streamed_text_is_the_text_cut_at_the_first_stop(text, stops, data):
     assert (scanner.matched is not None) == bool(hits)
 
 
+def test_a_stop_string_may_begin_in_the_prompt():
+    scanner = StopScanner(("\nAnswer:",), context="...thinking|>\n")
+    assert scanner.push("Answer: more") == "" and scanner.matched == "\nAnswer:" and scanner.text == ""
+    scanner = StopScanner(("\nAnswer:",), context="Question: q\n")
+    assert scanner.push("Fine.\nAnswer: x") == "Fine." and scanner.text == "Fine."
+    scanner = StopScanner(("\nAnswer:",), context="Question: q\nAnswer: ")  # a stop wholly in the prompt is not one
+    assert scanner.push("Silk.") == "Silk." and scanner.matched is None
+    scanner = StopScanner(("\nAnswer:",), context="no newline")
+    assert scanner.push("Answer: x") == "Answer: x" and scanner.matched is None
+
+
 def test_loop_detection():
     from preflexor_local.backends.base import repeats_at_end
 
     paragraph = "The reason why I wrote this response is that it was a good one, and so on. "
     assert repeats_at_end("Intro. " + paragraph * 2)
     assert not repeats_at_end("Intro. " + paragraph)
-    assert repeats_at_end("x: " + "ha ha " * 4) and not repeats_at_end("x: " + "ha ha " * 3)
+    assert repeats_at_end("x: " + "yes, no. " * 4) and not repeats_at_end("x: " + "yes, no. " * 3)
     assert not repeats_at_end("1.\n2.\n3.\n4.\n5.\n6.\n")  # counting is not a loop

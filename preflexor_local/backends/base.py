@@ -92,36 +92,52 @@ class Backend(ABC):
 class StopScanner:
     """Finds stop strings in streamed text, holding back any tail that may start one."""
 
-    def __init__(self, stops: tuple[str, ...]):
+    def __init__(self, stops: tuple[str, ...], context: str = ""):
+        """``context`` is the end of the prompt: a stop string may begin in it ("\\nAnswer:" right after a
+        pre-filled newline) but what is returned is only generated text."""
         self.stops = tuple(s for s in dict.fromkeys(stops) if s)
-        self.text = ""
-        self._emitted = 0
+        keep = max((len(s) for s in self.stops), default=1) - 1
+        self._context = context[len(context) - keep:] if keep > 0 else ""
+        self._all = self._context
+        self._emitted = len(self._context)
         self.matched: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The generated text so far, cut at a matched stop string."""
+        return self._all[len(self._context):]
 
     def push(self, delta: str) -> str:
         """Add text; return what is safe to show. After a match, ``matched`` is set."""
         if self.matched is not None or not delta:
             return ""
         start = max(0, self._emitted - max((len(s) for s in self.stops), default=0))
-        self.text += delta
-        hits = [(i, s) for s in self.stops if (i := self.text.find(s, start)) >= 0]
+        self._all += delta
+        hits = [(i, s) for s in self.stops if (i := self._find(s, start)) >= 0]
         if hits:
             i, self.matched = min(hits)
-            self.text = self.text[:i]
-            out, self._emitted = self.text[self._emitted:], len(self.text)
+            self._all = self._all[: max(i, len(self._context))]
+            out, self._emitted = self._all[self._emitted:], len(self._all)
             return out
         hold = 0
         for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), hold, -1):
-                if self.text.endswith(s[:n]):
+            for n in range(min(len(s) - 1, len(self._all)), hold, -1):
+                if self._all.endswith(s[:n]):
                     hold = n
                     break
-        end = len(self.text) - hold
-        out, self._emitted = self.text[self._emitted:end], max(self._emitted, end)
+        end = max(len(self._all) - hold, len(self._context))
+        out, self._emitted = self._all[self._emitted:end], max(self._emitted, end)
         return out
 
+    def _find(self, stop: str, start: int) -> int:
+        """First occurrence of ``stop`` that ends in generated text (one wholly inside the prompt is not a stop)."""
+        i = self._all.find(stop, start)
+        while i >= 0 and i + len(stop) <= len(self._context):
+            i = self._all.find(stop, i + 1)
+        return i
+
     def flush(self) -> str:
-        out, self._emitted = self.text[self._emitted:], len(self.text)
+        out, self._emitted = self._all[self._emitted:], len(self._all)
         return out
 
 
@@ -185,7 +201,8 @@ class LocalBackend(Backend):
 
     def stream(self, request: GenerationRequest) -> Iterator[str | Generation]:
         t0 = time.perf_counter()
-        ids = self.encode(self.render(request))
+        prompt = self.render(request)
+        ids = self.encode(prompt)
         room = self.context_length - len(ids)
         if room < 1:
             raise ContextOverflowError(
@@ -195,7 +212,7 @@ class LocalBackend(Backend):
         # Policy: a prompt that fits is never truncated; the generation budget shrinks to the room left.
         max_new = min(request.limit, room)
         cached = self.cached_prefix(ids)
-        scanner = StopScanner(tuple(request.stop) + self.template.stop)
+        scanner = StopScanner(tuple(request.stop) + self.template.stop, context=prompt)
         detok = self.detokenizer(ids)
         n, finish, ttft = 0, "length", None
         tokens = self.token_stream(ids, request.sampling, max_new)

@@ -138,7 +138,8 @@ class OpenAIBackend(Backend):
         import httpx
 
         path, body = self._payload(request)
-        scanner = StopScanner((*request.stop, *(self.template.stop if self.template else ())))
+        context = body.get("prompt") or request.prefill
+        scanner = StopScanner((*request.stop, *(self.template.stop if self.template else ())), context=context)
         t0 = time.perf_counter()
         ttft, chunks, usage, finish = None, 0, {}, "length"
         try:

@@ -171,8 +171,9 @@ class Engine:
             add(fmt.thinking_block(improved), False)
         if self.strategy.reflect:
             rnd.reflection_closed = section(fmt.reflect_start, fmt.reflect_end, "reflection").finish_reason == "stop"
+        # The answer may not open another section: a model that tries is cut there.
         gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text,
-                         on_text=lambda s: add(s, True))
+                         stop=(fmt.think_start, fmt.reflect_start), on_text=lambda s: add(s, True))
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()
         rnd.thinking = parsed.thinking or ""
