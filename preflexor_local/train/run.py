@@ -91,7 +91,7 @@ def _dist(device: str = "auto"):
         return True, lambda: None, 1
     from accelerate import PartialState
 
-    from .trl_engine import pick_device
+    from ..devices import pick_device
 
     state = PartialState(cpu=pick_device(device) == "cpu")
     return state.is_main_process, state.wait_for_everyone, state.num_processes

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices import pick_device, pick_dtype
 from ..errors import InvalidModelError, ModelNotFoundError, UsageError
 from ..format import ThinkingFormat
 from ..prompt import ChatTemplate, choose_template, looks_instruct
@@ -50,35 +51,6 @@ STATE_FILE = "trainer_state.json"
 
 
 # -- device, model, tokenizer -------------------------------------------------
-
-def pick_device(requested: str = "auto") -> str:
-    import torch
-
-    if requested != "auto":
-        if requested == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU", hint="use --device auto or cpu")
-        if requested == "mps" and not torch.backends.mps.is_available():
-            raise UsageError("--device mps asked for, but MPS is not available", hint="use --device auto or cpu")
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(requested: str, device: str):
-    import torch
-
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if requested in table:
-        return table[requested]
-    if requested != "auto":
-        raise UsageError(f"unknown dtype {requested!r}", hint="use auto, float32, bfloat16 or float16")
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
 
 def model_dir(spec: str) -> Path:
     """A Hugging Face checkpoint directory for ``spec``; a run output directory means its merged model."""
@@ -332,7 +304,7 @@ class TRLSession:
         resume = ctx.resume_from
         tok_src = resume if resume is not None and (resume / "tokenizer_config.json").is_file() else src
         self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device, training=True)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=self.dtype)
