@@ -64,7 +64,7 @@ class GeneratedPairs:
         if len(have) < self.n:
             report = self.generator.generate(self.n - len(have), path, student=student_factory(), seed_offset=round_index * 100_003 + len(have))
             self.reports.append(report.to_dict())
-            have = [pair_from_obj(o, str(path), n) for n, o in iter_jsonl(path)]
+            have = [pair_from_obj(o, str(path), n) for n, o in iter_jsonl(path)] if path.exists() else []
         return have
 
 
