@@ -236,7 +236,9 @@ class LocalBackend(Backend):
                     finish = "loop"
                     break
         finally:
-            tokens.close() if hasattr(tokens, "close") else None
+            close = getattr(tokens, "close", None)
+            if close is not None:  # a generator: stop the engine's decode loop now
+                close()
         if scanner.matched is None:
             tail = scanner.push(detok.flush()) + scanner.flush()
             if tail:
