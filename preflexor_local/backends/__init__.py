@@ -10,14 +10,14 @@ engine lazily, so discovering them is cheap.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import LoadOptions
-from ..errors import BackendUnavailableError, InvalidModelError, UsageError
+from ..errors import InvalidModelError, UsageError
+from ..extras import installed, require
 from ..models import ModelSpec, parse_spec
 from .base import Backend, Generation, GenerationRequest, LocalBackend
 
@@ -35,14 +35,10 @@ class BackendEntry:
 
     @property
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        return installed(self.requires)
 
     def check(self) -> None:
-        if not self.available:
-            raise BackendUnavailableError(
-                f"the {self.name} backend needs {', '.join(self.requires)}, which is not installed",
-                hint=f"pip install 'preflexor-local[{self.extra}]'" if self.extra else None,
-            )
+        require(f"the {self.name} backend", self.requires, self.extra)
 
 
 @lru_cache(maxsize=1)

@@ -32,12 +32,8 @@ CONFIG_FILE = "adapter_config.json"
 ROWS_FILE = "token_rows.safetensors"
 
 
-class TokenRowsEmbedding(nn.Module):
-    """An embedding whose rows for ``ids`` are replaced by the trainable ``rows``.
-
-    Also usable as a tied output layer (``as_linear``), so tied models train one
-    set of rows for input and output, as PEFT does.
-    """
+class _TokenRows(nn.Module):
+    """A frozen layer plus trainable replacement ``rows`` for the token ``ids``."""
 
     def __init__(self, base: nn.Module, ids: list[int], rows: mx.array | None = None):
         super().__init__()
@@ -51,6 +47,14 @@ class TokenRowsEmbedding(nn.Module):
     @property
     def ids(self) -> list[int]:
         return list(self._ids)
+
+
+class TokenRowsEmbedding(_TokenRows):
+    """An embedding whose rows for ``ids`` are replaced by the trainable ``rows``.
+
+    Also usable as a tied output layer (``as_linear``), so tied models train one
+    set of rows for input and output, as PEFT does.
+    """
 
     def __call__(self, x: mx.array) -> mx.array:
         y = self.base(x)
@@ -63,21 +67,8 @@ class TokenRowsEmbedding(nn.Module):
         return _replace_columns(y, h, self.rows, self._onehot)
 
 
-class TokenRowsLinear(nn.Module):
+class TokenRowsLinear(_TokenRows):
     """An (untied) output layer whose rows for ``ids`` are replaced by ``rows``."""
-
-    def __init__(self, base: nn.Module, ids: list[int], rows: mx.array | None = None):
-        super().__init__()
-        self.base = base
-        self._ids = [int(i) for i in ids]
-        vocab = _vocab_size(base)
-        self._onehot = mx.zeros((len(ids), vocab)).at[mx.arange(len(ids)), mx.array(self._ids)].add(1.0)
-        self.rows = rows if rows is not None else _base_rows(base, self._ids)
-        base.freeze()
-
-    @property
-    def ids(self) -> list[int]:
-        return list(self._ids)
 
     def __call__(self, h: mx.array) -> mx.array:
         return _replace_columns(self.base(h), h, self.rows, self._onehot)

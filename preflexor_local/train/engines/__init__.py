@@ -10,12 +10,12 @@ their heavy engine (torch, mlx) inside the runner only, so discovery is cheap.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ...errors import BackendUnavailableError, UsageError
+from ...errors import UsageError
+from ...extras import installed, require
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,10 @@ class TrainEngine:
 
     @property
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        return installed(self.requires)
 
     def check(self) -> None:
-        if not self.available:
-            raise BackendUnavailableError(
-                f"the {self.name} train engine needs {', '.join(self.requires)}, which is not installed",
-                hint=f"pip install 'preflexor-local[{self.extra}]'" if self.extra else None,
-            )
+        require(f"the {self.name} train engine", self.requires, self.extra)
 
     def load_runner(self):
         module, func = self.runner.split(":")

@@ -60,6 +60,7 @@ def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: 
     from mlx_lm.utils import save_config, save_model
 
     from ...backends._mlx_adapters import apply_adapter
+    from .trainer import _replace_dir
 
     base, adapter, out = Path(base), Path(adapter), Path(out)
     if out.exists() and not force:
@@ -80,12 +81,7 @@ def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: 
         for src in (adapter / "chat_template.jinja", base / "generation_config.json", base / "chat_template.jinja"):
             if src.is_file() and not (tmp / src.name).exists():
                 shutil.copy(src, tmp / src.name)
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
