@@ -24,9 +24,13 @@ class PreflexorError(Exception):
 
 
 class UsageError(PreflexorError):
-    """The command line or the API was called with invalid values."""
+    """The command line or the API was called with invalid values; ``param`` names the setting when there is one."""
 
     exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, param: str | None = None):
+        super().__init__(message, hint)
+        self.param = param
 
 
 class ModelNotFoundError(PreflexorError):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import opt
+from ..config import Settings, opt
 from ..errors import UsageError
 from .chunking import Chunk, chunk_text
 from .extract import SkipFile, extract, kind_of
@@ -30,13 +30,13 @@ Warn = Callable[[str, str], None]
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(Settings):
     embed_model: str | None = opt(None, "Local sentence-transformers directory for embeddings (default: the packaged all-MiniLM-L6-v2; a store keeps its model).", "--embed-model")
-    chunk_tokens: int | None = opt(None, "Tokens per chunk, counted by the embedding model's tokenizer (default 200; a store keeps its first value).", "--chunk-tokens")
-    overlap: int | None = opt(None, "Tokens shared by consecutive chunks (default 32).", "--overlap")
-    batch_size: int = opt(64, "Chunks per embedding batch.", "--batch-size")
-    commit_every: int = opt(256, "New chunks per transaction; a crash loses at most this much work.", "--commit-every")
-    device: str = opt("auto", "Embedding device: auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device")
+    chunk_tokens: int | None = opt(None, "Tokens per chunk, counted by the embedding model's tokenizer (default 200; a store keeps its first value).", "--chunk-tokens", ge=16, le=8192)
+    overlap: int | None = opt(None, "Tokens shared by consecutive chunks (default 32).", "--overlap", ge=0)
+    batch_size: int = opt(64, "Chunks per embedding batch.", "--batch-size", ge=1)
+    commit_every: int = opt(256, "New chunks per transaction; a crash loses at most this much work.", "--commit-every", ge=1)
+    device: str = opt("auto", "Embedding device: auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device", choices=("auto", "cuda", "mps", "cpu"))
     follow_symlinks: bool = opt(True, "Follow symbolic links to folders (loops are detected and skipped).", "--follow-symlinks/--no-follow-symlinks")
     progress: bool = True
 

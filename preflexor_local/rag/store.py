@@ -229,8 +229,8 @@ class Store:
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` chunks most similar to ``query`` (distinct texts), best first."""
-        if k < 1:
-            return []
+        if k < 1 or k > MAX_K:
+            raise UsageError(f"-k must be at least 1 and at most {MAX_K}, got {k}", param="k")
         self._require_index()
         vec = self.embedder().encode([query])[0]
         return self.search_vector(vec, k)
