@@ -16,7 +16,10 @@ from pathlib import Path
 from .errors import BackendUnavailableError, ModelNotFoundError
 
 DEFAULT_ALIASES = ("default", "gemma3-270m")
+BASE_ALIAS = "gemma3-270m-base"  # the embedded base model without the demo adapter
 DEFAULT_FILE = "gemma-3-270m-q4_k_m.gguf"
+# The PRefLexOR LoRA for the default model, trained by recipes/demo_adapter.py; it ships inside the package.
+DEMO_ADAPTER = Path(__file__).parent / "data" / "demo-adapter.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -67,8 +70,8 @@ def cached_hub_snapshot(repo_id: str) -> Path | None:
 
 def parse_spec(text: str | None) -> ModelSpec:
     """Classify a model spec, or raise ``ModelNotFoundError`` with what to do."""
-    if text is None or text.strip() in ("", *DEFAULT_ALIASES):
-        return ModelSpec(text or "default", "default")
+    if text is None or text.strip() in ("", *DEFAULT_ALIASES, BASE_ALIAS):
+        return ModelSpec((text or "default").strip() or "default", "default")
     text = text.strip()
     if text.startswith(("http://", "https://")):
         url, _, name = text.partition("#")
@@ -129,6 +132,11 @@ def default_model_path(quiet: bool = False) -> Path:
     return target
 
 
+def demo_adapter_path() -> Path | None:
+    """The shipped demo adapter for the default model, or None in a build without it."""
+    return DEMO_ADAPTER if DEMO_ADAPTER.is_file() else None
+
+
 def default_model_status() -> dict:
     target = models_dir() / DEFAULT_FILE
     try:
@@ -136,4 +144,6 @@ def default_model_status() -> dict:
         installed = True
     except BackendUnavailableError:
         installed = False
-    return {"name": "gemma3-270m", "installed": installed, "assembled": target.is_file(), "path": str(target)}
+    adapter = demo_adapter_path()
+    return {"name": "gemma3-270m", "installed": installed, "assembled": target.is_file(), "path": str(target),
+            "adapter": str(adapter) if adapter else None, "base_name": BASE_ALIAS}

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from ..config import LoadOptions, Sampling
-from ..errors import InvalidModelError
-from ..gguf_meta import is_gguf, read_gguf
-from ..models import ModelSpec, default_model_path
+from ..errors import InvalidModelError, ModelNotFoundError
+from ..gguf_meta import GGUFInfo, is_gguf, read_gguf
+from ..models import BASE_ALIAS, ModelSpec, default_model_path
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend
@@ -125,6 +127,7 @@ class LlamaCppBackend(LocalBackend):
                 f"llama.cpp could not load {path} (architecture {arch!r}): {reason}",
                 hint="the architecture may be newer than this llama-cpp-python; upgrade it, or use the HF checkpoint with the transformers backend",
             ) from None
+        self.adapters = _apply_adapters(self.llm, info, options.adapters) if options.adapters else []
         self.context_length = self.llm.n_ctx()
         self.vocab = self.llm._model.vocab
         meta = self.llm.metadata
@@ -132,8 +135,10 @@ class LlamaCppBackend(LocalBackend):
         piece = lambda t: self.llm._model.token_get_text(t) if t >= 0 else ""  # noqa: E731
         self.bos_token, eos_token = piece(bos_id), piece(eos_id)
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        # An adapter that records its training chat format wins over the base's (a base model has none).
+        trained = next((a["chat_template"] for a in self.adapters if a.get("chat_template")), None)
         self.template = choose_template(
-            options.chat_template, meta.get("tokenizer.chat_template"), info.architecture,
+            options.chat_template, trained or meta.get("tokenizer.chat_template"), info.architecture,
             instruct=looks_instruct(meta.get("general.name"), meta.get("general.finetune"), path.name),
             bos_token=self.bos_token, eos_token=eos_token,
             vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if self._single_token(t)),
@@ -174,7 +179,10 @@ class LlamaCppBackend(LocalBackend):
         return _Detok(self.vocab)
 
     def describe(self) -> dict:
-        return {**super().describe(), "path": str(self.path), "architecture": self.info.architecture}
+        d = {**super().describe(), "path": str(self.path), "architecture": self.info.architecture}
+        if self.adapters:
+            d["adapters"] = [{"path": a["path"], "scale": a["scale"]} for a in self.adapters]
+        return d
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -183,7 +191,60 @@ class LlamaCppBackend(LocalBackend):
             self.llm = None
 
 
+def parse_adapter(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:SCALE`` -> (path, scale); the file must exist."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            path = text  # a colon that is part of the path
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelNotFoundError(f"adapter file not found: {path}", hint="pass --adapter FILE.gguf or FILE.gguf:SCALE (a LoRA GGUF from `convert lora-gguf`)")
+    return p, scale
+
+
+def _apply_adapters(llm, base: GGUFInfo, texts: tuple[str, ...]) -> list[dict]:
+    """Load LoRA GGUFs and set them, with their scales, on the context (applied at run time, not merged).
+
+    llama-cpp-python's own ``lora_path`` takes one adapter and turns mmap off; the C API takes several and needs neither.
+    """
+    import llama_cpp
+
+    loaded = []
+    for text in texts:
+        path, scale = parse_adapter(text)
+        info = read_gguf(path)
+        if info.get("general.type") != "adapter" or info.get("adapter.type") != "lora":
+            raise InvalidModelError(f"{path} is not a LoRA adapter GGUF (general.type {info.get('general.type')!r})",
+                                    hint="write one with `preflexor-local convert lora-gguf ADAPTER --base BASE.gguf -o adapter.gguf`")
+        if info.architecture != base.architecture:
+            raise InvalidModelError(f"adapter {path.name} is for {info.architecture!r}, the model is {base.architecture!r}",
+                                    hint="pass the base model the adapter was trained on")
+        _LOG.clear()
+        handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode("utf-8"))
+        if not handle:
+            reason = next((line for line in reversed(_LOG) if line), "no reason given")
+            raise InvalidModelError(f"llama.cpp could not apply adapter {path}: {reason}", hint="the adapter must come from this base model")
+        llm._stack.callback(llama_cpp.llama_adapter_lora_free, handle)  # freed with the model
+        loaded.append({"path": str(path), "scale": scale, "handle": handle,
+                       "chat_template": info.get("tokenizer.chat_template")})
+    arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(loaded))(*[a["handle"] for a in loaded])
+    scales = (ctypes.c_float * len(loaded))(*[a["scale"] for a in loaded])
+    if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, arr, len(loaded), scales):
+        raise InvalidModelError("llama.cpp refused to set the LoRA adapters on the context")
+    return loaded
+
+
 def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
     if spec.kind == "default":
-        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (default)")
+        from ..models import demo_adapter_path
+
+        adapter = demo_adapter_path() if spec.text != BASE_ALIAS else None
+        if adapter is not None and not options.adapters:
+            options = dataclasses.replace(options, adapters=(str(adapter),))
+            return LlamaCppBackend(default_model_path(), options, name="gemma3-270m + preflexor demo adapter (default)")
+        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)")
     return LlamaCppBackend(spec.path, options)

