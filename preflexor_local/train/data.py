@@ -44,9 +44,13 @@ class PreferencePair:
     rejected: str
     meta: dict = field(default_factory=dict)
     line: int = 0  # 1-based line in the source file (0 = made in memory)
+    # Assistant text already in the prompt, as the engine pre-fills it (e.g. the thinking
+    # before a reflection): part of the prompt, never scored; both replies continue it.
+    prefill: str = ""
 
     def to_json(self) -> dict:
-        return {"prompt": self.messages, "chosen": self.chosen, "rejected": self.rejected, **({"meta": self.meta} if self.meta else {})}
+        return {"prompt": self.messages, "chosen": self.chosen, "rejected": self.rejected,
+                **({"prefill": self.prefill} if self.prefill else {}), **({"meta": self.meta} if self.meta else {})}
 
 
 def _where(source: str, line: int) -> str:
@@ -97,8 +101,11 @@ def pair_from_obj(obj, source: str = "<data>", line: int = 0) -> PreferencePair:
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
             raise DataError(f"{_where(source, line)}: '{key}' is empty")
-    meta = obj["meta"] if isinstance(obj.get("meta"), dict) else {k: v for k, v in obj.items() if k not in (*REQUIRED, "system")}
-    return PreferencePair(messages, chosen, rejected, meta=meta, line=line)
+    prefill = obj.get("prefill", "")
+    if not isinstance(prefill, str):
+        raise DataError(f"{_where(source, line)}: 'prefill' must be a string (assistant text the replies continue)")
+    meta = obj["meta"] if isinstance(obj.get("meta"), dict) else {k: v for k, v in obj.items() if k not in (*REQUIRED, "system", "prefill")}
+    return PreferencePair(messages, chosen, rejected, meta=meta, line=line, prefill=prefill)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -122,15 +129,19 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thinking: bool = False) -> list[PreferencePair]:
     """Load and validate a JSONL preference file.
 
-    ``require_thinking``: every chosen reply must hold a closed thinking section
-    (the closing tag), as both PRefLexOR phases need.
+    ``require_thinking``: a chosen reply that opens a thinking section must close
+    it (both PRefLexOR phases train on closed sections), and at least one chosen
+    reply must have one. Replies without thinking are the critic's and the
+    integrator's roles (a review, a rewrite, a merged answer) and stand as they are.
     """
     fmt = fmt or ThinkingFormat()
     pairs = [pair_from_obj(obj, str(path), n) for n, obj in iter_jsonl(path)]
     if not pairs:
         raise DataError(f"dataset {path} has no rows", hint="generate pairs with `preflexor-local data generate` first")
     if require_thinking:
-        bad = [p.line for p in pairs if fmt.think_end not in p.chosen]
+        bad = [p.line for p in pairs if fmt.think_start in p.chosen and fmt.think_end not in p.chosen]
+        if not any(fmt.think_end in p.chosen for p in pairs):
+            bad = [p.line for p in pairs]
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
             raise DataError(
@@ -157,13 +168,18 @@ _warned: set[str] = set()
 
 
 def render_pair(template: ChatTemplate, pair: PreferencePair) -> tuple[str, str, str]:
-    """(prompt text, chosen completion text, rejected completion text) under ``template``."""
-    prompt = render_prompt(template, pair.messages, "", add_generation_prompt=True)
-    return prompt, render_completion(template, pair.messages, prompt, pair.chosen), render_completion(template, pair.messages, prompt, pair.rejected)
+    """(prompt text, chosen completion text, rejected completion text) under ``template``.
+
+    The prompt is what inference renders for the same messages and prefill (``render_prompt``);
+    each completion is what the full conversation adds after it (the reply and end of turn).
+    """
+    prompt = render_prompt(template, pair.messages, pair.prefill, add_generation_prompt=True)
+    return (prompt, render_completion(template, pair.messages, prompt, pair.chosen, pair.prefill),
+            render_completion(template, pair.messages, prompt, pair.rejected, pair.prefill))
 
 
-def render_completion(template: ChatTemplate, messages: Messages, prompt: str, reply: str) -> str:
-    full = render_prompt(template, [*messages, {"role": "assistant", "content": reply}], "", add_generation_prompt=False)
+def render_completion(template: ChatTemplate, messages: Messages, prompt: str, reply: str, prefill: str = "") -> str:
+    full = render_prompt(template, [*messages, {"role": "assistant", "content": prefill + reply}], "", add_generation_prompt=False)
     if full.startswith(prompt):
         return full[len(prompt):]
     if template.name not in _warned:

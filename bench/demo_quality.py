@@ -1,0 +1,184 @@
+"""Does the demo adapter teach the method? Base Gemma 3 270M against base + adapter, on held-out questions.
+
+Runs ``ask --recursive 3`` (the README's first command) on the seed set's held-out
+questions (``"split": "test"``, never trained on) for each model and reports,
+side by side:
+
+* thinking closed by the model itself (round 1, where the model writes it);
+* answers (every round's and the final) of at least 10 words;
+* leaked passages: any 8-word run of the engine's prompt wording or of the
+  one-shot example (``reasoning.prompts``) found in an output field (critique,
+  rewrite, answer, final), counted once per field;
+* loops (calls that ended with ``finish_reason: loop``);
+* relevance: MiniLM cosine of question and final answer (median);
+* critique copying: share of a critique's word 5-grams found in the thinking it
+  reviews (mean; 1.0 = a copy);
+* speed: generated tokens/s over all calls, and model load time.
+
+Each model's transcripts go to ``OUT/<label>.jsonl`` (resumed: finished
+questions are not redone), the table to stdout, ``OUT/report.json``.
+
+    python bench/demo_quality.py -o bench-out/quality [--limit 12] [--models base,adapter]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"base": "gemma3-270m-base", "adapter": "default"}
+N_LEAK = 8
+
+
+def held_out() -> list[dict]:
+    rows = []
+    for path in sorted((ROOT / "recipes" / "seed").glob("part-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("split") == "test":
+                    rows.append(r)
+    return rows
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def leak_grams() -> set[tuple[str, ...]]:
+    """8-word runs of every prompt and example text the engine shows a model (not the question itself)."""
+    from preflexor_local.reasoning import prompts
+
+    texts = [prompts.CRITIQUE, prompts.REWRITE, prompts.INTEGRATE, prompts.CONTEXT, prompts.CRITIC_SYSTEM,
+             prompts.INTEGRATOR_SYSTEM, prompts._EX_QUESTION, prompts._EX_THINKING, prompts._EX_WEAK_THINKING,
+             prompts._EX_CRITIQUE, prompts._EX_ANSWER, *prompts._EX_DRAFTS]
+    out: set[tuple[str, ...]] = set()
+    for t in texts:
+        for part in re.split(r"\{[a-z]+\}", t):  # the template's own words, not what fills it
+            out |= _grams(_words(part), N_LEAK)
+    return out
+
+
+def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int) -> dict:
+    from preflexor_local.backends import load
+    from preflexor_local.config import LoadOptions, Recursion, Sampling
+    from preflexor_local.reasoning.engine import Engine
+
+    path = out / f"{label}.jsonl"
+    done = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+            except (ValueError, KeyError):
+                pass
+    t0 = time.perf_counter()
+    backend = load(spec, LoadOptions())
+    load_s = time.perf_counter() - t0
+    sampling = Sampling(seed=0)  # the README command's settings (temperature 0.1), seeded
+    with path.open("a", encoding="utf-8") as fh:
+        for i, q in enumerate(questions, 1):
+            if q["id"] in done:
+                continue
+            t = Engine(backend, sampling=sampling, recursion=Recursion(rounds=rounds)).run(q["question"])
+            rec = {"id": q["id"], "question": q["question"], "transcript": json.loads(t.to_json())}
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            done[q["id"]] = rec
+            print(f"{label}: {i}/{len(questions)}", file=sys.stderr, flush=True)
+    backend.close()
+    return {"load_s": load_s, "records": [done[q["id"]] for q in questions if q["id"] in done]}
+
+
+def measure(records: list[dict], leaks: set, embed) -> dict:
+    closed = answers_ok = answers = leaked = loops = calls = gen_tokens = 0
+    gen_seconds = 0.0
+    copy, rel = [], []
+    for rec in records:
+        t = rec["transcript"]
+        rounds = t["rounds"]
+        closed += bool(rounds and rounds[0]["thinking_closed"])
+        texts = [r["answer"] for r in rounds] + [t["final_answer"]]
+        answers += len(texts)
+        answers_ok += sum(len(_words(a)) >= 10 for a in texts)
+        fields = texts + [r.get("critique") or "" for r in rounds] + [r.get("improved_thinking") or "" for r in rounds]
+        leaked += sum(bool(_grams(_words(f), N_LEAK) & leaks) for f in fields if f)
+        for r in rounds:
+            for c in r["calls"]:
+                calls += 1
+                loops += c["finish_reason"] == "loop"
+                gen_tokens += c["completion_tokens"]
+                gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
+            if r.get("critique") and r.get("critique_source") == "critic":
+                cg = _grams(_words(r["critique"]), 5)
+                if cg:
+                    copy.append(len(cg & _grams(_words(r["thinking"]), 5)) / len(cg))
+        if t.get("integration"):
+            c = t["integration"]
+            calls += 1
+            loops += c["finish_reason"] == "loop"
+            gen_tokens += c["completion_tokens"]
+            gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
+        q, a = embed([rec["question"], t["final_answer"] or "-"])
+        rel.append(float(q @ a))
+    n = len(records)
+    return {
+        "questions": n,
+        "thinking_closed": closed / n if n else None,
+        "answers_10_words": answers_ok / answers if answers else None,
+        "leaked_passages": leaked,
+        "loops": loops,
+        "calls": calls,
+        "relevance_median": statistics.median(rel) if rel else None,
+        "critique_copy_mean": statistics.fmean(copy) if copy else None,
+        "gen_tokens_per_s": gen_tokens / gen_seconds if gen_seconds else None,
+    }
+
+
+def embedder():
+    from preflexor_local.rag.embed import load_embedder
+
+    return load_embedder(None).encode  # unit vectors: the dot product is the cosine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, default=ROOT / "bench-out" / "quality")
+    ap.add_argument("--limit", type=int, default=None, help="first N held-out questions")
+    ap.add_argument("--models", default="base,adapter")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    questions = held_out()[: args.limit]
+    leaks, embed = leak_grams(), embedder()
+    report = {}
+    for label in args.models.split(","):
+        res = run_model(label, MODELS[label], questions, args.out, args.rounds)
+        report[label] = {**measure(res["records"], leaks, embed), "load_s": round(res["load_s"], 3)}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    keys = ["questions", "thinking_closed", "answers_10_words", "leaked_passages", "loops", "relevance_median",
+            "critique_copy_mean", "gen_tokens_per_s", "load_s"]
+    labels = list(report)
+    print("| metric | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for k in keys:
+        cells = []
+        for lab in labels:
+            v = report[lab].get(k)
+            cells.append("-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Role data (reasoner with thinking, critic and integrator without) loads for Phase I; unclosed thinking is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from preflexor_local.errors import PreflexorError
+from preflexor_local.train.data import load_pairs
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+REASONER = {"prompt": "Why is bone tough? Use <|thinking|>.", "chosen": "<|thinking|>\nmineral + collagen\n<|/thinking|>\nBecause.", "rejected": "No."}
+CRITIC = {"prompt": "Review this reasoning: ...", "chosen": "1. It never names collagen.", "rejected": "ok"}
+
+
+def test_critic_and_integrator_rows_need_no_thinking(tmp_path):
+    pairs = load_pairs(_write(tmp_path / "roles.jsonl", [REASONER, CRITIC]), require_thinking=True)
+    assert len(pairs) == 2
+
+
+def test_an_opened_thinking_section_must_be_closed(tmp_path):
+    bad = {**REASONER, "chosen": "<|thinking|>\nmineral + collagen, and then"}
+    with pytest.raises(PreflexorError, match=r"1 of 2 chosen replies have no closing <\|/thinking\|> tag \(lines 2\)"):
+        load_pairs(_write(tmp_path / "bad.jsonl", [REASONER, bad]), require_thinking=True)
+
+
+def test_a_file_without_any_thinking_is_refused(tmp_path):
+    with pytest.raises(PreflexorError, match="no closing"):
+        load_pairs(_write(tmp_path / "none.jsonl", [CRITIC, CRITIC]), require_thinking=True)
+
+
+def test_prefill_is_prompt_and_the_replies_continue_it(tmp_path):
+    """A reflection example: the thinking is pre-filled (as the engine does), only the reflection + answer are scored."""
+    from preflexor_local.prompt import known_template, render_prompt
+    from preflexor_local.train.data import render_pair
+
+    row = {"prompt": [{"role": "user", "content": "Why is bone tough? Use <|thinking|>."}],
+           "prefill": "<|thinking|>\nmineral + collagen\n<|/thinking|>\n<|reflect|>\n",
+           "chosen": "I ignored water.\n<|/reflect|>\nBecause.", "rejected": "ok"}
+    pairs = load_pairs(_write(tmp_path / "r.jsonl", [REASONER, row]), require_thinking=True)
+    t = known_template("gemma", "<bos>", "<eos>")
+    prompt, chosen, rejected = render_pair(t, pairs[1])
+    assert prompt == render_prompt(t, row["prompt"], row["prefill"])  # exactly what inference renders
+    assert prompt.endswith("<|reflect|>\n") and chosen == "I ignored water.\n<|/reflect|>\nBecause.<end_of_turn>\n"
+    assert rejected.startswith("ok") and pairs[1].to_json()["prefill"] == row["prefill"]
