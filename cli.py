@@ -24,6 +24,8 @@ COMMANDS = {
     "convert": "preflexor_local.commands.convert:convert",
     "train": "preflexor_local.commands.train:train",
     "data": "preflexor_local.commands.data:data",
+    "eval": "preflexor_local.commands.eval:eval_command",
+    "serve": "preflexor_local.commands.serve:serve",
 }
 DEFAULT_COMMAND = "ask"
 _GROUP_FLAGS = {"--help", "-h", "--version"}
@@ -61,6 +63,8 @@ _SUMMARIES = {
     "convert": "Convert checkpoints: HF to GGUF / MLX, LoRA merge, verify.",
     "train": "Train with ORPO / DPO / EXO (TRL or MLX).",
     "data": "Generate preference data from a corpus with a teacher model.",
+    "eval": "Measure whether recursion helps: rounds vs equal-budget baselines.",
+    "serve": "Serve recursive reasoning over an OpenAI-compatible HTTP API.",
 }
 
 

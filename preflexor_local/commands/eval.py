@@ -1,0 +1,73 @@
+"""``preflexor-local eval``: does recursion help on your model? Rounds against equal-budget baselines.
+
+The progress bar (items/s, ETA) and notes go to stderr; the markdown table goes
+to stdout, or with ``--json`` the whole report. The output folder keeps
+``items.jsonl`` (appended as items finish, so a rerun resumes), ``report.json``,
+``report.md`` and ``report.png``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
+from ..eval.settings import EvalSettings
+
+
+@click.command("eval")
+@click.argument("questions", required=False, default="builtin:materials")
+@click.option("--model", "-m", default=None, help="Model under test: .gguf, HF dir, cached hub id, or http(s)://host/v1[#name] (default: the embedded demo model).")
+@click.option("--critic", default=None, help="Critic for the rounds (default: the model itself).")
+@click.option("--integrator", default=None, help="Model that merges the rounds' answers (default: the critic).")
+@click.option("--judge", default=None, help="Pairwise judge (any model spec): scores open items and picks best-of-n. Without it open items are skipped.")
+@cli_options(EvalSettings)
+@cli_options(Recursion, exclude=("rounds",))
+@cli_options(Sampling)
+@cli_options(LoadOptions)
+@click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set.")
+@click.option("-o", "--output", default="eval-report", show_default=True, type=click.Path(file_okay=False), help="Folder for items.jsonl and the report; rerunning into it resumes.")
+@click.option("--json", "json_out", is_flag=True, help="Print the whole report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr.")
+def eval_command(questions, model, critic, integrator, judge, tags, output, json_out, quiet, **kwargs):
+    """Measure whether recursion helps: QUESTIONS is a JSONL file or builtin:NAME (default builtin:materials).
+
+    \b
+    preflexor-local eval questions.jsonl --model ./m.gguf --rounds 1,3 -o report/
+    preflexor-local eval builtin:materials --model ./m.gguf --critic http://gpu:8000/v1 --rounds 1,2,3 \\
+        --baselines best-of-n,self-consistency --judge ./judge.gguf --concurrency 8 --json
+    """
+    from ..eval import evaluate, load_questions
+    from ..eval.report import markdown
+    from ..format import ThinkingFormat
+    from ..prompt import check_template_option
+    from ..reasoning.strategies import STRATEGIES
+
+    settings = from_kwargs(EvalSettings, kwargs)
+    recursion = from_kwargs(Recursion, kwargs)
+    sampling = from_kwargs(Sampling, kwargs)
+    options = from_kwargs(LoadOptions, kwargs)
+    if recursion.mode not in STRATEGIES:
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    check_template_option(options.chat_template)
+    qset = load_questions(questions)  # a bad file is refused before any model loads
+
+    def note(msg: str) -> None:
+        if not quiet:
+            click.secho(msg, err=True, dim=True)
+
+    if not quiet:
+        click.secho(f"evaluating {model or 'the default model (gemma3-270m)'} on {questions} "
+                    f"(rounds {','.join(map(str, settings.rounds))}; baselines {', '.join(settings.baselines) or 'none'}) → {output}",
+                    err=True, dim=True)
+    report = evaluate(qset, output, model, critic=critic, integrator=integrator, judge=judge, settings=settings,
+                      sampling=sampling, recursion=recursion, options=options, fmt=ThinkingFormat.preset(tags),
+                      progress=not quiet, note=note)
+    if json_out:
+        click.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        click.echo(markdown(report), nl=False)
+    note(f"report: {output}/report.json, report.md, report.png")

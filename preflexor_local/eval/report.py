@@ -1,0 +1,147 @@
+"""The report: flat item records, the figures computed from them, markdown, and the files.
+
+``summarize(items, conditions, baseline)`` is the only place figures are made,
+and it reads nothing but the flat item records that ``report.json`` stores, so
+anyone can recompute every figure from ``report.json["items"]``:
+
+* per condition: items run; keyed items, correct, accuracy with its 95 % Wilson
+  interval; for open items win/tie/loss against the baseline condition (the
+  smallest round count), with Wilson intervals for the win and loss rates; mean
+  generated tokens and seconds per item with 95 % intervals;
+* flips inside each multi-round run: round i → round i+1, and the last round →
+  the integrated final answer (keyed items);
+* flips against the baseline condition, paired by item (keyed items).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .stats import flips, mean_ci, wilson
+
+REPORT_VERSION = 1
+# Bulky fields kept in items.jsonl only (transcripts, every sample's text).
+_HEAVY = ("transcript", "sample_records")
+
+
+def flatten(lines: list[dict]) -> list[dict]:
+    """One flat record per (item, condition), without transcripts."""
+    out = []
+    for line in lines:
+        for rec in line["records"]:
+            flat = {"id": line["id"], "kind": line["kind"], "topic": line.get("topic")}
+            flat.update({k: v for k, v in rec.items() if k not in _HEAVY})
+            flat.setdefault("verdict", None)
+            if "sample_records" in rec:
+                flat["sample_predictions"] = [s["prediction"] for s in rec["sample_records"]]
+                flat["sample_tokens"] = [s["tokens"] for s in rec["sample_records"]]
+            out.append(flat)
+    return out
+
+
+def _interval(ci) -> list[float] | None:
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
+    by_cond: dict[str, list[dict]] = {c: [] for c in conditions}
+    for it in items:
+        by_cond.setdefault(it["condition"], []).append(it)
+    summary: dict = {"conditions": {}, "flips": {"within_run": {}, "versus_baseline": {}}}
+    for cond, recs in by_cond.items():
+        keyed = [r for r in recs if r["kind"] != "open"]
+        correct = sum(1 for r in keyed if r["correct"])
+        judged = [r for r in recs if r["kind"] == "open" and r.get("verdict")]
+        win, tie, loss = (sum(1 for r in judged if r["verdict"] == v) for v in ("win", "tie", "loss"))
+        tokens, tokens_ci = mean_ci([r["tokens"] for r in recs])
+        seconds, seconds_ci = mean_ci([r["seconds"] for r in recs])
+        entry = {
+            "items": len(recs), "keyed": len(keyed), "correct": correct,
+            "accuracy": correct / len(keyed) if keyed else None, "accuracy_ci95": _interval(wilson(correct, len(keyed))),
+            "open": {"judged": len(judged), "win": win, "tie": tie, "loss": loss,
+                     "win_rate": win / len(judged) if judged else None, "win_rate_ci95": _interval(wilson(win, len(judged))),
+                     "loss_rate": loss / len(judged) if judged else None, "loss_rate_ci95": _interval(wilson(loss, len(judged)))},
+            "mean_tokens": tokens, "mean_tokens_ci95": _interval(tokens_ci),
+            "mean_seconds": seconds, "mean_seconds_ci95": _interval(seconds_ci),
+        }
+        samples = [r["samples"] for r in recs if "samples" in r]
+        if samples:
+            entry["mean_samples"] = sum(samples) / len(samples)
+            entry["mean_budget"] = sum(r["budget"] for r in recs) / len(recs)
+        summary["conditions"][cond] = entry
+        multi = [r for r in keyed if r.get("rounds") and len(r["rounds"]) > 1]
+        if multi:
+            steps = []
+            for i in range(len(multi[0]["rounds"]) - 1):
+                pairs = [(r["rounds"][i]["correct"], r["rounds"][i + 1]["correct"]) for r in multi]
+                steps.append({"from": f"round {i + 1}", "to": f"round {i + 2}", **flips(pairs)})
+            integrated = [r for r in multi if r.get("integrated")]
+            if integrated:
+                pairs = [(r["rounds"][-1]["correct"], r["correct"]) for r in integrated]
+                steps.append({"from": f"round {len(multi[0]['rounds'])}", "to": "integrated", **flips(pairs)})
+            summary["flips"]["within_run"][cond] = steps
+    base = {r["id"]: r["correct"] for r in by_cond.get(baseline, []) if r["kind"] != "open"}
+    for cond, recs in by_cond.items():
+        if cond != baseline and base:
+            summary["flips"]["versus_baseline"][cond] = flips((base[r["id"]], r["correct"]) for r in recs if r["id"] in base and r["kind"] != "open")
+    return summary
+
+
+def build_report(lines: list[dict], conditions: list[str], baseline: str, meta: dict) -> dict:
+    items = flatten(lines)
+    return {"version": REPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
+            "conditions": conditions, "baseline": baseline, "summary": summarize(items, conditions, baseline), "items": items}
+
+
+# -- markdown -------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _ci(ci) -> str:
+    return "–" if ci is None else f"{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %"
+
+
+def _num(x, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    s, base = report["summary"], report["baseline"]
+    lines = [f"### Evaluation: {report['question_set']['source']} ({report['question_set']['evaluated']} items)", ""]
+    lines += [f"| condition | accuracy | 95 % CI | correct / keyed | open win / tie / loss vs {base} | mean tokens | mean s |",
+              "|---|---|---|---|---|---|---|"]
+    for cond in report["conditions"]:
+        c = s["conditions"].get(cond)
+        if not c:
+            continue
+        o = c["open"]
+        wtl = f"{o['win']} / {o['tie']} / {o['loss']}" if o["judged"] else "–"
+        extra = f" ({c['mean_samples']:.1f} samples)" if "mean_samples" in c else ""
+        lines.append(f"| {cond}{extra} | {_pct(c['accuracy'])} | {_ci(c['accuracy_ci95'])} | {c['correct']} / {c['keyed']} | {wtl} | "
+                     f"{_num(c['mean_tokens'])} | {_num(c['mean_seconds'], 1)} |")
+    flip_rows = []
+    for cond, steps in s["flips"]["within_run"].items():
+        for st in steps:
+            flip_rows.append(f"| {cond} | {st['from']} → {st['to']} | {st['n']} | {st['right_to_wrong']} | {st['wrong_to_right']} | {st['net']:+d} |")
+    for cond, f in s["flips"]["versus_baseline"].items():
+        flip_rows.append(f"| {cond} | {base} → {cond} (paired) | {f['n']} | {f['right_to_wrong']} | {f['wrong_to_right']} | {f['net']:+d} |")
+    if flip_rows:
+        lines += ["", "| condition | step | keyed items | right → wrong | wrong → right | net |", "|---|---|---|---|---|---|", *flip_rows]
+    for note in report.get("notes", []):
+        lines += ["", f"- {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: dict) -> dict[str, Path]:
+    from .plot import plot_report
+    from .runner import write_atomic
+
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "png": out_dir / "report.png"}
+    write_atomic(paths["json"], json.dumps(report, indent=1, ensure_ascii=False).encode())
+    write_atomic(paths["markdown"], markdown(report).encode())
+    write_atomic(paths["png"], plot_report(report))
+    return paths
