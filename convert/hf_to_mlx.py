@@ -6,7 +6,10 @@ We add what users lose most often: the input is checked and refused by name
 before mlx-lm starts, the output is written atomically, and afterwards the
 result is re-read to prove that the thinking tags are still single tokens with
 the same ids and that the chat template survived (copied over if mlx-lm dropped
-it). Quantisation needs the hidden sizes to be multiples of the group size.
+it). The written ``config.json`` also gets the top-level rotary keys mlx-lm reads
+(``preflexor_local.mlx_config``: transformers 5 nests them in ``rope_parameters``,
+where mlx-lm does not look). Quantisation needs the hidden sizes to be multiples of
+the group size.
 
 Measured on Gemma 3 270M (top-1 agreement with transformers on greedy
 continuations, ``convert verify``): 8-bit 100 %; 4-bit group 64 with 4-bit
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from preflexor_local.errors import BackendUnavailableError, InvalidModelError, UsageError
 from preflexor_local.format import ThinkingFormat
+from preflexor_local.mlx_config import mlx_overrides
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "gemma2", "gemma", "phi3")
 
@@ -66,6 +70,7 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise InvalidModelError(f"model type {mt!r} is not supported for MLX conversion here", hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    mlx_overrides(cfg)  # refuses, by name, rotary settings mlx-lm cannot run, before any heavy work
     check_safetensors(weight_files(src))
     if quantize:
         if q_bits not in (2, 3, 4, 5, 6, 8):
@@ -82,7 +87,7 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
 
     src_tok = AutoTokenizer.from_pretrained(src)
     notes: list[str] = []
-    info(f"converting {src} with mlx-lm{' (q%d, group %d)' % (q_bits, q_group_size) if quantize else ''} ...", quiet)
+    info(f"converting {src} with mlx-lm{f' (q{q_bits}, group {q_group_size})' if quantize else ''} ...", quiet)
     with atomic_dir(out) as tmp:
         target = tmp / "model"
         predicate = None
@@ -95,6 +100,11 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
         with contextlib.redirect_stdout(sys.stderr):  # mlx-lm logs on stdout; keep stdout for --json
             mlx_lm.convert(str(src), str(target), quantize=quantize, q_bits=q_bits if quantize else None,
                            q_group_size=q_group_size if quantize else None, dtype=dtype, quant_predicate=predicate)
+        # mlx-lm copies config.json as is and falls back to its own rope defaults for keys it does not find
+        # (transformers 5 nests them in rope_parameters): write the keys it reads, so any mlx-lm consumer gets them.
+        written = json.loads((target / "config.json").read_text(encoding="utf-8"))
+        written.update(mlx_overrides(written))
+        (target / "config.json").write_text(json.dumps(dict(sorted(written.items())), indent=4), encoding="utf-8")
         if src_tok.chat_template and not ((target / "chat_template.jinja").is_file() or "chat_template" in
                                           json.loads((target / "tokenizer_config.json").read_text()).keys()):
             (target / "chat_template.jinja").write_text(src_tok.chat_template, encoding="utf-8")
@@ -145,7 +155,7 @@ def _command():
         if as_json:
             click.echo(json.dumps(res.to_dict()))
             return
-        click.echo(f"{res.output}\t{'q%d' % res.bits if res.quantized else 'float'}\t{res.seconds:.1f} s\tchat template: {'yes' if res.chat_template else 'no'}")
+        click.echo(f"{res.output}\t{f'q{res.bits}' if res.quantized else 'float'}\t{res.seconds:.1f} s\tchat template: {'yes' if res.chat_template else 'no'}")
         click.echo("tags: " + ", ".join(f"{t}={i}" for t, i in res.tag_ids.items()))
         for n in res.notes:
             click.echo(f"note: {n}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..config import LoadOptions, Sampling
 from ..errors import InvalidModelError, ModelNotFoundError
+from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
@@ -147,7 +148,9 @@ class MLXBackend(LocalBackend):
             raise InvalidModelError(f"{self.path} has no config.json, so it is not an MLX or Hugging Face model directory",
                                     hint="convert a Hugging Face checkpoint with `preflexor-local convert mlx` (or mlx_lm.convert)")
         try:
-            model, tokenizer, config = mlx_load(str(self.path), return_config=True)
+            # the rotary keys as transformers reads them (an HF folder saved by transformers 5, or a plain mlx_lm.convert copy of one)
+            overrides = mlx_overrides(_read_json(self.path / "config.json"))
+            model, tokenizer, config = mlx_load(str(self.path), model_config=overrides, return_config=True)
             if adapter is not None:
                 from ._mlx_adapters import apply_adapter
 

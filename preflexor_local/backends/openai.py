@@ -30,6 +30,14 @@ from . import BackendEntry
 from .base import LOOP_CHECK_EVERY, Backend, Generation, GenerationRequest, StopScanner, repeats_at_end
 
 
+def _note(text: str) -> None:
+    """One dim line on stderr: something the user should know that is not an error."""
+    import sys
+
+    dim = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    print(f"\x1b[2mnote: {text}\x1b[0m" if dim else f"note: {text}", file=sys.stderr, flush=True)
+
+
 def _claims(spec: ModelSpec) -> int:
     return 10 if spec.kind == "url" else 0
 
@@ -55,11 +63,16 @@ class OpenAIBackend(Backend):
             base_url=self.url, headers={"Authorization": f"Bearer {key}"},
             timeout=httpx.Timeout(options.timeout, connect=10.0),
         )
-        served = [m.get("id") for m in self._get_json("/models").get("data", [])]
+        served = self._served_models()
         if spec.name and served and spec.name not in served:
             raise ServerError(f"{self.url} does not serve a model named {spec.name!r}", hint=f"it serves: {', '.join(map(str, served))}")
-        self.model_id = spec.name or (served[0] if served else "default")
-        super().__init__(self.model_id)
+        # Unnamed and unlisted: send no model name, so the server uses its own
+        # (mlx_lm.server would try to load a model called "default").
+        self.model_id = spec.name or (served[0] if served else None)
+        if served is None:
+            _note(f"{self.url}/models did not list the models; using " + (repr(self.model_id) if self.model_id else "the server's default model")
+                  + ("" if spec.name else " (name one with …/v1#model-name)"))
+        super().__init__(self.model_id or "default")
         self.template: ChatTemplate | None = None
         if options.chat_template and options.chat_template != "auto":
             self.template = choose_template(options.chat_template, None, None, instruct=True)
@@ -96,6 +109,24 @@ class OpenAIBackend(Backend):
         except ValueError:
             raise ServerError(f"{self.url}{path} did not answer with JSON", hint="is this an OpenAI-compatible /v1 URL?") from None
 
+    def _served_models(self) -> list[str] | None:
+        """The ids ``/models`` lists, or None when listing fails on a server that is up.
+
+        Listing is a convenience: mlx_lm.server drops the connection on ``/v1/models``
+        when it has no Hugging Face cache folder, yet serves completions. Only an
+        unreachable server is an error here.
+        """
+        import httpx
+
+        try:
+            resp = self.client.get("/models", timeout=10.0)
+            resp.raise_for_status()
+            return [str(m.get("id")) for m in resp.json().get("data", [])]
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise self._fail(err) from None
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+            return None
+
     def _server_template(self) -> str | None:
         """llama-server publishes its chat template at /props (beside /v1)."""
         import httpx
@@ -111,7 +142,7 @@ class OpenAIBackend(Backend):
     def _payload(self, request: GenerationRequest) -> tuple[str, dict]:
         s = request.sampling
         body = {
-            "model": self.model_id, "max_tokens": request.limit, "temperature": max(s.temperature, 0.0),
+            **({"model": self.model_id} if self.model_id else {}), "max_tokens": request.limit, "temperature": max(s.temperature, 0.0),
             "top_p": s.top_p, "stream": True, "stream_options": {"include_usage": True},
         }
         stops = list(dict.fromkeys([*request.stop, *(self.template.stop if self.template else ())]))
