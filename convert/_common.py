@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from preflexor_local.atomic import atomic_dir, atomic_file  # noqa: F401  (the converters import them from here)
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # converters never reach a model hub
@@ -84,42 +84,6 @@ def check_output(out: str | Path, force: bool) -> Path:
     if not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _tmp_name(target: Path, tag: str) -> Path:
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}.part")
-
-
-@contextlib.contextmanager
-def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success it replaces ``target`` atomically."""
-    tmp = _tmp_name(target, "file")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh temp folder beside ``target``; on success it takes ``target``'s place."""
-    tmp = _tmp_name(target, "dir")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = _tmp_name(target, "old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def info(msg: str, quiet: bool = False) -> None:

@@ -2,7 +2,6 @@
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
 from tiny_model import CORPUS
@@ -31,7 +30,7 @@ def test_tiny_teacher_and_student_write_valid_pairs(tiny_backend, tmp_path, phas
     out = tmp_path / "pairs.jsonl"
     gen = PairGenerator(tiny_backend, TextCorpus(CORPUS), GenerationConfig(phase=phase, seed=phase, **FAST), quiet=True)
     report = gen.generate(2, out, student=tiny_backend)
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert report.written == len(rows) == 2 and report.attempted >= 2
     assert sum(report.filtered.values()) == report.attempted - report.written
     for row in rows:
@@ -65,13 +64,13 @@ def test_judge_keeps_hardest_worse_candidate_and_counts_filtered(tmp_path):
 
     def judge_reply(prompt):
         cand = prompt.split("Candidate answer:\n")[1]
-        return "SCORE: %d" % next(v for k, v in scores.items() if cand.startswith(k))
+        return f"SCORE: {next(v for k, v in scores.items() if cand.startswith(k))}"
 
     judge = ScriptedBackend(judge_reply)
     out = tmp_path / "p.jsonl"
     gen = PairGenerator(teacher, TextCorpus(CORPUS), GenerationConfig(samples=3, judge=True, k_search=1), judge=judge, quiet=True)
     report = gen.generate(1, out, student=student)
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert report.written == 1 and rows[0]["rejected"] == "decent answer C"  # worse than the teacher (8), best of the worse
     assert rows[0]["meta"]["judge"] == {"chosen": 8.0, "rejected": 5.0, "candidates": [2.0, 9.0, 5.0]}
     assert report.filtered["student_not_worse"] == 1
@@ -177,3 +176,59 @@ def test_clean_question():
     assert clean_question("Question: What makes nacre tough? It is the tablets.") == "What makes nacre tough?"
     assert clean_question("\n**Q:** Why do bones remodel so often\nmore") == "Why do bones remodel so often"
     assert clean_question("10,000,000.") == "" and clean_question("") == ""
+
+
+FAST_CLI = ["--categories", "Hypothesis", "--teacher-max-tokens", "10", "--student-max-tokens", "10", "--k-search", "1",
+            "--max-context-chars", "300", "--teacher-ctx", "4096"]
+
+
+def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
+    """Issue 9, defect 3: `data generate --tags think` writes <think> pairs (it had no --tags at all)."""
+    from preflexor_local.app.cli import main
+    from preflexor_local.format import ThinkingFormat
+
+    (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
+    out = tmp_path / "pairs.jsonl"
+    assert main_ok(main, ["data", "generate", "--tags", "think", "--store", str(tmp_path / "c.txt"), "--teacher", str(tiny_llama),
+                          "--student", str(tiny_llama), "-n", "1", "-o", str(out), "--json", *FAST_CLI]), capsys.readouterr().err
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["prompt"].endswith(" Use <think>.") and row["chosen"].startswith("<think>\n") and "</think>" in row["chosen"]
+    assert "<|thinking|>" not in row["chosen"]
+    assert len(load_pairs(out, ThinkingFormat.preset("think"), require_thinking=True)) == 1
+
+
+def test_train_dpo_tags_think_generates_think_pairs_and_masks_on_them(tmp_path, tiny_llama, capsys):
+    """Issue 9, defect 3: `train dpo --tags think --store … --teacher …` generated <|thinking|> pairs, then masked on </think>."""
+    from preflexor_local.app.cli import main
+
+    (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
+    out = tmp_path / "run"
+    assert main_ok(main, ["train", "dpo", "--tags", "think", "--model", str(tiny_llama), "--store", str(tmp_path / "c.txt"),
+                          "--teacher", str(tiny_llama), "--rounds", "1", "--steps-per-round", "1", "--pairs-per-round", "1",
+                          "--no-merge", "-o", str(out), "--json", *FAST_CLI]), capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (out / "rounds" / "pairs-0000.jsonl").read_text().splitlines()]
+    assert rows and all("</think>" in r["chosen"] and "<|/thinking|>" not in r["chosen"] for r in rows)
+    assert result["rounds"][0]["ignored_thinking_tokens"] > 0  # the DPO mask found </think> in the chosen replies
+
+
+@pytest.mark.parametrize("cmd,words", [
+    (["data", "generate", "--samples", "0"], "--samples must be at least 1, got 0"),
+    (["data", "generate", "--phase", "3"], "--phase must be at least 1 and at most 2, got 3"),
+    (["data", "generate", "--tags", "xml"], "--tags must be one of preflexor, think"),
+    (["data", "generate", "-n", "0"], "--pairs-per-round must be at least 1"),
+    (["train", "orpo", "--model", "m", "-o", "o", "--k-random", "0"], "--k-random must be at least 1"),
+    (["train", "dpo", "--model", "m", "-o", "o", "--style", "tree"], "--style must be one of sections, graph"),
+    (["train", "preflexor", "--model", "m", "-o", "o", "--phase2-rounds", "0"], "--phase2-rounds must be at least 1"),
+    (["train", "preflexor", "--model", "m", "-o", "o", "--loss", "nope"], "--loss must be one of exo_pair"),
+])
+def test_generation_settings_refuse_out_of_range_values(cmd, words, tmp_path, monkeypatch):
+    """Generation settings are typed settings: one line, exit 2, the same words as GenerationConfig(...) in Python."""
+    from convert_cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    extra = [] if cmd[0] == "train" else ["--student", "s", "-o", "p.jsonl"]
+    code, _, err = run_cli(*cmd, *extra)
+    assert code == 2 and words in err and "Traceback" not in err, err
+    with pytest.raises(PreflexorError, match="--samples must be at least 1"):
+        GenerationConfig(samples=0)

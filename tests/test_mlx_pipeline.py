@@ -59,3 +59,30 @@ def test_hf_mlx_orpo_peft_merged_gguf_ask(tiny_llama, tiny_mlx, tmp_path):
 
     res = run("ask", "Why is spider silk tough?", "--model", gguf, "--json", "-t", 0, "--max-tokens", 12, "--repeat-penalty", 1.0)
     assert json.loads(res.stdout)
+
+
+def test_train_preflexor_on_mlx_runs_both_phases(tiny_mlx, tmp_path, capsys):
+    """Issue 9, defect 2: Phase II is handed the Phase I run folder; on MLX too it means that run's merged model."""
+    from tiny_model import CORPUS
+
+    from preflexor_local.app.cli import main
+
+    (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
+    out = tmp_path / "run"
+    argv = ["train", "preflexor", "--engine", "mlx", "--model", str(tiny_mlx), "--store", str(tmp_path / "c.txt"),
+            "--teacher", str(tiny_mlx), "--phase1-rounds", "1", "--phase2-rounds", "1", "--steps-per-round", "1",
+            "--pairs-per-round", "1", "--categories", "Hypothesis", "--teacher-max-tokens", "10", "--student-max-tokens", "8",
+            "--k-search", "1", "--max-context-chars", "300", "--teacher-ctx", "4096", "--rank", "4", "--grad-accum", "1",
+            "--max-length", "512", "-o", str(out), "--json"]
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    assert code in (0, None), captured.err[-2000:]
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["phase1"]["rounds_done"] == 1 and result["phase2"]["rounds_done"] == 1
+    phase2 = json.loads((out / "phase2" / "adapter" / "adapter_config.json").read_text())
+    assert phase2["model"] == str((out / "phase1" / "merged").resolve())  # Phase II trained on the merged Phase I model
+    assert (out / "phase2" / "merged" / "config.json").is_file()

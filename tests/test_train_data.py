@@ -46,7 +46,7 @@ def test_interrupted_last_line_is_skipped(tmp_path):
 
 def test_tags_missing_from_fixed_dataset(tmp_path):
     rows = pair_rows(3)
-    rows[1]["chosen"] = "no thinking here"
+    rows[1]["chosen"] = "<|thinking|>\nopened, never closed"  # a reply without any thinking is a critic's row and loads
     with pytest.raises(DataError, match=r"1 of 3 chosen replies have no closing <\|/thinking\|> tag \(lines 2\)"):
         load_pairs(write_pairs(tmp_path / "p.jsonl", rows), require_thinking=True)
 
@@ -64,7 +64,7 @@ def test_training_prompt_is_the_inference_prompt(tiny_llama):
     from preflexor_local.backends.base import GenerationRequest
     from preflexor_local.config import LoadOptions
     from preflexor_local.train.config import TrainConfig
-    from preflexor_local.train.trl_engine import Encoder, training_template
+    from preflexor_local.train.encode import Encoder, training_template
 
     backend = backends.load(str(tiny_llama), LoadOptions(device="cpu"))
     pair = pair_from_obj(pair_rows(1)[0])
@@ -86,7 +86,7 @@ def test_long_chosen_dropped_long_rejected_cut_and_counted(tiny_llama):
     from transformers import AutoTokenizer
 
     from preflexor_local.prompt import ChatTemplate
-    from preflexor_local.train.trl_engine import Encoder
+    from preflexor_local.train.encode import Encoder
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     rows = pair_rows(3)
@@ -102,3 +102,63 @@ def test_long_chosen_dropped_long_rejected_cut_and_counted(tiny_llama):
     for row in enc.rows:
         assert len(row["prompt_ids"]) + len(row["rejected_ids"]) <= 120
         assert len(row["prompt_ids"]) + len(row["chosen_ids"]) <= 120
+
+
+def test_a_run_folder_means_its_merged_model(tmp_path):
+    """One rule for every engine (issue 9, defect 2): Phase II is handed the Phase I run folder."""
+    from preflexor_local.errors import InvalidModelError, ModelNotFoundError
+    from preflexor_local.train.resolve import model_dir, model_name
+
+    run = tmp_path / "phase1"
+    (run / "merged").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    with pytest.raises(InvalidModelError, match="without a merged model") as exc:
+        model_dir(run)  # --no-merge: nothing to continue from, and it says so
+    assert "--resume" in exc.value.hint
+    (run / "merged" / "config.json").write_text("{}")
+    assert model_dir(str(run)) == run / "merged" and model_name(model_dir(run)) == "phase1"
+    assert model_dir(run / "merged") == run / "merged"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(InvalidModelError, match="GGUF") as exc:
+        model_dir(gguf)
+    assert f"preflexor-local convert hf {gguf}" in exc.value.hint  # the command that exists
+    with pytest.raises(ModelNotFoundError):
+        model_dir(tmp_path / "nope")
+    with pytest.raises(InvalidModelError, match="no config.json"):
+        model_dir(tmp_path)
+
+
+def test_atomic_outputs_appear_whole_or_not_at_all(tmp_path):
+    from preflexor_local.atomic import atomic_dir, atomic_file, write_json
+
+    target = tmp_path / "merged"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"] and (target / "old.txt").is_file()
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"] and [p.name for p in target.iterdir()] == ["new.txt"]
+    with atomic_file(tmp_path / "w.safetensors") as tmp:
+        assert tmp.suffix == ".safetensors"  # writers that append a missing suffix (mx.save_safetensors) write to tmp itself
+        tmp.write_text("x")
+    write_json(tmp_path / "state.json", {"round": 3})
+    assert json.loads((tmp_path / "state.json").read_text()) == {"round": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "state.json", "w.safetensors"]
+
+
+def test_the_training_core_is_engine_free():
+    """The MLX trainer and the shared core import neither the TRL engine nor torch (issue 9's redesign)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import preflexor_local.train.run, preflexor_local.train.encode, preflexor_local.train.resolve\n"
+            "import preflexor_local.train.mlx.trainer, preflexor_local.train.mlx.batches, preflexor_local.train.mlx.fuse\n"
+            "import preflexor_local.commands.train, preflexor_local.commands.data\n"
+            "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers', 'preflexor_local.train.trl_engine') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -49,3 +49,20 @@ def test_prefill_is_prompt_and_the_replies_continue_it(tmp_path):
     assert prompt == render_prompt(t, row["prompt"], row["prefill"])  # exactly what inference renders
     assert prompt.endswith("<|reflect|>\n") and chosen == "I ignored water.\n<|/reflect|>\nBecause.<end_of_turn>\n"
     assert rejected.startswith("ok") and pairs[1].to_json()["prefill"] == row["prefill"]
+
+
+def test_target_modules_regex_adapts_only_the_named_blocks(tmp_path):
+    """re:REGEX picks modules by full name (PEFT's regex form): here only block 1 of the tiny model gets LoRA."""
+    from tiny_model import build_tiny_llama
+
+    from preflexor_local.train.config import TrainConfig
+    from preflexor_local.train.session import RunContext
+    from preflexor_local.train.trl_engine import open_session
+
+    base = build_tiny_llama(tmp_path / "m")
+    cfg = TrainConfig(model=str(base), output=str(tmp_path / "o"), method="orpo",
+                      target_modules=r"re:.*layers\.1\.(self_attn\.(q|v)_proj)").resolved()
+    session = open_session(cfg, RunContext(tmp_path / "o", log=lambda row: None, quiet=True))
+    names = {n.split(".lora_")[0] for n, _ in session.model.named_parameters() if "lora_A" in n}
+    session.close()
+    assert names and all(".layers.1.self_attn." in n and n.endswith(("q_proj", "v_proj")) for n in names), names

@@ -86,7 +86,7 @@ def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
             p = _prompt_len(tok, ids)
             closes = [i for i in range(p, n) if ids[i] == close]
             start = closes[-1] if closes else p  # keep_close_tag: the tag itself is scored
-            assert all(l == -100 for l in lab[:start]), (ids, lab)
+            assert all(x == -100 for x in lab[:start]), (ids, lab)
             assert lab[start:] == ids[start:]
             rows += 1
     assert rows == 8  # 2 steps x (2 chosen + 2 rejected)
@@ -181,9 +181,9 @@ def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     assert result["global_step"] == 6
     run = json.loads((out / "run.json").read_text())
     assert run["resumed_at_round"] == last + 1
-    rounds = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"round"' in l and json.loads(l)["type"] == "round"]
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"round"' in line and json.loads(line)["type"] == "round"]
     assert [x["round"] for x in rounds] == [0, 1, 2] and [x["global_step"] for x in rounds] == [2, 4, 6]
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "step"]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["type"] == "step"]
     assert steps[-2:] == [5, 6]
     assert (out / "merged" / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
@@ -199,7 +199,7 @@ def test_two_process_gloo(tiny_llama, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["global_step"] == 2
     assert json.loads((out / "run.json").read_text())["processes"] == 2
-    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if json.loads(l)["type"] == "step"]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["type"] == "step"]
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[0]["epoch"] == 1.0  # 4 pairs = 2 processes x batch 1 x grad-accum 2: one epoch per step
 
@@ -228,7 +228,7 @@ def test_fast_trainable_tokens_equal_peft(tmp_path, tied):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from preflexor_local.train.trl_engine import fast_trainable_tokens
+    from preflexor_local.train.trl_peft import fast_trainable_tokens
 
     path = build_tiny(tmp_path / "m", arch="gemma3" if tied else "llama", tied=tied)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -251,3 +251,66 @@ def test_fast_trainable_tokens_equal_peft(tmp_path, tied):
     assert torch.allclose(ref, out, atol=1e-5, rtol=1e-5)
     for k, g in ref_grads.items():
         assert torch.allclose(g, dict(pm.named_parameters())[k].grad, atol=1e-4, rtol=1e-4), k
+
+
+def test_orpo_forward_scores_only_reply_positions_and_equals_full_logits(tiny_llama, tmp_path):
+    """The trimmed ORPO forward (logits only where a label is scored) equals the full forward."""
+    import torch
+
+    session, _ = _session(tiny_llama, tmp_path, "orpo", batch_size=2, grad_accum=1)
+    session.capture = []
+    session.train_round(_pairs(2), 1, 0)
+    trainer, batch = session.last_trainer, session.capture[0]
+    model = session.model.eval()
+    with torch.no_grad():
+        chosen, rejected, _, _, nll = trainer.concatenated_forward(model, batch)
+        cb = trainer.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=trainer.padding_value, device="cpu")
+        logits = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"]).logits
+        full = trainer.get_batch_logps(logits, cb["concatenated_labels"], average_log_prob=True)
+        labels = cb["concatenated_labels"][:2, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[:2, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    assert torch.allclose(torch.cat([chosen, rejected]), full, atol=1e-5)
+    assert torch.allclose(nll, ce, atol=1e-5)  # the SFT term scores the reply only, never the prompt
+    session.close()
+
+
+def test_plain_text_tags_add_no_tokens_and_mask_on_the_tag_sequence(tmp_path):
+    """--tag-tokens plain: the vocabulary stays as it is (what a LoRA GGUF needs); the DPO mask finds the multi-token tag."""
+    from tiny_model import build_tiny_llama
+
+    base = build_tiny_llama(tmp_path / "notags", tags=False)
+    session, _ = _session(base, tmp_path / "run", "dpo", adapter="lora", tag_tokens="plain", batch_size=2, grad_accum=1)
+    assert not session.added_tags and len(session.rule.close_ids) > 1
+    rows = session.model.get_input_embeddings().weight.shape[0]
+    session.capture = []
+    session.train_round(_pairs(2), 1, 0)
+    assert session.model.get_input_embeddings().weight.shape[0] == rows
+    assert not any("trainable_tokens" in n for n, _ in session.model.named_parameters())
+    batch = session.capture[0]
+    close = list(session.rule.close_ids)
+    for ids, mask in zip(batch["input_ids"].tolist()[:2], batch["completion_mask"].tolist()[:2]):  # the chosen rows
+        at = max(i for i in range(len(ids)) if ids[i:i + len(close)] == close)
+        assert mask[at] == 1 and mask[at - 1] == 0  # the tag counts, the thinking before it does not
+    session.close()
+
+
+def test_student_is_the_transformers_backend_over_the_live_model(tiny_llama, tmp_path):
+    """One sampler per framework: the training student is the transformers backend, so it answers exactly as
+    `ask --model DIR` does on the same weights (greedy and seeded sampling alike)."""
+    from preflexor_local import backends
+    from preflexor_local.backends.base import GenerationRequest
+    from preflexor_local.backends.transformers import TransformersBackend
+    from preflexor_local.config import LoadOptions, Sampling
+
+    session, _ = _session(tiny_llama, tmp_path, "dpo", device="cpu")  # DPO: LoRA B = 0, so the live model is the base model
+    student = session.student()
+    assert isinstance(student, TransformersBackend)
+    served = backends.load(str(tiny_llama), LoadOptions(device="cpu"))
+    messages = [{"role": "user", "content": "Why is spider silk tough? Use <|thinking|>."}]
+    for sampling in (Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=16), Sampling(temperature=0.9, seed=7, max_tokens=16)):
+        req = GenerationRequest(messages=messages, prefill="<|thinking|>", sampling=sampling)
+        assert student.render(req) == served.render(req)
+        want = served.generate(req)
+        assert want.completion_tokens > 0 and student.generate(req).text == want.text
+    served.close()
+    session.close()

@@ -17,7 +17,7 @@ from ..config import LoadOptions, Sampling
 from ..devices import pick_device, pick_dtype
 from ..errors import InvalidModelError
 from ..models import ModelSpec
-from ..prompt import choose_template, looks_instruct
+from ..prompt import ChatTemplate, choose_template, looks_instruct
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend
 
@@ -96,7 +96,6 @@ class TransformersBackend(LocalBackend):
     kind = "transformers"
 
     def __init__(self, path: Path, options: LoadOptions, name: str | None = None):
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -106,7 +105,7 @@ class TransformersBackend(LocalBackend):
         self.path = path
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            AutoConfig.from_pretrained(path, local_files_only=True)  # an unknown architecture fails here, by name
         except (ValueError, KeyError):
             raise InvalidModelError(
                 f"unknown architecture {model_type!r} in {path / 'config.json'}: this transformers does not support it",
@@ -115,24 +114,47 @@ class TransformersBackend(LocalBackend):
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype, self.device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=self.dtype).to(self.device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=self.dtype).to(self.device).eval()
         except (OSError, ValueError) as err:
             raise InvalidModelError(f"cannot load the checkpoint in {path}: {str(err).splitlines()[0]}") from None
+        self._setup(model, tokenizer, options)
         tok = self.tokenizer
-        max_pos = getattr(config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CTX_CAP
-        self.context_length = options.ctx or min(max_pos, DEFAULT_CTX_CAP)
-        with_special = tok("a").input_ids
-        without = tok("a", add_special_tokens=False).input_ids
-        self._prefix_ids = with_special[: with_special.index(without[0])] if without and without[0] in with_special else []
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
         self.template = choose_template(
             options.chat_template, tok.chat_template, model_type, instruct=looks_instruct(path.name, name),
             bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
             vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tok.get_vocab()),
         )
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, template: ChatTemplate, path: Path, options: LoadOptions | None = None,
+                    name: str | None = None) -> TransformersBackend:
+        """A backend around a model already in memory (the trainer's student); weights are shared, not copied.
+
+        The model generates in whatever mode it is in: the caller puts it in eval mode (a trainer switches it
+        back to training mode itself). ``template`` is the one it is trained with.
+        """
+        self = cls.__new__(cls)
+        LocalBackend.__init__(self, name or Path(path).name)
+        param = next(model.parameters())
+        self.path, self.device, self.dtype = Path(path), str(param.device), param.dtype
+        self._setup(model, tokenizer, options or LoadOptions())
+        self.template = template
+        return self
+
+    def _setup(self, model, tokenizer, options: LoadOptions) -> None:
+        import torch
+
+        self.model, self.tokenizer = model, tokenizer
+        tok = tokenizer
+        max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CTX_CAP
+        self.context_length = options.ctx or min(max_pos, DEFAULT_CTX_CAP)
+        with_special = tok("a").input_ids
+        without = tok("a", add_special_tokens=False).input_ids
+        self._prefix_ids = with_special[: with_special.index(without[0])] if without and without[0] in with_special else []
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
         self._cache = None
         self._cache_ids: list[int] = []
         self._torch = torch

@@ -7,56 +7,8 @@ import sys
 
 import click
 
-from preflexor_local.config import LoadOptions
-
-
-def generation_options(fn):
-    """Options shared by ``data generate`` and ``train orpo|dpo`` (generated data)."""
-    opts = [
-        click.option("--store", help="RAG store (.db) to draw context from; a .txt/.md file or folder also works."),
-        click.option("--teacher", help="Teacher model spec: GGUF file, HF directory, or http(s)://…/v1 server."),
-        click.option("--judge", "judge_spec", help="Judge model spec (default: the teacher when --judge-pairs is on)."),
-        click.option("--judge-pairs/--no-judge-pairs", default=False, show_default=True, help="Keep a pair only when the judge scores the student's answer below the teacher's."),
-        click.option("--samples", type=int, default=1, show_default=True, help="Student candidates per question (the judge picks the hardest worse one)."),
-        click.option("--style", type=click.Choice(["sections", "graph"]), default="sections", show_default=True, help="Thinking layout: headed sections, or a knowledge graph (IS-A / RELATES-TO / INFLUENCES) first."),
-        click.option("--categories", help="Comma-separated thinking headings (default: the PRefLexOR set)."),
-        click.option("--k-random", type=int, default=3, show_default=True, help="Random chunks that seed each question."),
-        click.option("--k-search", type=int, default=3, show_default=True, help="Chunks retrieved for each question."),
-        click.option("--teacher-max-tokens", type=int, default=512, show_default=True, help="Most tokens per teacher call."),
-        click.option("--student-max-tokens", type=int, default=512, show_default=True, help="Most tokens per student reply."),
-        click.option("--max-context-chars", type=int, default=6000, show_default=True, help="Most characters of retrieved context per prompt."),
-        click.option("--retries", type=int, default=3, show_default=True, help="Tries per teacher call before failing."),
-        click.option("--teacher-ctx", type=int, default=None, help="Context window for a local teacher/student."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def build_generation(kw: dict, phase: int, n: int, seed: int, quiet: bool):
-    """(PairGenerator, LoadOptions for local models) from the shared options (removed from ``kw``)."""
-    from preflexor_local import backends
-    from preflexor_local.errors import UsageError
-    from preflexor_local.train.generate import DEFAULT_CATEGORIES, GenerationConfig, PairGenerator, open_corpus
-
-    store, teacher = kw.pop("store"), kw.pop("teacher")
-    if not store or not teacher:
-        raise UsageError("generating pairs needs --store and --teacher", hint="or train from a fixed dataset with --data pairs.jsonl")
-    cats = kw.pop("categories")
-    ctx = kw.pop("teacher_ctx")
-    gcfg = GenerationConfig(
-        n=n, phase=phase, k_random=kw.pop("k_random"), k_search=kw.pop("k_search"),
-        categories=tuple(c.strip() for c in cats.split(",") if c.strip()) if cats else DEFAULT_CATEGORIES,
-        style=kw.pop("style"), samples=kw.pop("samples"), judge=kw.pop("judge_pairs"),
-        teacher_max_tokens=kw.pop("teacher_max_tokens"), student_max_tokens=kw.pop("student_max_tokens"),
-        retries=kw.pop("retries"), seed=seed, max_context_chars=kw.pop("max_context_chars"),
-    )
-    judge_spec = kw.pop("judge_spec")
-    opts = LoadOptions(ctx=ctx)
-    corpus = open_corpus(store)
-    teacher_b = backends.load(teacher, opts)
-    judge_b = backends.load(judge_spec, opts) if judge_spec else None
-    return PairGenerator(teacher_b, corpus, gcfg, judge=judge_b, quiet=quiet), opts
+from preflexor_local.config import cli_options, from_kwargs
+from preflexor_local.train.config import GenerationConfig
 
 
 @click.group("data")
@@ -69,20 +21,18 @@ def data() -> None:
 
 
 @data.command("generate")
-@generation_options
+@cli_options(GenerationConfig)
 @click.option("--student", required=True, help="Student model spec (the model you will train): its replies are the rejected ones.")
-@click.option("-n", "n", type=int, default=50, show_default=True, help="Pairs to write.")
-@click.option("--phase", type=click.Choice(["1", "2"]), default="1", show_default=True, help="1: rejected = the student's plain answer; 2: its full thinking + answer.")
 @click.option("-o", "--output", required=True, help="JSONL file; pairs are appended as they are made.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def generate(student, n, phase, output, seed, as_json, **kw):
+def generate(student, output, as_json, **kw):
     """Write preference pairs (teacher = chosen with thinking, student = rejected) to a JSONL file."""
     from preflexor_local import backends
+    from preflexor_local.train.generate import open_generator
 
-    gen, opts = build_generation(kw, int(phase), n, seed, quiet=as_json)
-    student_b = backends.load(student, opts)
-    report = gen.generate(n, output, student_b)
+    cfg = from_kwargs(GenerationConfig, kw)
+    gen = open_generator(cfg, quiet=as_json)
+    report = gen.generate(cfg.n, output, backends.load(student, cfg.load_options()))
     d = report.to_dict()
     if as_json:
         click.echo(json.dumps(d))

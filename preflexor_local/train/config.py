@@ -1,9 +1,11 @@
-"""Typed training settings shared by the CLI (``train orpo|dpo|sft``), the Python API and every train engine.
+"""Typed training settings shared by the CLI (``train orpo|dpo|sft|preflexor``, ``data generate``), the Python API
+and every train engine.
 
-Fields carry their flag and help (``preflexor_local.config.opt``), so
-``cli_options(TrainConfig)`` generates the Click options. ``None`` means "the
-method's default" and is resolved by ``TrainConfig.resolved()``; an engine only
-ever sees resolved values.
+Fields carry their flag, help and allowed range (``preflexor_local.config.opt``),
+so ``cli_options(TrainConfig)`` / ``cli_options(GenerationConfig)`` generate the
+Click options and a bad value is refused with the same words from the CLI and
+from Python. In ``TrainConfig``, ``None`` means "the method's default" and is
+resolved by ``TrainConfig.resolved()``; an engine only ever sees resolved values.
 """
 
 from __future__ import annotations
@@ -11,56 +13,59 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import opt
+from ..config import Settings, opt
 from ..errors import UsageError
 
 METHODS = ("orpo", "dpo", "sft")
 DPO_LOSSES = ("exo_pair", "sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down")
 ADAPTERS = ("lora", "dora", "none")
+TAG_PRESETS = ("preflexor", "think")
+DEFAULT_CATEGORIES = ("Reasoning Steps", "Relevant Materials or Concepts", "Design Principles", "Material Properties", "Hypothesis")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     model: str | None = opt(None, "Model to train: a Hugging Face checkpoint directory (for DPO: the merged Phase I model).", "--model", "-m")
     output: str | None = opt(None, "Output directory: round checkpoints, metrics.jsonl, the final adapter/model.", "--output", "-o")
     method: str = "orpo"  # set by the subcommand
     data: str | None = opt(None, "Fixed preference data (JSONL of prompt/chosen/rejected). Without it, pairs are generated each round from --store.", "--data")
-    engine: str = opt("trl", "Train engine: trl (PyTorch: CUDA, MPS, CPU) or mlx (Apple silicon).", "--engine")
+    engine: str = opt("trl", "Train engine: trl (PyTorch: CUDA, MPS, CPU) or mlx (Apple silicon).", "--engine", choices=("trl", "mlx"))
     # objective
     loss: str | None = opt(None, f"DPO-family loss ({', '.join(DPO_LOSSES)}); default exo_pair.", "--loss")
-    beta: float | None = opt(None, "Beta of the ORPO/DPO objective (default 0.1).", "--beta")
-    label_smoothing: float | None = opt(None, "Label smoothing of the DPO loss (default 1e-3 for exo_pair, else 0).", "--label-smoothing")
+    beta: float | None = opt(None, "Beta of the ORPO/DPO objective (default 0.1).", "--beta", ge=0)
+    label_smoothing: float | None = opt(None, "Label smoothing of the DPO loss (default 1e-3 for exo_pair, else 0).", "--label-smoothing", ge=0, le=0.5)
     # optimisation
-    lr: float | None = opt(None, "Learning rate (default: ORPO/SFT 5e-5 with an adapter, 5e-6 full; DPO 5e-7 with an adapter, 1e-7 full).", "--lr")
-    steps: int | None = opt(None, "Optimizer steps in all (default: rounds x steps-per-round).", "--steps")
-    rounds: int = opt(1, "Active-learning rounds: train, then regenerate pairs with the current model.", "--rounds")
-    steps_per_round: int = opt(50, "Optimizer steps per round.", "--steps-per-round")
-    batch_size: int = opt(1, "Pairs per device per step.", "--batch-size")
-    grad_accum: int = opt(2, "Gradient accumulation steps.", "--grad-accum")
-    max_length: int = opt(2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm")
-    warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps")
+    lr: float | None = opt(None, "Learning rate (default: ORPO/SFT 5e-5 with an adapter, 5e-6 full; DPO 5e-7 with an adapter, 1e-7 full).", "--lr", gt=0, le=1)
+    steps: int | None = opt(None, "Optimizer steps in all (default: rounds x steps-per-round).", "--steps", ge=1)
+    rounds: int = opt(1, "Active-learning rounds: train, then regenerate pairs with the current model.", "--rounds", ge=1)
+    steps_per_round: int = opt(50, "Optimizer steps per round.", "--steps-per-round", ge=1)
+    batch_size: int = opt(1, "Pairs per device per step.", "--batch-size", ge=1)
+    grad_accum: int = opt(2, "Gradient accumulation steps.", "--grad-accum", ge=1)
+    max_length: int = opt(2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length", ge=16)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm", gt=0)
+    warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps", ge=0)
     # adapter
-    adapter: str = opt("lora", "lora, dora, or none (full fine-tune).", "--adapter")
-    rank: int = opt(16, "LoRA/DoRA rank.", "--rank")
-    alpha: int | None = opt(None, "LoRA/DoRA alpha (default: rank).", "--alpha")
-    dropout: float = opt(0.05, "LoRA dropout.", "--lora-dropout")
-    target_modules: str = opt("all-linear", "Modules the adapter wraps (comma list or all-linear).", "--target-modules")
+    adapter: str = opt("lora", "lora, dora, or none (full fine-tune).", "--adapter", choices=ADAPTERS)
+    rank: int = opt(16, "LoRA/DoRA rank.", "--rank", ge=1)
+    alpha: int | None = opt(None, "LoRA/DoRA alpha (default: rank).", "--alpha", gt=0)
+    dropout: float = opt(0.05, "LoRA dropout.", "--lora-dropout", ge=0, le=0.99)
+    target_modules: str = opt("all-linear", "Modules the adapter wraps: all-linear, a comma list of name suffixes, or re:REGEX over full module names (e.g. only the top blocks).", "--target-modules")
     train_embeddings: bool | None = opt(None, "Train the embedding and output rows (needed when the tags are new tokens; default on for ORPO/SFT).", "--train-embeddings/--freeze-embeddings")
     # masking
     mask_thinking: bool | None = opt(None, "Ignore the loss before the last closing thinking tag, chosen and rejected (default on for DPO).", "--mask-thinking/--no-mask-thinking")
-    partial_mask_p: float = opt(1.0, "Fraction of thinking tokens ignored when masking (re-drawn every epoch); 1.0 = all.", "--partial-mask")
+    partial_mask_p: float = opt(1.0, "Fraction of thinking tokens ignored when masking (re-drawn every epoch); 1.0 = all.", "--partial-mask", gt=0, le=1)
     keep_close_tag: bool = opt(True, "Keep the closing thinking tag itself in the loss when masking.", "--keep-close-tag/--mask-close-tag")
-    on_missing_close: str = opt("score", "A reply without the closing tag: score (whole reply counts) or ignore (reply left out of the loss). Counted either way.", "--on-missing-close")
-    tags: str = opt("preflexor", "Thinking tag preset (preflexor, think).", "--tags")
+    on_missing_close: str = opt("score", "A reply without the closing tag: score (whole reply counts) or ignore (reply left out of the loss). Counted either way.", "--on-missing-close", choices=("score", "ignore"))
+    tags: str = opt("preflexor", "Thinking tag preset (preflexor, think).", "--tags", choices=TAG_PRESETS)
+    tag_tokens: str = opt("add", "add: make the tags single special tokens (new embedding rows); plain: keep them as text (what a LoRA adapter for an existing vocabulary needs).", "--tag-tokens", choices=("add", "plain"))
     chat_template: str | None = opt(None, "Chat template for training AND the saved model: auto, a known name (gemma, llama3, chatml, plain) or a .jinja file.", "--chat-template")
     # runtime
-    seed: int = opt(0, "Random seed (data order, masks, sampling).", "--seed")
+    seed: int = opt(0, "Random seed (data order, masks, sampling).", "--seed", ge=0)
     device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device")
     dtype: str = opt("auto", "auto (bf16 on CUDA, else fp32), float32, bfloat16, float16.", "--dtype")
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.", "--gradient-checkpointing/--no-gradient-checkpointing")
     resume: bool = opt(False, "Continue the run in --output from its last complete round.", "--resume/--no-resume")
-    log_every: int = opt(1, "Log metrics every N steps.", "--log-every")
+    log_every: int = opt(1, "Log metrics every N steps.", "--log-every", ge=1)
 
     @property
     def is_dpo(self) -> bool:
@@ -92,7 +97,7 @@ class TrainConfig:
             c.label_smoothing = c.label_smoothing or 0.0
             c.mask_thinking = bool(c.mask_thinking)
             if c.train_embeddings is None:
-                c.train_embeddings = c.adapter != "none"
+                c.train_embeddings = c.adapter != "none" and c.tag_tokens == "add"
         c.beta = 0.1 if c.beta is None else c.beta
         if c.lr is None:
             full = c.adapter == "none"
@@ -121,3 +126,58 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class GenerationConfig(Settings):
+    """How preference pairs are made (``data generate``; every round of ``train … --store … --teacher …``).
+
+    The ``train`` commands take the phase from the method, and the seed and the
+    thinking tags from the run (``run.GeneratedPairs.for_run``), so the pairs
+    always carry the tags the trainer masks on.
+    """
+
+    store: str | None = opt(None, "RAG store (.db) to draw context from; a .txt/.md file or folder also works.", "--store")
+    teacher: str | None = opt(None, "Teacher model spec: GGUF file, HF directory, or http(s)://…/v1 server.", "--teacher")
+    judge_model: str | None = opt(None, "Judge model spec (default: the teacher when --judge-pairs is on).", "--judge")
+    judge: bool = opt(False, "Keep a pair only when the judge scores the student's answer below the teacher's.", "--judge-pairs/--no-judge-pairs")
+    samples: int = opt(1, "Student candidates per question (the judge picks the hardest worse one).", "--samples", ge=1)
+    style: str = opt("sections", "Thinking layout: headed sections, or a knowledge graph (IS-A / RELATES-TO / INFLUENCES) first.", "--style",
+                     choices=("sections", "graph"))
+    categories: tuple[str, ...] | str | None = opt(None, "Comma-separated thinking headings (default: the PRefLexOR set).", "--categories")
+    k_random: int = opt(3, "Random chunks that seed each question.", "--k-random", ge=1)
+    k_search: int = opt(3, "Chunks retrieved for each question.", "--k-search", ge=0)
+    teacher_max_tokens: int = opt(512, "Most tokens per teacher call.", "--teacher-max-tokens", ge=1)
+    student_max_tokens: int = opt(512, "Most tokens per student reply.", "--student-max-tokens", ge=1)
+    max_context_chars: int = opt(6000, "Most characters of retrieved context per prompt.", "--max-context-chars", ge=1)
+    retries: int = opt(3, "Tries per teacher call before failing.", "--retries", ge=1)
+    teacher_ctx: int | None = opt(None, "Context window for a local teacher/student.", "--teacher-ctx", ge=64)
+    n: int = opt(50, "Pairs to write (with train: pairs generated each round).", "--pairs-per-round", "-n", ge=1)
+    phase: int = opt(1, "1: rejected = the student's plain answer; 2: its full thinking + answer.", "--phase", ge=1, le=2)
+    tags: str = opt("preflexor", "Thinking tags the pairs are written with (preflexor, think).", "--tags", choices=TAG_PRESETS)
+    seed: int = opt(0, "Random seed (chunks, sampling).", "--seed", ge=0)
+    # The recipe's temperatures: settings of the Python API, not flags.
+    question_temperature: float = 0.7
+    teacher_temperature: float = 0.2
+    student_temperature: float = 0.9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.categories, str):  # the CLI's comma list
+            self.categories = tuple(c.strip() for c in self.categories.split(",") if c.strip())
+        self.categories = tuple(self.categories or DEFAULT_CATEGORIES)
+        super().__post_init__()
+
+    def load_options(self):
+        """How local teacher, judge and student models are loaded."""
+        from ..config import LoadOptions
+
+        return LoadOptions(ctx=self.teacher_ctx)
+
+
+@dataclass
+class PreflexorPhases(Settings):
+    """``train preflexor``: Phase I (ORPO) rounds, merge, then Phase II (DPO-family) rounds on the merged Phase I model."""
+
+    phase1_rounds: int = opt(2, "Phase I (ORPO) active-learning rounds.", "--phase1-rounds", ge=1)
+    phase2_rounds: int = opt(1, "Phase II (DPO-family) active-learning rounds.", "--phase2-rounds", ge=1)
+    phase2_loss: str = opt("exo_pair", "Phase II loss.", "--loss", choices=DPO_LOSSES)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PreflexorError, UsageError
+from ..errors import PreflexorError
 from ..format import ThinkingFormat
 from ..prompt import ChatTemplate, Messages, render_prompt
 
@@ -189,10 +189,3 @@ def render_completion(template: ChatTemplate, messages: Messages, prompt: str, r
         print(f"warning: chat template {template.name!r} renders the prompt differently inside a full conversation; "
               "training on prompt + reply + end-of-sequence instead", file=sys.stderr)
     return reply + (template.eos_token or "")
-
-
-def check_json_rows(rows: list[dict]) -> list[PreferencePair]:
-    """Validate in-memory rows (the same rules as a file)."""
-    if not rows:
-        raise UsageError("no preference rows to train on", hint="check the data source; every generated pair may have been filtered")
-    return [pair_from_obj(r, "<rows>", i + 1) for i, r in enumerate(rows)]

@@ -9,7 +9,8 @@ Per pair (the project's own prompt wording; see ``PROMPTS``):
    the ``graph`` style first writes a small knowledge graph of
    ``[A] -[IS-A|RELATES-TO|INFLUENCES]-> [B]`` lines;
 5. the teacher answers, seeing the context and its own thinking;
-6. chosen = ``<|thinking|>\\n…sections…\\n<|/thinking|>\\nanswer``;
+6. chosen = ``<|thinking|>\\n…sections…\\n<|/thinking|>\\nanswer``, in the tags of
+   ``GenerationConfig.tags`` (``think``: ``<think>…</think>``);
 7. the student answers the exact training prompt (question + cue). Phase 1 keeps
    only its plain answer (tags stripped); phase 2 keeps its full reply
    (thinking + answer). With ``samples > 1`` several candidates are drawn;
@@ -37,9 +38,9 @@ from pathlib import Path
 from ..config import Sampling
 from ..errors import ContextOverflowError, PreflexorError, UsageError
 from ..format import ThinkingFormat, parse
+from .config import GenerationConfig
 from .data import append_jsonl
 
-DEFAULT_CATEGORIES = ("Reasoning Steps", "Relevant Materials or Concepts", "Design Principles", "Material Properties", "Hypothesis")
 GRAPH_RELATIONS = ("IS-A", "RELATES-TO", "INFLUENCES")
 
 PROMPTS = {
@@ -82,34 +83,6 @@ class TeacherError(PreflexorError):
 
 
 @dataclass
-class GenerationConfig:
-    n: int = 50
-    phase: int = 1  # 1: the rejected reply is the student's plain answer; 2: its full thinking + answer
-    k_random: int = 3  # seed chunks per question
-    k_search: int = 3  # chunks retrieved for the question
-    categories: tuple[str, ...] = DEFAULT_CATEGORIES
-    style: str = "sections"  # "sections" or "graph"
-    samples: int = 1  # student candidates per question
-    judge: bool = False
-    teacher_temperature: float = 0.2
-    question_temperature: float = 0.7
-    teacher_max_tokens: int = 512
-    student_temperature: float = 0.9
-    student_max_tokens: int = 512
-    retries: int = 3
-    seed: int = 0
-    max_context_chars: int = 6000
-
-    def __post_init__(self) -> None:
-        if self.phase not in (1, 2):
-            raise UsageError(f"phase must be 1 or 2, got {self.phase}")
-        if self.style not in ("sections", "graph"):
-            raise UsageError(f"unknown thinking style {self.style!r}", hint="use sections or graph")
-        if self.samples < 1 or self.n < 0 or self.k_random < 1:
-            raise UsageError("samples and k must be at least 1, n at least 0")
-
-
-@dataclass
 class GenerationReport:
     written: int = 0
     attempted: int = 0
@@ -143,7 +116,7 @@ def clean_question(text: str) -> str:
 
     Returns "" (filtered as ``no_question``) when fewer than 4 words remain.
     """
-    lines = [l.strip() for l in (text or "").splitlines() if l.strip()]
+    lines = [s.strip() for s in (text or "").splitlines() if s.strip()]
     if not lines:
         return ""
     q = re.sub(r"^(?:\*\*)?(?:question|q)\s*[:.]\s*(?:\*\*)?\s*", "", lines[0], flags=re.I).strip().strip('"').strip()
@@ -158,14 +131,18 @@ def parse_score(text: str) -> float | None:
 
 
 class PairGenerator:
-    """Teacher + store (+ judge) -> preference pairs; the student is given per call (it changes as it trains)."""
+    """Teacher + store (+ judge) -> preference pairs; the student is given per call (it changes as it trains).
 
-    def __init__(self, teacher, store, config: GenerationConfig | None = None, fmt: ThinkingFormat | None = None, judge=None, quiet: bool = False):
+    The pairs are written with the tags of ``config.tags`` (question cue, chosen thinking, how a phase-1 student
+    reply is stripped): the one setting that decides them, so the trainer's masks can look for the same tags.
+    """
+
+    def __init__(self, teacher, store, config: GenerationConfig | None = None, judge=None, quiet: bool = False):
         self.teacher = teacher
         self.judge_backend = judge or teacher
         self.store = store
         self.cfg = config or GenerationConfig()
-        self.fmt = fmt or ThinkingFormat()
+        self.fmt = ThinkingFormat.preset(self.cfg.tags)
         self.quiet = quiet
 
     # -- calls -------------------------------------------------------------
@@ -325,6 +302,19 @@ class TextCorpus:
         words = set(re.findall(r"\w+", query.lower()))
         scored = sorted(((len(words & set(re.findall(r"\w+", c.lower()))), i) for i, c in enumerate(self.chunks)), reverse=True)
         return [self._hit(i, self.chunks[i], "corpus", f"#{i}", float(s)) for s, i in scored[:k] if s > 0]
+
+
+def open_generator(config: GenerationConfig, quiet: bool = False) -> PairGenerator:
+    """A ``PairGenerator`` from settings: opens ``config.store`` and loads the teacher (and judge) models."""
+    from .. import backends
+
+    if not config.store or not config.teacher:
+        raise UsageError("generating pairs needs --store and --teacher", hint="or train from a fixed dataset with --data pairs.jsonl")
+    corpus = open_corpus(config.store)
+    options = config.load_options()
+    teacher = backends.load(config.teacher, options)
+    judge = backends.load(config.judge_model, options) if config.judge_model else None
+    return PairGenerator(teacher, corpus, config, judge=judge, quiet=quiet)
 
 
 def open_corpus(path: str | Path):

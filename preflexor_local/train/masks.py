@@ -11,7 +11,10 @@ A training sequence is ``prompt_ids + completion_ids``. Positions are scored
    answer comparison"). Let ``e`` be the position of the **last** closing
    thinking tag inside the completion. Every completion position before ``e``
    is ignored; the tag itself is scored when ``keep_close_tag`` (the published
-   setting) and ignored otherwise. What follows (the answer, end-of-turn) is
+   setting) and ignored otherwise. The tag is a token sequence: one id when the
+   tags are special tokens, several when they stay plain text (a LoRA adapter
+   for a model whose vocabulary lacks them); all of its tokens count as "the
+   tag". What follows (the answer, end-of-turn) is
    scored. The ignored tokens stay in the input: the thinking still conditions
    the answer, it is only not scored.
 3. **Partial thinking mask** (``partial_p`` in (0, 1)). Instead of all of the
@@ -41,10 +44,10 @@ MISSING_CLOSE_RULES = ("score", "ignore")
 
 @dataclass(frozen=True)
 class MaskRule:
-    """How labels are masked beyond the prompt. ``close_id`` is the closing thinking tag's token id."""
+    """How labels are masked beyond the prompt. ``close_ids`` is the closing thinking tag as token ids."""
 
     mask_thinking: bool = False
-    close_id: int | None = None
+    close_ids: tuple[int, ...] = ()
     keep_close_tag: bool = True
     partial_p: float = 1.0  # fraction of the thinking region ignored; 1.0 = all of it
     on_missing_close: str = "score"
@@ -52,8 +55,8 @@ class MaskRule:
     def __post_init__(self) -> None:
         from ..errors import UsageError
 
-        if self.mask_thinking and self.close_id is None:
-            raise UsageError("thinking mask needs the token id of the closing thinking tag", hint="the tag must be a single token of the tokenizer")
+        if self.mask_thinking and not self.close_ids:
+            raise UsageError("thinking mask needs the token ids of the closing thinking tag")
         if not 0.0 <= self.partial_p <= 1.0:
             raise UsageError(f"partial mask fraction must be within 0..1, got {self.partial_p}")
         if self.on_missing_close not in MISSING_CLOSE_RULES:
@@ -80,10 +83,12 @@ def draw_rng(seed: int, epoch: int, row: int) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{row}")
 
 
-def last_index(ids: Sequence[int], token: int, start: int = 0) -> int:
-    """Position of the last ``token`` in ``ids[start:]`` (absolute), or -1."""
-    for i in range(len(ids) - 1, start - 1, -1):
-        if ids[i] == token:
+def last_index(ids: Sequence[int], seq: Sequence[int], start: int = 0) -> int:
+    """Start of the last occurrence of token sequence ``seq`` wholly inside ``ids[start:]`` (absolute), or -1."""
+    m = len(seq)
+    first = seq[0]
+    for i in range(len(ids) - m, start - 1, -1):
+        if ids[i] == first and list(ids[i:i + m]) == list(seq):
             return i
     return -1
 
@@ -101,14 +106,14 @@ def scored_positions(
     keep = [False] * prompt_len + [True] * (n - prompt_len)
     ignored_thinking = 0
     if rule.mask_thinking:
-        e = last_index(ids, rule.close_id, prompt_len)  # type: ignore[arg-type]
+        e = last_index(ids, rule.close_ids, prompt_len)
         if e < 0:
             if stats is not None:
                 stats.missing_close += 1
             if rule.on_missing_close == "ignore":
                 keep = [False] * n
         else:
-            end = e if rule.keep_close_tag else e + 1
+            end = e if rule.keep_close_tag else e + len(rule.close_ids)
             region = list(range(prompt_len, end))
             if rule.partial_p < 1.0:
                 k = int(len(region) * rule.partial_p)

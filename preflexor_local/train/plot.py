@@ -12,6 +12,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from ..atomic import atomic_file
+
 SERIES = (("loss", (31, 119, 180)), ("rewards/margins", (214, 39, 40)), ("rewards/accuracies", (44, 160, 44)))
 
 
@@ -58,7 +60,8 @@ def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height:
             ax.set_title(key)
             ax.set_xlabel("step")
         fig.tight_layout()
-        fig.savefig(png)
+        with atomic_file(png) as tmp:  # keeps the .png suffix, from which matplotlib takes the format
+            fig.savefig(tmp)
         plt.close(fig)
         return png
     except ImportError:
@@ -92,7 +95,6 @@ def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height:
                     for dx in (0, 1):
                         for dy in (0, 1):
                             put(x + dx, y + dy, colour)
-    tmp = png.with_suffix(".tmp")
-    tmp.write_bytes(_png(width, height, pix))
-    tmp.replace(png)
+    with atomic_file(png) as tmp:
+        tmp.write_bytes(_png(width, height, pix))
     return png

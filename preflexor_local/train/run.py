@@ -19,18 +19,19 @@ generates pairs and writes files, the others wait for it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_dir, write_json
 from ..errors import UsageError
 from ..format import ThinkingFormat
-from .config import TrainConfig
+from .config import GenerationConfig, PreflexorPhases, TrainConfig
 from .data import PreferencePair, iter_jsonl, load_pairs, pair_from_obj
 from .engines import get_engine
 from .session import RunContext
@@ -57,6 +58,14 @@ class GeneratedPairs:
         self.generator = generator
         self.n = n
         self.reports: list[dict] = []
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, generation: GenerationConfig, quiet: bool = False) -> GeneratedPairs:
+        """Generation for run ``cfg``: the phase follows the method (DPO: 2), the seed and the thinking tags are the run's."""
+        from .generate import open_generator
+
+        gen = dataclasses.replace(generation, phase=2 if cfg.is_dpo else 1, seed=cfg.seed, tags=cfg.tags)
+        return cls(open_generator(gen, quiet=quiet), gen.n)
 
     def pairs_for_round(self, round_index: int, student_factory: Callable, rounds_dir: Path) -> list[PreferencePair]:
         path = rounds_dir / PAIRS_FILE.format(round_index)
@@ -115,13 +124,22 @@ def _append(path: Path, row: dict) -> None:
 
 
 def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True, on_round: Callable[[dict], None] | None = None) -> TrainResult:
-    """Run (or resume) a training run; see the module docstring."""
+    """Run (or resume) a training run; see the module docstring.
+
+    ``source``: ``None`` (``cfg.data``), a ``GenerationConfig`` (pairs generated each round, in the run's tags),
+    or a ready ``FixedPairs`` / ``GeneratedPairs``.
+    """
     cfg = cfg.resolved()
     fmt = ThinkingFormat.preset(cfg.tags)
     if source is None:
         if not cfg.data:
             raise UsageError("nothing to train on", hint="pass --data pairs.jsonl, or --store DB --teacher SPEC to generate pairs each round")
         source = FixedPairs(cfg.data, fmt)
+    elif isinstance(source, GenerationConfig):
+        source = GeneratedPairs.for_run(cfg, source, quiet=quiet)
+    if isinstance(source, GeneratedPairs) and source.generator.fmt != fmt:  # the masks would never find the closing tag
+        raise UsageError(f"the pair generator writes {source.generator.fmt.think_end} but this run masks on {fmt.think_end}",
+                         hint="build the generator with the run's tags: GeneratedPairs.for_run(cfg, generation)")
     engine = get_engine(cfg.engine, cfg.method)
     out = Path(cfg.output).expanduser()
     rounds_dir = out / "rounds"
@@ -139,8 +157,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
     if is_main:
         rounds_dir.mkdir(parents=True, exist_ok=True)
         run_info = {"config": cfg.to_dict(), "engine": cfg.engine, "processes": processes, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_round": start if resume_from else None}
-        (out / "run.json.tmp").write_text(json.dumps(run_info, indent=2))
-        os.replace(out / "run.json.tmp", out / "run.json")
+        write_json(out / "run.json", run_info)
     barrier()
     metrics_path = out / "metrics.jsonl"
 
@@ -171,15 +188,9 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
             if isinstance(source, GeneratedPairs) and source.reports:
                 summary["generation"] = source.reports[-1]
             if is_main:
-                tmp = rounds_dir / f".{ROUND_DIR.format(r)}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                session.save_checkpoint(tmp)
-                state = {"round": r, "global_step": ctx.global_step, "method": cfg.method, "summary": summary}
-                (tmp / "state.json").write_text(json.dumps(state, indent=2))
-                final = rounds_dir / ROUND_DIR.format(r)
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)  # the round exists only once it is complete
+                with atomic_dir(rounds_dir / ROUND_DIR.format(r)) as tmp:  # the round exists only once it is complete
+                    session.save_checkpoint(tmp)
+                    write_json(tmp / "state.json", {"round": r, "global_step": ctx.global_step, "method": cfg.method, "summary": summary})
                 _append(metrics_path, {"type": "round", **summary})
             barrier()
             result.rounds.append(summary)
@@ -203,3 +214,26 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
         session.close()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+def train_preflexor(base: TrainConfig, generation: GenerationConfig, phases: PreflexorPhases | None = None, quiet: bool = False,
+                    on_phase: Callable[[int, TrainConfig], None] | None = None) -> dict[str, TrainResult]:
+    """Both PRefLexOR phases in one run, pairs generated each round: Phase I (ORPO) into ``OUTPUT/phase1``, merged;
+    then Phase II (DPO-family, thinking masked) into ``OUTPUT/phase2`` on that run folder, i.e. its merged model
+    (``resolve.model_dir``). Returns ``{"phase1": …, "phase2": …}``; ``phase2/merged`` is the final model.
+    """
+    phases = phases or PreflexorPhases()
+    if not base.output:
+        raise UsageError("--output is required", hint="e.g. -o ./preflexor-run (phase1/ and phase2/ are written inside)")
+    out = Path(base.output).expanduser()
+    plan = (
+        (1, dataclasses.replace(base, method="orpo", rounds=phases.phase1_rounds, output=str(out / "phase1"))),
+        (2, dataclasses.replace(base, method="dpo", rounds=phases.phase2_rounds, model=str(out / "phase1"), output=str(out / "phase2"),
+                                loss=phases.phase2_loss, mask_thinking=True)),
+    )
+    results = {}
+    for phase, cfg in plan:
+        if on_phase is not None:
+            on_phase(phase, cfg)
+        results[f"phase{phase}"] = train(cfg, generation, quiet=quiet, merge=True)
+    return results

@@ -9,15 +9,6 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 
-TESTED = "1.16"
-
-
-@lru_cache(maxsize=1)
-def trl_version() -> str:
-    import trl
-
-    return trl.__version__
-
 
 @lru_cache(maxsize=1)
 def orpo():
@@ -38,14 +29,6 @@ def dpo():
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     return DPOConfig, DPOTrainer, DataCollatorForPreference
-
-
-@lru_cache(maxsize=1)
-def sft():
-    """(SFTConfig, SFTTrainer)."""
-    from trl import SFTConfig, SFTTrainer
-
-    return SFTConfig, SFTTrainer
 
 
 def loss_list(loss: str) -> list[str]:

@@ -2,23 +2,17 @@
 
 How each step maps onto TRL 1.16 (imported only through ``trl_compat``):
 
-* **Tokenisation is ours.** Prompts are rendered with ``render_prompt`` (the
-  inference renderer) and tokenised like the transformers backend does (no
-  automatic special tokens; the model's BOS prefix only if the template did not
-  write it). The completion is what tokenising prompt+completion adds after the
-  common prefix with the prompt alone.
-* **Lengths are checked, never silently cut.** A pair whose prompt + chosen
-  reply exceeds ``max_length`` is dropped and counted (``dropped_long``); a
-  rejected reply that does not fit is cut at the end and counted
-  (``truncated_rejected``).
+* **Tokenisation and the length policy are the shared ones** (``encode.Encoder``:
+  the inference prompt, the transformers backend's ids; a pair whose chosen
+  reply does not fit is dropped and counted, a rejected reply is cut and
+  counted); TRL only receives the ids (``_prepare_dataset`` is a no-op).
 * **Labels come from ``masks.scored_positions``**: for DPO inside our collator
   (so partial masks are re-drawn at every batch: ``draw_rng(seed, call, row)``),
   turned into TRL's ``completion_mask`` (TRL sets labels to -100 where it is 0);
   for ORPO/SFT in ``tokenize_row`` (ORPO's hook), as ``*_labels``.
-* **Tags**: the four tags must be single tokens; if they are not, they are added
-  with the shared ``add_thinking_tokens`` helper (convert issue) and their
-  embedding (and untied output) rows are trained through PEFT
-  ``trainable_token_indices`` (only those rows; tied embeddings stay tied).
+* **Tags**: with ``tag_tokens = "add"`` the four tags must be single tokens; if
+  they are not, they are added with the shared ``add_thinking_tokens`` helper
+  and their embedding (and untied output) rows are trained (``trl_peft``).
 * **DPO reference**: with an adapter, the adapter-disabled model (i.e. the
   checkpoint you pass, normally the merged Phase I model); full fine-tune loads
   a frozen copy.
@@ -26,45 +20,29 @@ How each step maps onto TRL 1.16 (imported only through ``trl_compat``):
 * Each round builds a fresh TRL trainer on the same model (constant LR; the
   optimizer restarts every round, as in the reference), so a round boundary is
   a complete, resumable state.
+* **The student** that answers during pair generation is the transformers
+  backend over the live model (``TransformersBackend.from_loaded``): the same
+  sampler as ``ask``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_dir
 from ..devices import pick_device, pick_dtype
-from ..errors import InvalidModelError, ModelNotFoundError, UsageError
+from ..errors import InvalidModelError, UsageError
 from ..format import ThinkingFormat
-from ..prompt import ChatTemplate, choose_template, looks_instruct
 from . import trl_compat
 from .config import TrainConfig
-from .data import PreferencePair, render_pair
+from .data import PreferencePair
+from .encode import Encoder, tag_ids, training_template
 from .masks import IGNORE, MaskRule, MaskStats, draw_rng, scored_positions
+from .resolve import model_dir, model_name
 from .session import RunContext
-
-STATE_FILE = "trainer_state.json"
-
-
-# -- device, model, tokenizer -------------------------------------------------
-
-def model_dir(spec: str) -> Path:
-    """A Hugging Face checkpoint directory for ``spec``; a run output directory means its merged model."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "merged" / "config.json").is_file():
-        return path / "merged"
-    if path.is_file() and path.suffix == ".gguf":
-        raise InvalidModelError(f"{path} is a GGUF file; training needs a Hugging Face checkpoint",
-                                hint="convert it first: preflexor-local convert gguf-to-hf (dense weights), then train that directory")
-    if not path.exists():
-        raise ModelNotFoundError(f"model {spec} does not exist", hint="pass --model DIR, a Hugging Face checkpoint directory")
-    if not (path / "config.json").is_file():
-        raise InvalidModelError(f"{path} has no config.json: not a Hugging Face checkpoint", hint="pass the directory that holds config.json and the weights")
-    return path
+from .trl_peft import wrap_model
 
 
 def add_tags(model, tokenizer, fmt: ThinkingFormat) -> list[int]:
@@ -72,94 +50,6 @@ def add_tags(model, tokenizer, fmt: ThinkingFormat) -> list[int]:
     from preflexor_local.convert.tokens import add_thinking_tokens
 
     return add_thinking_tokens(model, tokenizer, fmt)
-
-
-def tag_ids(tokenizer, fmt: ThinkingFormat) -> list[int] | None:
-    ids = []
-    for tag in fmt.tags:
-        enc = tokenizer.encode(tag, add_special_tokens=False)
-        if len(enc) != 1:
-            return None
-        ids.append(enc[0])
-    return ids
-
-
-def bos_prefix(tokenizer) -> list[int]:
-    with_special = tokenizer("a").input_ids
-    without = tokenizer("a", add_special_tokens=False).input_ids
-    return with_special[: with_special.index(without[0])] if without and without[0] in with_special else []
-
-
-def training_template(cfg: TrainConfig, tokenizer, model_type: str | None, name: str) -> ChatTemplate:
-    return choose_template(
-        cfg.chat_template, tokenizer.chat_template, model_type, instruct=looks_instruct(name) or cfg.is_dpo,
-        bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
-        vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tokenizer.get_vocab()),
-    )
-
-
-# -- tokenisation -------------------------------------------------------------
-
-@dataclass
-class Encoded:
-    rows: list[dict] = field(default_factory=list)  # prompt_ids, chosen_ids, rejected_ids, row
-    pairs: int = 0
-    dropped_long: int = 0
-    truncated_rejected: int = 0
-    dropped_lines: list[int] = field(default_factory=list)
-
-    def counts(self) -> dict:
-        return {"pairs_in": self.pairs, "pairs_used": len(self.rows), "dropped_long": self.dropped_long, "truncated_rejected": self.truncated_rejected}
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-class Encoder:
-    """Render + tokenise pairs exactly as inference renders and the transformers backend tokenises."""
-
-    def __init__(self, tokenizer, template: ChatTemplate, max_length: int):
-        self.tok = tokenizer
-        self.template = template
-        self.max_length = max_length
-        self.prefix = bos_prefix(tokenizer)
-
-    def encode_text(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False).input_ids
-        bos = self.tok.bos_token
-        if self.prefix and not (bos and text.startswith(bos)):
-            ids = self.prefix + ids
-        return ids
-
-    def encode(self, pairs: list[PreferencePair]) -> Encoded:
-        out = Encoded(pairs=len(pairs))
-        for i, pair in enumerate(pairs):
-            prompt, chosen, rejected = render_pair(self.template, pair)
-            p = self.encode_text(prompt)
-            pc = self.encode_text(prompt + chosen)
-            pr = self.encode_text(prompt + rejected)
-            n = min(_common_prefix(p, pc), _common_prefix(p, pr), len(p))
-            prompt_ids, chosen_ids, rejected_ids = p[:n], pc[n:], pr[n:]
-            if n + len(chosen_ids) > self.max_length:
-                out.dropped_long += 1
-                out.dropped_lines.append(pair.line or i + 1)
-                continue
-            room = self.max_length - n
-            if len(rejected_ids) > room:
-                rejected_ids = rejected_ids[:room]
-                out.truncated_rejected += 1
-            if not chosen_ids or not rejected_ids:
-                out.dropped_long += 1
-                out.dropped_lines.append(pair.line or i + 1)
-                continue
-            out.rows.append({"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "row": len(out.rows)})
-        return out
 
 
 # -- trainers (subclasses built lazily, after TRL is imported) -----------------
@@ -251,8 +141,43 @@ def orpo_trainer_class():
                     self.captured.append({k: v.detach().cpu().clone() for k, v in inputs.items() if hasattr(v, "detach")})
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+            def concatenated_forward(self, model, batch):
+                """TRL's ORPO forward, with output logits only where a label is scored.
+
+                The output layer is the largest matmul of a small model (Gemma 3 270M:
+                262k x 640, more than the transformer blocks), and prompts (critic and
+                integrator tasks) are most of a sequence: only positions whose next token
+                is scored in some row of the batch go through it (``logits_to_keep``).
+                The SFT term is the NLL of the scored reply tokens, as the ORPO paper
+                defines it; TRL scores the prompt too, which teaches a model to write
+                prompts.
+                """
+                import torch
+
+                cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
+                                              device=self.accelerator.device)
+                n_chosen = batch["chosen_labels"].shape[0]
+                target = cb["concatenated_labels"][:, 1:]
+                keep = (target != IGNORE).any(0).nonzero().squeeze(-1)
+                out = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"],
+                            use_cache=False, logits_to_keep=keep)
+                logits = out.logits
+                target = target[:, keep]
+                scored = target != IGNORE
+                logps = _selective_log_softmax()(logits, torch.where(scored, target, 0)) * scored
+                count = scored.sum(-1).clamp(min=1)
+                mean = logps.sum(-1) / count
+                nll = -logps[:n_chosen].sum() / count[:n_chosen].sum()
+                return mean[:n_chosen], mean[n_chosen:], logits[:n_chosen], logits[n_chosen:], nll
+
         _CLASSES["orpo"] = PreflexorORPOTrainer
     return _CLASSES["orpo"]
+
+
+def _selective_log_softmax():
+    from trl.trainer.utils import selective_log_softmax  # memory-light log p(label) over a large vocabulary
+
+    return selective_log_softmax
 
 
 def _metrics_callback(ctx: RunContext, offset: int, sink: list, label: str):
@@ -314,18 +239,19 @@ class TRLSession:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         ids = tag_ids(self.tokenizer, self.fmt)
         self.added_tags = False
-        if ids is None or len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        if cfg.tag_tokens == "add" and (ids is None or len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]):
             ids = add_tags(model, self.tokenizer, self.fmt)
             self.added_tags = True
-        self.tag_ids = ids
+        self.tag_ids = ids or []
         model_type = getattr(model.config, "model_type", None)
-        self.template = training_template(cfg, self.tokenizer, model_type, src.name if src.name != "merged" else src.parent.name)
+        self.template = training_template(cfg, self.tokenizer, model_type, model_name(src))
         self.tokenizer.chat_template = self.template.source  # the saved model renders as it was trained
         self.encoder = Encoder(self.tokenizer, self.template, cfg.max_length)
-        self.rule = MaskRule(mask_thinking=bool(cfg.mask_thinking), close_id=ids[1], keep_close_tag=cfg.keep_close_tag,
+        close = (ids[1],) if ids else tuple(self.tokenizer.encode(self.fmt.think_end, add_special_tokens=False))
+        self.rule = MaskRule(mask_thinking=bool(cfg.mask_thinking), close_ids=close, keep_close_tag=cfg.keep_close_tag,
                              partial_p=cfg.partial_mask_p, on_missing_close=cfg.on_missing_close)
         self.mask_stats = MaskStats()
-        self.model = self._wrap(model, resume)
+        self.model = wrap_model(model, cfg, self.tag_ids, resume, self.dtype)
         self.ref_model = None
         if cfg.is_dpo and cfg.adapter == "none":
             self.ref_model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=self.dtype)
@@ -333,31 +259,7 @@ class TRLSession:
                 self.ref_model.resize_token_embeddings(self.model.get_input_embeddings().weight.shape[0])
         torch.manual_seed(cfg.seed)
 
-    def _wrap(self, model, resume: Path | None):
-        cfg = self.cfg
-        if cfg.adapter == "none":
-            if resume is not None:
-                from transformers import AutoModelForCausalLM
-
-                model = AutoModelForCausalLM.from_pretrained(resume, local_files_only=True, dtype=self.dtype)
-            return model
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if resume is not None:
-            return fast_trainable_tokens(PeftModel.from_pretrained(model, resume, is_trainable=True))
-        targets = cfg.target_modules if cfg.target_modules == "all-linear" else [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
-        extra = {}
-        if cfg.train_embeddings:
-            emb = _module_name(model, model.get_input_embeddings())
-            extra["trainable_token_indices"] = {emb: list(self.tag_ids)}
-            out = model.get_output_embeddings()
-            if out is not None and out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
-                extra["trainable_token_indices"][_module_name(model, out)] = list(self.tag_ids)
-        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                          use_dora=cfg.adapter == "dora", task_type="CAUSAL_LM", **extra)
-        return fast_trainable_tokens(get_peft_model(model, lora))
-
-    # -- protocol ----------------------------------------------------------
+    # -- TrainSession -------------------------------------------------------
     def train_round(self, pairs: list[PreferencePair], steps: int, round_index: int) -> dict:
         from datasets import Dataset
 
@@ -429,39 +331,34 @@ class TRLSession:
 
     def save_final(self, path: Path, merge: bool = True) -> dict:
         """``path/adapter`` (or the full model) and, with an adapter, ``path/merged`` (a full checkpoint)."""
-        import shutil
-
-        out = {}
         if self.cfg.adapter == "none":
-            tmp = path / ".merged.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            _replace_dir(tmp, path / "merged")
+            self._save(self.model, path / "merged")
             return {"merged": str(path / "merged")}
-        tmp = path / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, path / "adapter")
-        out["adapter"] = str(path / "adapter")
+        self._save(self.model, path / "adapter")
+        out = {"adapter": str(path / "adapter")}
         if merge:
             import copy
 
-            tmp = path / ".merged.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
             merged = copy.deepcopy(self.model).merge_and_unload()
-            merged.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            if getattr(merged, "generation_config", None) is not None:
-                merged.generation_config.save_pretrained(tmp)
-            _replace_dir(tmp, path / "merged")
+            self._save(merged, path / "merged", generation_config=True)
             out["merged"] = str(path / "merged")
             del merged
         return out
 
+    def _save(self, model, target: Path, generation_config: bool = False) -> None:
+        with atomic_dir(target) as tmp:  # a crash never leaves half a model under the final name
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if generation_config and getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+
     def student(self):
-        return InMemoryStudent(self.model, self.tokenizer, self.template, self.device, name=f"{self.base_path.name} (training)")
+        """The live model as the transformers backend, in eval mode (``trainer.train()`` switches it back)."""
+        from ..backends.transformers import TransformersBackend
+
+        self.model.eval()
+        return TransformersBackend.from_loaded(self.model, self.tokenizer, self.template, self.base_path,
+                                               name=f"{model_name(self.base_path)} (training)")
 
     def close(self) -> None:
         self.model = None
@@ -469,181 +366,7 @@ class TRLSession:
         self.last_trainer = None
 
 
-def fast_trainable_tokens(model):
-    """Make PEFT's trainable-token layers cost O(tags) instead of O(vocab) per forward.
-
-    PEFT (0.21) builds the whole merged matrix (``W.index_copy``) at every
-    forward, for the embedding and the tied LM head: on a 262k-row vocabulary
-    that made an ORPO step about 10x slower. The same function, computed
-    cheaply: the base layer's output, with the rows (embedding) or columns
-    (LM head) of the trained tokens replaced by their trained values. Saved
-    adapters are unchanged (same parameters, same PEFT format).
-    """
-    import types
-
-    import torch
-    import torch.nn.functional as F
-
-    try:
-        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    except ImportError:
-        return model
-    original = TrainableTokensLayer.forward_adapters
-
-    def forward_adapters(self, x, active_adapters, *args, **kwargs):
-        if self.disable_adapters or not active_adapters or self.merged:
-            return original(self, x, active_adapters, *args, **kwargs)
-        self._check_overlapping_tokens(active_adapters)
-        result = self.base_layer(x, *args, **kwargs)
-        for name in active_adapters:
-            deltas = self.trainable_tokens_delta[name]
-            index = torch.tensor(self.token_indices[name], device=deltas.device)
-            if isinstance(self.base_layer, torch.nn.Embedding):
-                hit = x.unsqueeze(-1) == index
-                if not bool(hit.any()):
-                    continue
-                rows = F.embedding(hit.to(torch.long).argmax(-1), deltas.to(result.dtype))
-                scale = self._get_embed_scale()
-                if scale is not None:
-                    rows = rows * scale.to(rows.dtype)
-                result = torch.where(hit.any(-1, keepdim=True), rows, result)
-            elif isinstance(self.base_layer, torch.nn.Linear):
-                cols = F.linear(x, deltas.to(x.dtype))
-                if self.base_layer.bias is not None:
-                    cols = cols + self.base_layer.bias[index].to(cols.dtype)
-                result = result.index_copy(-1, index, cols.to(result.dtype))
-            else:
-                return original(self, x, active_adapters, *args, **kwargs)
-        return result
-
-    for module in model.modules():
-        if isinstance(module, TrainableTokensLayer):
-            module.forward_adapters = types.MethodType(forward_adapters, module)
-    return model
-
-
-def _module_name(model, module) -> str:
-    for name, mod in model.named_modules():
-        if mod is module:
-            return name.rsplit(".", 1)[-1]
-    raise InvalidModelError("cannot find the embedding module by name")
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put a finished directory in place: the old one is removed only after the new one is complete."""
-    import shutil
-
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# -- the model being trained, as a generation backend (student samples) ----------
-
-def _backend_base():
-    from ..backends.base import Detokenizer, LocalBackend
-
-    return Detokenizer, LocalBackend
-
-
-def InMemoryStudent(model, tokenizer, template, device, name="student"):
-    """A ``LocalBackend`` over the live training model (eval mode while it generates)."""
-    Detokenizer, LocalBackend = _backend_base()
-    import torch
-
-    class _Detok(Detokenizer):
-        def __init__(self):
-            self.ids: list[int] = []
-            self.text = ""
-
-        def push(self, token: int) -> str:
-            self.ids.append(token)
-            text = tokenizer.decode(self.ids, skip_special_tokens=False)
-            if text.endswith("\ufffd"):
-                return ""
-            delta, self.text = text[len(self.text):], text
-            return delta
-
-    class Student(LocalBackend):
-        kind = "transformers-live"
-
-        def __init__(self):
-            super().__init__(name)
-            self.template = template
-            cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-            self.context_length = min(getattr(cfg, "max_position_embeddings", 4096) or 4096, 8192)
-            self.prefix = bos_prefix(tokenizer)
-            eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-            eos = eos if isinstance(eos, list) else [eos]
-            self.eos_ids = {int(e) for e in [*eos, tokenizer.eos_token_id] if e is not None}
-
-        def encode(self, prompt: str) -> list[int]:
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            bos = tokenizer.bos_token
-            if self.prefix and not (bos and prompt.startswith(bos)):
-                ids = self.prefix + ids
-            return ids
-
-        def token_stream(self, ids, sampling, max_new):
-            from transformers import DynamicCache
-
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % 2**31))
-            was_training = model.training
-            model.eval()
-            cache = DynamicCache(config=model.config)
-            feed = list(ids)
-            history = list(ids)
-            try:
-                with torch.inference_mode():
-                    for _ in range(max_new):
-                        out = model(input_ids=torch.tensor([feed], device=next(model.parameters()).device), past_key_values=cache, use_cache=True)
-                        logits = out.logits[0, -1].float().to("cpu")
-                        token = _sample(logits, history, sampling, gen, torch)
-                        history.append(token)
-                        yield token
-                        feed = [token]
-            finally:
-                if was_training:
-                    model.train()
-
-        def is_end(self, token: int) -> bool:
-            return token in self.eos_ids
-
-        def detokenizer(self, prompt_ids):
-            return _Detok()
-
-    return Student()
-
-
-def _sample(logits, history, sampling, gen, torch) -> int:
-    if sampling.repeat_penalty and sampling.repeat_penalty != 1.0 and history:
-        idx = torch.tensor(sorted(set(history[-64:])), dtype=torch.long)
-        vals = logits[idx]
-        logits[idx] = torch.where(vals > 0, vals / sampling.repeat_penalty, vals * sampling.repeat_penalty)
-    if sampling.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_k and sampling.top_k > 0:
-        kth = torch.topk(probs, min(sampling.top_k, probs.numel())).values[-1]
-        probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
-    if sampling.top_p and sampling.top_p < 1.0:
-        sp, order = torch.sort(probs, descending=True)
-        cum = torch.cumsum(sp, 0)
-        sp[(cum - sp) > sampling.top_p * cum[-1]] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, sp)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
-
-
 def open_session(cfg: TrainConfig, ctx: RunContext) -> TRLSession:
     """The ``trl`` engine's runner (see ``engines/__init__.py``)."""
     return TRLSession(cfg, ctx)
 
-
-def write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)

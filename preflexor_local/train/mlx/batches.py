@@ -1,6 +1,6 @@
 """Preference pairs -> token ids, labels and padded MLX batches.
 
-Rendering and tokenisation are the TRL engine's (``trl_engine.Encoder``:
+Rendering and tokenisation are the shared core's (``train.encode.Encoder``:
 ``render_pair``, then prompt+reply tokenised together and split at the common
 prefix with the prompt), and every label mask comes from
 ``train.masks.labels_for``, so both engines train on the same ids and score
@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..data import PreferencePair
+from ..encode import Encoder
 from ..masks import IGNORE, MaskRule, MaskStats, draw_rng, labels_for
 
 
@@ -35,14 +36,12 @@ class Tokenized:
 
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer, template, rule: MaskRule, max_length: int,
                    seed: int = 0, epoch: int = 0, sft: bool = False) -> Tokenized:
-    """Tokenise with the TRL engine's ``Encoder`` (same ids, same length policy), then label with ``masks``.
+    """Tokenise with the shared ``Encoder`` (the TRL engine's ids and length policy), then label with ``masks``.
 
     Length policy (shared): a pair whose prompt + chosen reply exceeds ``max_length`` is dropped and
     counted; a rejected reply that does not fit is cut at the end and counted. A partial thinking mask
     draws from ``draw_rng(seed, epoch, 2·row + side)`` (side 0 chosen, 1 rejected): reproducible, new each epoch.
     """
-    from ..trl_engine import Encoder
-
     enc = Encoder(tokenizer, template, max_length).encode(pairs)
     out = Tokenized([], dropped_long=enc.dropped_long, truncated_rejected=enc.truncated_rejected)
     for row in enc.rows:

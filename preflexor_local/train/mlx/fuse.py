@@ -8,10 +8,10 @@ becomes the model's ``chat_template.jinja``.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from ...atomic import atomic_dir
 from ...errors import UsageError
 
 
@@ -60,7 +60,6 @@ def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: 
     from mlx_lm.utils import save_config, save_model
 
     from ...backends._mlx_adapters import apply_adapter
-    from .trainer import _replace_dir
 
     base, adapter, out = Path(base), Path(adapter), Path(out)
     if out.exists() and not force:
@@ -72,18 +71,13 @@ def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: 
     if dequantize:
         config.pop("quantization", None)
         config.pop("quantization_config", None)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         save_model(tmp, model)
         save_config(dict(config), tmp / "config.json")
         wrapper._tokenizer.save_pretrained(str(tmp))
         for src in (adapter / "chat_template.jinja", base / "generation_config.json", base / "chat_template.jinja"):
             if src.is_file() and not (tmp / src.name).exists():
                 shutil.copy(src, tmp / src.name)
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         import sys
 

@@ -17,11 +17,10 @@ trainer then learns the tag rows as token rows next to the LoRA/DoRA adapter.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
+from ...atomic import atomic_dir, write_json
 from ...errors import InvalidModelError, UsageError
 from ...format import ThinkingFormat
 
@@ -102,20 +101,13 @@ def add_tokens(model_dir: str | Path, out_dir: str | Path, tokens: list[str] | t
         target["vocab_size"] = rows + need
         if hasattr(model, "args") and hasattr(model.args, "vocab_size"):
             model.args.vocab_size = rows + need
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tokens}
+    with atomic_dir(out) as tmp:
         save_model(tmp, model)
         save_config(dict(config), tmp / "config.json")
         tok.save_pretrained(str(tmp))
         for name in ("generation_config.json", "chat_template.jinja"):
             if (src / name).is_file() and not (tmp / name).exists():
                 shutil.copy(src / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in tokens}
-    (out / "added_tokens_report.json").write_text(json.dumps({"added": added, "ids": ids, "init": "mean of existing rows"}, indent=2))
+        write_json(tmp / "added_tokens_report.json", {"added": added, "ids": ids, "init": "mean of existing rows"})
     return {"output": str(out), "added": added, "ids": ids, "vocab_size": rows + max(need, 0)}

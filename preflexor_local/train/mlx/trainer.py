@@ -4,8 +4,11 @@
   ``tuner.utils.linear_to_lora_layers``, ``LoRALinear`` / ``DoRALinear``); a
   quantized MLX base (``mlx_lm.convert -q``) gives QLoRA with no extra code.
   The adapter scale is PEFT's: ``scale = alpha / rank``.
-* Labels come from ``train.masks`` through ``batches.tokenize_pairs``, the same
-  mask function as the TRL engine.
+* Tokens, lengths and the training template are the engine-agnostic core's
+  (``train.encode``); labels come from ``train.masks`` through
+  ``batches.tokenize_pairs``: the TRL engine's ids and masks. A run folder given
+  as ``--model`` means its merged model (``train.resolve``), so Phase II starts
+  from Phase I as on the TRL engine.
 * DPO's reference log-probs are computed once per micro-batch, before the
   gradient pass, by the same model with every adapter module swapped out
   (``adapters_disabled``), so no second model is held in memory.
@@ -26,43 +29,42 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from ...atomic import atomic_dir, atomic_file, write_json
 from ...errors import UsageError
 from ...format import ThinkingFormat
 from ..config import TrainConfig
 from ..data import PreferencePair
+from ..encode import training_template
 from ..masks import MaskRule
+from ..resolve import model_dir, model_name
 from ..session import RunContext
 
 MLX_LOSSES = ("sigmoid", "exo_pair")
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_safetensors(path: Path, tensors: dict) -> None:
+def _save_safetensors(path: Path, tensors: dict) -> None:
     import mlx.core as mx
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), tensors)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        mx.save_safetensors(str(tmp), tensors)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _load_model(path: Path):
+    """mlx-lm's load with the rotary keys as transformers reads them (transformers 5 nests them where mlx-lm does not look)."""
+    from mlx_lm.utils import load
+
+    from ...errors import InvalidModelError
+    from ...mlx_config import mlx_overrides
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InvalidModelError(f"{path / 'config.json'} is not readable JSON: {err}", hint="repair or re-convert the model folder") from None
+    return load(str(path), model_config=mlx_overrides(config), return_config=True)
 
 
 def lora_keys(model, target_modules: str) -> list[str] | None:
@@ -93,7 +95,6 @@ class MLXTrainer:
         import mlx.nn as nn
         import mlx.optimizers as optim
         from mlx_lm.tuner.utils import linear_to_lora_layers
-        from mlx_lm.utils import load as mlx_load
 
         from ...backends._mlx_adapters import add_token_rows
 
@@ -105,14 +106,10 @@ class MLXTrainer:
             raise UsageError(f"the MLX engine implements the DPO losses {', '.join(MLX_LOSSES)}, not {c.loss!r}", hint="use --loss exo_pair or --loss sigmoid, or --engine trl")
         self.c, self.ctx = c, ctx or RunContext(output=Path(c.output))
         self.mx, self.nn = mx, nn
-        path = Path(c.model).expanduser()
-        if not (path / "config.json").is_file():
-            from ...errors import ModelNotFoundError
-
-            raise ModelNotFoundError(f"{path} is not a model directory (no config.json)", hint="pass an MLX directory (`preflexor-local convert mlx`) or a Hugging Face checkpoint directory")
+        path = model_dir(c.model)  # a run folder means its merged model, as for the TRL engine
         self.base_path = path.resolve()
         mx.random.seed(c.seed)
-        self.model, self.tokenizer, self.model_config = mlx_load(str(self.base_path), return_config=True)
+        self.model, self.tokenizer, self.model_config = _load_model(self.base_path)
         self.tok = self.tokenizer._tokenizer
         self.fmt = ThinkingFormat.preset(c.tags)
         self.added_tags: list[str] = []
@@ -126,7 +123,7 @@ class MLXTrainer:
                     print(f"adding {', '.join(split)} as special tokens: {with_tags}", file=sys.stderr)
                 add_tokens(self.base_path, with_tags, self.fmt.tags, force=True)
             self.base_path = with_tags.resolve()
-            self.model, self.tokenizer, self.model_config = mlx_load(str(self.base_path), return_config=True)
+            self.model, self.tokenizer, self.model_config = _load_model(self.base_path)
             self.tok = self.tokenizer._tokenizer
             self.added_tags = split
         self.model.freeze()
@@ -144,15 +141,10 @@ class MLXTrainer:
                                  hint="add them first (preflexor_local.train.mlx.add_tokens on the MLX model, or `convert add-tokens` on the HF model before `convert mlx`), or pass --freeze-embeddings")
             add_token_rows(self.model, self.row_ids)
         close = self.tok.encode(self.fmt.think_end, add_special_tokens=False)
-        if c.mask_thinking and len(close) != 1:
-            raise UsageError(f"--mask-thinking needs {self.fmt.think_end!r} to be one token, but this tokenizer splits it into {len(close)}",
-                             hint="add the tags as special tokens first (add_tokens), or pass --no-mask-thinking")
-        self.rule = MaskRule(mask_thinking=c.mask_thinking, close_id=close[0] if len(close) == 1 else None,
+        self.rule = MaskRule(mask_thinking=c.mask_thinking, close_ids=tuple(close),
                              keep_close_tag=c.keep_close_tag, on_missing_close=c.on_missing_close,
                              partial_p=c.partial_mask_p if c.mask_thinking else 1.0)
-        from ..trl_engine import training_template
-
-        self.template = training_template(c, self.tok, self.model_config.get("model_type"), path.name)  # the TRL engine's rule
+        self.template = training_template(c, self.tok, self.model_config.get("model_type"), model_name(path))
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.global_step = 0
         self.epoch = 0
@@ -335,10 +327,10 @@ class MLXTrainer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lora, rows = adapter_weights(self.model)
-        _atomic_safetensors(path / ADAPTER_FILE, lora)
+        _save_safetensors(path / ADAPTER_FILE, lora)
         if rows:
-            _atomic_safetensors(path / ROWS_FILE, rows)
-        _atomic_json(path / CONFIG_FILE, self.adapter_config())
+            _save_safetensors(path / ROWS_FILE, rows)
+        write_json(path / CONFIG_FILE, self.adapter_config())
         return path
 
     def save_checkpoint(self, path: Path) -> None:
@@ -346,8 +338,8 @@ class MLXTrainer:
 
         self.save_adapter(path)
         state = dict(tree_flatten(self.optimizer.state))
-        _atomic_safetensors(Path(path) / "optimizer.safetensors", {k: v for k, v in state.items() if hasattr(v, "shape")})
-        _atomic_json(Path(path) / "trainer_state.json", {"global_step": self.global_step, "epoch": self.epoch})
+        _save_safetensors(Path(path) / "optimizer.safetensors", {k: v for k, v in state.items() if hasattr(v, "shape")})
+        write_json(Path(path) / "trainer_state.json", {"global_step": self.global_step, "epoch": self.epoch})
 
     def _resume(self, path: Path) -> None:
         import mlx.core as mx
@@ -364,12 +356,10 @@ class MLXTrainer:
     def save_final(self, path: Path, merge: bool = True) -> dict:
         """``path/adapter`` (MLX adapter dir) and, with ``merge``, ``path/merged``: the fused MLX model (mlx-lm's ``fuse``)."""
         path = Path(path)
-        tmp = path / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_adapter(tmp)
-        if self.template.name != "model":
-            (tmp / "chat_template.jinja").write_text(self.template.source, encoding="utf-8")
-        _replace_dir(tmp, path / "adapter")
+        with atomic_dir(path / "adapter") as tmp:
+            self.save_adapter(tmp)
+            if self.template.name != "model":
+                (tmp / "chat_template.jinja").write_text(self.template.source, encoding="utf-8")
         out = {"adapter": str(path / "adapter")}
         if merge:
             from .fuse import fuse_adapter
