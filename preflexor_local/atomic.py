@@ -73,3 +73,12 @@ def write_json(path: str | Path, obj) -> None:
             f.write(json.dumps(obj, indent=2, default=str))
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` fsynced under a temp name, then rename it into place (readers see old or new, never half)."""
+    with atomic_file(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())

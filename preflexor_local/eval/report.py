@@ -137,11 +137,11 @@ def markdown(report: dict) -> str:
 
 
 def write_report(out_dir: Path, report: dict) -> dict[str, Path]:
+    from ..atomic import write_bytes
     from .plot import plot_report
-    from .runner import write_atomic
 
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "png": out_dir / "report.png"}
-    write_atomic(paths["json"], json.dumps(report, indent=1, ensure_ascii=False).encode())
-    write_atomic(paths["markdown"], markdown(report).encode())
-    write_atomic(paths["png"], plot_report(report))
+    write_bytes(paths["json"], json.dumps(report, indent=1, ensure_ascii=False).encode())
+    write_bytes(paths["markdown"], markdown(report).encode())
+    write_bytes(paths["png"], plot_report(report))
     return paths

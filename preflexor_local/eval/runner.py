@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import write_bytes
 from ..config import LoadOptions, Recursion, Sampling
 from ..errors import UsageError
 from ..format import ThinkingFormat
@@ -71,15 +72,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} → {b!r}")
     return out
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_items(path: Path, repair: bool = False) -> dict[str, dict]:
@@ -145,7 +137,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.settings_path.is_file():
             body = {"fingerprint": self.fp, "models": models, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            write_atomic(self.settings_path, json.dumps(body, indent=2, ensure_ascii=False).encode())
+            write_bytes(self.settings_path, json.dumps(body, indent=2, ensure_ascii=False).encode())
 
 
 def run_items(todo: list[Question], runner: ItemRunner, concurrency: int, on_done: Callable[[dict], None]) -> None:
