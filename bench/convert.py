@@ -57,14 +57,16 @@ def bench_sizes(work: Path, sizes) -> None:
         raw_t, _ = _run(f"""
 from safetensors import safe_open
 import torch
-with safe_open({str(src / 'model.safetensors')!r}, framework='pt') as f, open({str(raw_out)!r}, 'wb') as o:
+with safe_open({str(src / "model.safetensors")!r}, framework='pt') as f, open({str(raw_out)!r}, 'wb') as o:
     for k in f.keys(): o.write(f.get_tensor(k).to(torch.float16).numpy().tobytes())""")
         for outtype in ("f16", "q8_0", "q4_k_m"):
             out = work / f"{src.name}-{outtype}.gguf"
             dt, kb = _run(f"""
 from preflexor_local.convert.hf_to_gguf import convert_to_gguf
 convert_to_gguf({str(src)!r}, {str(out)!r}, {outtype!r}, force=True, quiet=True)""")
-            print(f"{src.name:<18}{size / 2**20:>9.1f}{outtype:>8}{dt:>8.2f}{raw_t:>8.2f}{dt / raw_t:>7.1f}{kb / 1024:>10.0f}{out.stat().st_size / 2**20:>9.1f}")
+            print(
+                f"{src.name:<18}{size / 2**20:>9.1f}{outtype:>8}{dt:>8.2f}{raw_t:>8.2f}{dt / raw_t:>7.1f}{kb / 1024:>10.0f}{out.stat().st_size / 2**20:>9.1f}"
+            )
 
 
 def bench_gemma(work: Path, gemma_hf: Path, reference: Path | None) -> None:
@@ -99,13 +101,22 @@ convert_to_gguf({str(gemma_hf)!r}, {str(ours)!r}, 'f32', force=True, quiet=True)
         worst = max(worst, rel)
         equal += rel < 1e-6
     print(f"tensor values: {equal}/{len(ta)} equal to float32 rounding (worst max|diff|/max|x| = {worst:.2e})")
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                "tokenizer.ggml.add_bos_token", "tokenizer.ggml.model"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.model",
+    ):
         fa, fb = a.fields.get(key), b.fields.get(key)
         same = fa is not None and fb is not None and fa.contents() == fb.contents()
         print(f"  {key}: {'same' if same else 'DIFFERENT'}")
     sa, sb = a.fields["tokenizer.ggml.scores"].contents(), b.fields["tokenizer.ggml.scores"].contents()
-    print("  tokenizer.ggml.scores: " + ("same" if sa == sb else "different values (ours = -merge rank of the BPE read back; the merge order is what matters, see `convert verify`)"))
+    print(
+        "  tokenizer.ggml.scores: "
+        + ("same" if sa == sb else "different values (ours = -merge rank of the BPE read back; the merge order is what matters, see `convert verify`)")
+    )
 
 
 def main() -> None:

@@ -52,16 +52,27 @@ def _words(text: str) -> list[str]:
 
 
 def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def leak_grams() -> set[tuple[str, ...]]:
     """8-word runs of every prompt and example text the engine shows a model (not the question itself)."""
     from preflexor_local.reasoning import prompts
 
-    texts = [prompts.CRITIQUE, prompts.REWRITE, prompts.INTEGRATE, prompts.CONTEXT, prompts.CRITIC_SYSTEM,
-             prompts.INTEGRATOR_SYSTEM, prompts._EX_QUESTION, prompts._EX_THINKING, prompts._EX_WEAK_THINKING,
-             prompts._EX_CRITIQUE, prompts._EX_ANSWER, *prompts._EX_DRAFTS]
+    texts = [
+        prompts.CRITIQUE,
+        prompts.REWRITE,
+        prompts.INTEGRATE,
+        prompts.CONTEXT,
+        prompts.CRITIC_SYSTEM,
+        prompts.INTEGRATOR_SYSTEM,
+        prompts._EX_QUESTION,
+        prompts._EX_THINKING,
+        prompts._EX_WEAK_THINKING,
+        prompts._EX_CRITIQUE,
+        prompts._EX_ANSWER,
+        *prompts._EX_DRAFTS,
+    ]
     out: set[tuple[str, ...]] = set()
     for t in texts:
         for part in re.split(r"\{[a-z]+\}", t):  # the template's own words, not what fills it
@@ -167,8 +178,17 @@ def main() -> None:
         res = run_model(label, MODELS[label], questions, args.out, args.rounds)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    keys = ["questions", "thinking_closed", "answers_10_words", "leaked_passages", "loops", "relevance_median",
-            "critique_copy_mean", "gen_tokens_per_s", "load_s"]
+    keys = [
+        "questions",
+        "thinking_closed",
+        "answers_10_words",
+        "leaked_passages",
+        "loops",
+        "relevance_median",
+        "critique_copy_mean",
+        "gen_tokens_per_s",
+        "load_s",
+    ]
     labels = list(report)
     print("| metric | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))

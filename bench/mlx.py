@@ -80,8 +80,14 @@ def bench_generation(model_dir: Path, n_tokens: int, repeats: int) -> dict:
         return statistics.median((n - 1) / dt for n, dt, _ in rows if dt > 0)
 
     backend.close()
-    return {"prompt_tokens": len(ids), "tokens": o[0][0], "ours_tps": tps(o), "mlx_lm_tps": tps(r),
-            "ours_wall": statistics.median(w for *_, w in o), "mlx_lm_wall": statistics.median(w for *_, w in r)}
+    return {
+        "prompt_tokens": len(ids),
+        "tokens": o[0][0],
+        "ours_tps": tps(o),
+        "mlx_lm_tps": tps(r),
+        "ours_wall": statistics.median(w for *_, w in o),
+        "mlx_lm_wall": statistics.median(w for *_, w in r),
+    }
 
 
 def bench_training(model_dir: Path, steps: int, batch: int, rank: int) -> dict:
@@ -96,12 +102,32 @@ def bench_training(model_dir: Path, steps: int, batch: int, rank: int) -> dict:
     from preflexor_local.train.mlx.trainer import MLXTrainer
     from preflexor_local.train.session import RunContext
 
-    pairs = [pair_from_obj({"prompt": f"{QUESTION} ({i})", "chosen": "<|thinking|>" + "beta sheets share load. " * (4 + i % 5)
-                            + "<|/thinking|>Hierarchy dissipates energy across scales.", "rejected": "No."}) for i in range(4 * batch)]
+    pairs = [
+        pair_from_obj(
+            {
+                "prompt": f"{QUESTION} ({i})",
+                "chosen": "<|thinking|>" + "beta sheets share load. " * (4 + i % 5) + "<|/thinking|>Hierarchy dissipates energy across scales.",
+                "rejected": "No.",
+            }
+        )
+        for i in range(4 * batch)
+    ]
     out = Path(tempfile.mkdtemp(prefix="bench-mlx-"))
     times: list[float] = []
-    cfg = TrainConfig(model=str(model_dir), output=str(out), method="sft", rank=rank, alpha=rank, dropout=0.0, batch_size=batch,
-                      grad_accum=1, lr=1e-4, train_embeddings=False, max_length=4096, max_grad_norm=1e9)
+    cfg = TrainConfig(
+        model=str(model_dir),
+        output=str(out),
+        method="sft",
+        rank=rank,
+        alpha=rank,
+        dropout=0.0,
+        batch_size=batch,
+        grad_accum=1,
+        lr=1e-4,
+        train_embeddings=False,
+        max_length=4096,
+        max_grad_norm=1e9,
+    )
     ctx = RunContext(output=out, quiet=True, log=lambda row: times.append(row["seconds"]))
     ours = MLXTrainer(cfg, ctx)
     examples = ours.tokenize(pairs).examples
@@ -116,8 +142,15 @@ def bench_training(model_dir: Path, steps: int, batch: int, rank: int) -> dict:
     linear_to_lora_layers(model, len(model.layers), {"rank": rank, "scale": 1.0, "dropout": 0.0})
     data = [(e.chosen_ids, sum(1 for x in e.chosen_labels if x == -100)) for e in examples]  # (tokens, prompt offset)
     opt = optim.Adam(learning_rate=1e-4)
-    args = TrainingArgs(batch_size=batch, iters=steps, steps_per_report=10**9, steps_per_eval=10**9, steps_per_save=10**9,
-                        adapter_file=str(out / "mlx_lm_adapters.safetensors"), max_seq_length=4096)
+    args = TrainingArgs(
+        batch_size=batch,
+        iters=steps,
+        steps_per_report=10**9,
+        steps_per_eval=10**9,
+        steps_per_save=10**9,
+        adapter_file=str(out / "mlx_lm_adapters.safetensors"),
+        max_seq_length=4096,
+    )
     import contextlib
     import io
 

@@ -39,8 +39,13 @@ from pathlib import Path
 
 import httpx
 
-QUESTIONS = ["Why is spider silk so tough?", "How does bone stop cracks?", "Why is nacre tough?",
-             "What makes wood strong?", "Why do seashells resist breaking?"]
+QUESTIONS = [
+    "Why is spider silk so tough?",
+    "How does bone stop cracks?",
+    "Why is nacre tough?",
+    "What makes wood strong?",
+    "Why do seashells resist breaking?",
+]
 
 
 def free_port() -> int:
@@ -106,9 +111,29 @@ def wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -
 def start_ours(model: str, args, workdir: Path) -> tuple[subprocess.Popen, str]:
     log = workdir / "ours.log"
     exe = Path(sys.executable).with_name("preflexor-local")
-    cmd = [str(exe), "serve", "--model", model, "--port", "0", "--ctx", str(args.ctx), "--threads", str(args.threads),
-           "--temperature", "0", "--repeat-penalty", "1.0", "--max-tokens", str(args.max_tokens), "--no-stop-repeats",
-           "--recursive", str(args.rounds), "--max-queue", "8"]
+    cmd = [
+        str(exe),
+        "serve",
+        "--model",
+        model,
+        "--port",
+        "0",
+        "--ctx",
+        str(args.ctx),
+        "--threads",
+        str(args.threads),
+        "--temperature",
+        "0",
+        "--repeat-penalty",
+        "1.0",
+        "--max-tokens",
+        str(args.max_tokens),
+        "--no-stop-repeats",
+        "--recursive",
+        str(args.rounds),
+        "--max-queue",
+        "8",
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while not (m := re.search(r" on (http://\S+/v1) ", log.read_text())):
@@ -124,9 +149,27 @@ def start_theirs(gguf: Path, adapters: list[str], args, workdir: Path) -> tuple[
     if len(adapters) > 1:
         sys.exit("llama_cpp.server takes one LoRA adapter; this model has several")
     log, port = workdir / "theirs.log", free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-           "--n_ctx", str(args.ctx), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-           "--interrupt_requests", "False", "--model_alias", "raw"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(args.ctx),
+        "--n_threads",
+        str(args.threads),
+        "--n_threads_batch",
+        str(args.threads),
+        "--interrupt_requests",
+        "False",
+        "--model_alias",
+        "raw",
+    ]
     if adapters:
         cmd += ["--lora_path", adapters[0]]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -136,8 +179,14 @@ def start_theirs(gguf: Path, adapters: list[str], args, workdir: Path) -> tuple[
 
 
 def ours_request(url: str, question: str, max_tokens: int) -> dict:
-    body = {"model": "preflexor", "messages": [{"role": "user", "content": question}], "stream": True,
-            "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 0}
+    body = {
+        "model": "preflexor",
+        "messages": [{"role": "user", "content": question}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     t0 = time.perf_counter()
     first_reasoning = first_answer = None
     tokens = 0
@@ -166,8 +215,15 @@ def theirs_request(url: str, calls: list[dict]) -> dict:
     first_reasoning = first_answer = None
     tokens = 0
     for i, call in enumerate(calls):
-        body = {"model": "raw", "prompt": call["prompt"], "max_tokens": call["max_tokens"], "temperature": 0,
-                "repeat_penalty": 1.0, "stop": call["stop"] or None, "stream": True}
+        body = {
+            "model": "raw",
+            "prompt": call["prompt"],
+            "max_tokens": call["max_tokens"],
+            "temperature": 0,
+            "repeat_penalty": 1.0,
+            "stop": call["stop"] or None,
+            "stream": True,
+        }
         with httpx.stream("POST", url + "/completions", json=body, timeout=600) as resp:
             resp.raise_for_status()
             for line in resp.iter_lines():
@@ -190,8 +246,13 @@ def theirs_request(url: str, calls: list[dict]) -> dict:
 def _result(t0: float, first_reasoning, first_answer, tokens: int) -> dict:
     total = time.perf_counter() - t0
     after = total - (first_reasoning if first_reasoning is not None else total)
-    return {"ttf_reasoning": first_reasoning, "ttf_answer": first_answer, "total": total, "tokens": tokens,
-            "decode_tok_s": (tokens - 1) / after if after > 0 and tokens > 1 else None}
+    return {
+        "ttf_reasoning": first_reasoning,
+        "ttf_answer": first_answer,
+        "total": total,
+        "tokens": tokens,
+        "decode_tok_s": (tokens - 1) / after if after > 0 and tokens > 1 else None,
+    }
 
 
 def run(request, clients: int, repeats: int) -> dict:
@@ -208,8 +269,14 @@ def run(request, clients: int, repeats: int) -> dict:
         return statistics.median(vals) if vals else float("nan")
 
     tokens = sum(x["tokens"] for x in results)
-    return {"ttf_reasoning": med("ttf_reasoning"), "ttf_answer": med("ttf_answer"), "total": med("total"),
-            "tok_s": tokens / wall, "decode_tok_s": med("decode_tok_s"), "tokens": tokens}
+    return {
+        "ttf_reasoning": med("ttf_reasoning"),
+        "ttf_answer": med("ttf_answer"),
+        "total": med("total"),
+        "tok_s": tokens / wall,
+        "decode_tok_s": med("decode_tok_s"),
+        "tokens": tokens,
+    }
 
 
 def main() -> None:
@@ -225,9 +292,12 @@ def main() -> None:
     args = ap.parse_args()
 
     gguf, adapters, recorded = resolve_and_record(args.model, args)
-    print(f"model {gguf}{' + ' + ', '.join(adapters) if adapters else ''} · ctx {args.ctx} · threads {args.threads} · "
-          f"greedy · max_tokens {args.max_tokens} per call · rounds {args.rounds} · {args.repeats} repeats · "
-          f"{statistics.mean(len(c) for c in recorded.values()):.1f} calls per request", flush=True)
+    print(
+        f"model {gguf}{' + ' + ', '.join(adapters) if adapters else ''} · ctx {args.ctx} · threads {args.threads} · "
+        f"greedy · max_tokens {args.max_tokens} per call · rounds {args.rounds} · {args.repeats} repeats · "
+        f"{statistics.mean(len(c) for c in recorded.values()):.1f} calls per request",
+        flush=True,
+    )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("theirs", "ours"):  # one server at a time: they would compete for the same cores
@@ -249,11 +319,13 @@ def main() -> None:
     for clients in (1, 4):
         o, t = rows[("ours", clients)], rows[("theirs", clients)]
         print(f"{clients} client{'s' if clients > 1 else ''}:")
-        for key, label, unit, better_high in (("ttf_reasoning", "time to first reasoning delta", "s", False),
-                                              ("ttf_answer", "time to first answer delta", "s", False),
-                                              ("total", "time to complete answer", "s", False),
-                                              ("tok_s", "generated tok/s (end to end)", "", True),
-                                              ("decode_tok_s", "tok/s after the first token", "", True)):
+        for key, label, unit, better_high in (
+            ("ttf_reasoning", "time to first reasoning delta", "s", False),
+            ("ttf_answer", "time to first answer delta", "s", False),
+            ("total", "time to complete answer", "s", False),
+            ("tok_s", "generated tok/s (end to end)", "", True),
+            ("decode_tok_s", "tok/s after the first token", "", True),
+        ):
             ratio = (o[key] / t[key] if better_high else t[key] / o[key]) if o[key] and t[key] else float("nan")
             print(f"  {label:28}{o[key]:>14.3f}{unit:2}{t[key]:>16.3f}{unit:2}{ratio:>8.2f}")
         print(f"  {'tokens generated':28}{o['tokens']:>14d}  {t['tokens']:>16d}")

@@ -67,8 +67,18 @@ def run_one(kind: str, method: str, model: str, steps: int) -> dict:
 
     torch.manual_seed(0)
     loss = "exo_pair" if method == "dpo" else None
-    cfg = TrainConfig(model=model, output=tempfile.mkdtemp(), method=method, loss=loss, rank=8, steps_per_round=steps, batch_size=2, grad_accum=1,
-                      train_embeddings=False, mask_thinking=False).resolved()
+    cfg = TrainConfig(
+        model=model,
+        output=tempfile.mkdtemp(),
+        method=method,
+        loss=loss,
+        rank=8,
+        steps_per_round=steps,
+        batch_size=2,
+        grad_accum=1,
+        train_embeddings=False,
+        mask_thinking=False,
+    ).resolved()
     pairs = _pairs(8)
     timer = _timer()
     if kind == "ours":
@@ -112,9 +122,21 @@ def run_one(kind: str, method: str, model: str, steps: int) -> dict:
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         ds = Dataset.from_list(rows)
         peft = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-        common = dict(output_dir=cfg.output, max_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=cfg.lr,
-                      lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, max_length=cfg.max_length,
-                      beta=cfg.beta, disable_tqdm=True)
+        common = dict(
+            output_dir=cfg.output,
+            max_steps=steps,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=1,
+            learning_rate=cfg.lr,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            max_length=cfg.max_length,
+            beta=cfg.beta,
+            disable_tqdm=True,
+        )
         if method == "dpo":
             DPOConfig, DPOTrainer, _ = trl_compat.dpo()
             args = DPOConfig(loss_type=["exo_pair"], label_smoothing=1e-3, **common)
@@ -127,8 +149,14 @@ def run_one(kind: str, method: str, model: str, steps: int) -> dict:
         trainer.train()
     times = timer.times[2:] or timer.times
     cpu = timer.cpu[2:] or timer.cpu
-    return {"kind": kind, "method": method, "steps": len(timer.times), "s_per_step": statistics.median(times), "cpu_s_per_step": statistics.median(cpu),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "kind": kind,
+        "method": method,
+        "steps": len(timer.times),
+        "s_per_step": statistics.median(times),
+        "cpu_s_per_step": statistics.median(cpu),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def bench_generation(teacher: str, n: int) -> dict:
@@ -139,7 +167,9 @@ def bench_generation(teacher: str, n: int) -> dict:
     from preflexor_local.train.generate import GenerationConfig, PairGenerator, TextCorpus
 
     t = backends.load(teacher, LoadOptions(ctx=4096))
-    gen = PairGenerator(t, TextCorpus(CORPUS), GenerationConfig(categories=("Reasoning Steps", "Hypothesis"), teacher_max_tokens=96, student_max_tokens=64), quiet=True)
+    gen = PairGenerator(
+        t, TextCorpus(CORPUS), GenerationConfig(categories=("Reasoning Steps", "Hypothesis"), teacher_max_tokens=96, student_max_tokens=64), quiet=True
+    )
     with tempfile.TemporaryDirectory() as d:
         report = gen.generate(n, Path(d) / "p.jsonl", student=t)
     t.close()
@@ -169,17 +199,23 @@ def main() -> None:
         for kind in ("plain", "ours"):
             best = None
             for _ in range(a.repeat):
-                out = subprocess.run([sys.executable, __file__, "--one", kind, method, "--model", model, "--steps", str(a.steps)],
-                                     capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", kind, method, "--model", model, "--steps", str(a.steps)],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                )
                 if out.returncode != 0:
                     sys.exit(out.stderr[-3000:])
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 best = r if best is None or r["cpu_s_per_step"] < best["cpu_s_per_step"] else best
             results[(kind, method)] = best
         o, p = results[("ours", method)], results[("plain", method)]
-        print(f"{method:5s} plain {p['cpu_s_per_step']:.4f} cpu-s/step ({p['s_per_step']:.4f} wall) {p['peak_rss_mb']:.0f} MB | "
-              f"ours {o['cpu_s_per_step']:.4f} cpu-s/step ({o['s_per_step']:.4f} wall) {o['peak_rss_mb']:.0f} MB | "
-              f"ratio cpu time {o['cpu_s_per_step'] / p['cpu_s_per_step']:.3f} memory {o['peak_rss_mb'] / p['peak_rss_mb']:.3f}")
+        print(
+            f"{method:5s} plain {p['cpu_s_per_step']:.4f} cpu-s/step ({p['s_per_step']:.4f} wall) {p['peak_rss_mb']:.0f} MB | "
+            f"ours {o['cpu_s_per_step']:.4f} cpu-s/step ({o['s_per_step']:.4f} wall) {o['peak_rss_mb']:.0f} MB | "
+            f"ratio cpu time {o['cpu_s_per_step'] / p['cpu_s_per_step']:.3f} memory {o['peak_rss_mb'] / p['peak_rss_mb']:.3f}"
+        )
     if a.gen_teacher:
         g = bench_generation(a.gen_teacher, a.gen_n)
         print(f"generation: {g['written']} pairs in {g['seconds']:.1f} s = {g['pairs_per_minute']} pairs/min (teacher = student = {a.gen_teacher})")

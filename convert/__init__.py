@@ -19,8 +19,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "add_thinking_tokens": "tokens", "add_thinking_tokens_to_dir": "tokens", "convert_to_gguf": "hf_to_gguf",
-    "convert_to_mlx": "hf_to_mlx", "merge_adapter": "merge", "quantize_gguf": "quantize",
+    "add_thinking_tokens": "tokens",
+    "add_thinking_tokens_to_dir": "tokens",
+    "convert_to_gguf": "hf_to_gguf",
+    "convert_to_mlx": "hf_to_mlx",
+    "merge_adapter": "merge",
+    "quantize_gguf": "quantize",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -29,12 +29,14 @@ def read_hf_config(path: str | Path) -> dict:
     if not path.exists():
         raise ModelNotFoundError(f"checkpoint not found: {path}", hint="pass a Hugging Face checkpoint directory (with config.json)")
     if path.is_file():
-        raise InvalidModelError(f"{path} is a file, not a Hugging Face checkpoint directory",
-                                hint="pass the folder that holds config.json and the *.safetensors weights")
+        raise InvalidModelError(
+            f"{path} is a file, not a Hugging Face checkpoint directory", hint="pass the folder that holds config.json and the *.safetensors weights"
+        )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise InvalidModelError(f"{path} is not a Hugging Face checkpoint: no config.json",
-                                hint="pass the folder that holds config.json, the weights and the tokenizer files")
+        raise InvalidModelError(
+            f"{path} is not a Hugging Face checkpoint: no config.json", hint="pass the folder that holds config.json, the weights and the tokenizer files"
+        )
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -49,8 +51,9 @@ def weight_files(path: Path) -> list[Path]:
     if not files:
         files = sorted(path.glob("pytorch_model*.bin"))
     if not files:
-        raise InvalidModelError(f"{path} has a config.json but no weights (*.safetensors or pytorch_model*.bin)",
-                                hint="copy the model's weight files into the folder")
+        raise InvalidModelError(
+            f"{path} has a config.json but no weights (*.safetensors or pytorch_model*.bin)", hint="copy the model's weight files into the folder"
+        )
     return files
 
 
@@ -73,8 +76,7 @@ def check_safetensors(files: list[Path]) -> None:
             if 8 + n + end > size:
                 raise ValueError(f"tensor data needs {8 + n + end} bytes but the file has {size}")
         except (ValueError, KeyError, TypeError) as err:
-            raise InvalidModelError(f"{f} is truncated or corrupt: {err}",
-                                    hint="copy or download the file again; its size does not match its header") from None
+            raise InvalidModelError(f"{f} is truncated or corrupt: {err}", hint="copy or download the file again; its size does not match its header") from None
 
 
 def check_output(out: str | Path, force: bool) -> Path:
@@ -100,8 +102,15 @@ def progress(total: int, desc: str, quiet: bool = False, unit: str = "tensor"):
 def torch_dtype(name: str):
     import torch
 
-    table = {"auto": "auto", "float32": torch.float32, "f32": torch.float32, "float16": torch.float16,
-             "f16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "auto": "auto",
+        "float32": torch.float32,
+        "f32": torch.float32,
+        "float16": torch.float16,
+        "f16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if name not in table:
         raise UsageError(f"unknown dtype {name!r}", hint="choose auto, float32, float16 or bfloat16")
     return table[name]

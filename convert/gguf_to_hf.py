@@ -81,8 +81,9 @@ def _bpe_tokenizer(reader):
     tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
     pre = _meta(reader, "tokenizer.ggml.pre", "gpt-2")
     if pre in PRE_REGEX:
-        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRE_REGEX[pre]), behavior="isolated"),
-                                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(PRE_REGEX[pre]), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
     else:
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
@@ -106,15 +107,22 @@ def _bpe_tokenizer(reader):
         tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
     specials = [a.content for _, a in added if a.special]
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=bos, eos_token=tok_text("tokenizer.ggml.eos_token_id"),
-        pad_token=tok_text("tokenizer.ggml.padding_token_id"), unk_token=tok_text("tokenizer.ggml.unknown_token_id"),
-        extra_special_tokens=[s for s in specials if s not in {bos, tok_text("tokenizer.ggml.eos_token_id"),
-                                                                tok_text("tokenizer.ggml.padding_token_id"), tok_text("tokenizer.ggml.unknown_token_id")}],
+        tokenizer_object=tk,
+        bos_token=bos,
+        eos_token=tok_text("tokenizer.ggml.eos_token_id"),
+        pad_token=tok_text("tokenizer.ggml.padding_token_id"),
+        unk_token=tok_text("tokenizer.ggml.unknown_token_id"),
+        extra_special_tokens=[
+            s
+            for s in specials
+            if s not in {bos, tok_text("tokenizer.ggml.eos_token_id"), tok_text("tokenizer.ggml.padding_token_id"), tok_text("tokenizer.ggml.unknown_token_id")}
+        ],
     )
 
 
-def gguf_to_hf(gguf_path: str | Path, out: str | Path, *, force: bool = False, dtype: str = "float32",
-               chat_template: str | None = None, quiet: bool = False) -> HFResult:
+def gguf_to_hf(
+    gguf_path: str | Path, out: str | Path, *, force: bool = False, dtype: str = "float32", chat_template: str | None = None, quiet: bool = False
+) -> HFResult:
     """Dequantise ``gguf_path`` into the HF checkpoint folder ``out`` (atomically)."""
     import gguf
 
@@ -157,8 +165,10 @@ def gguf_to_hf(gguf_path: str | Path, out: str | Path, *, force: bool = False, d
             del cfg.quantization_config
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tok) > rows:
-        raise InvalidModelError(f"the tokenizer read from the GGUF has {len(tok)} tokens but the model only {rows} rows",
-                                hint="this GGUF's vocabulary cannot be converted faithfully")
+        raise InvalidModelError(
+            f"the tokenizer read from the GGUF has {len(tok)} tokens but the model only {rows} rows",
+            hint="this GGUF's vocabulary cannot be converted faithfully",
+        )
     if template:
         tok.chat_template = template
     else:

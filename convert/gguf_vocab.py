@@ -147,12 +147,15 @@ def build_vocab(model_dir: str | Path, n_vocab: int, tokenizer=None, generation_
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except Exception as err:  # noqa: BLE001 - any failure here means "no usable tokenizer"
-            raise InvalidModelError(f"cannot load the tokenizer of {model_dir}: {err}",
-                                    hint="the checkpoint needs tokenizer.json (or tokenizer.model) and tokenizer_config.json") from None
+            raise InvalidModelError(
+                f"cannot load the tokenizer of {model_dir}: {err}", hint="the checkpoint needs tokenizer.json (or tokenizer.model) and tokenizer_config.json"
+            ) from None
     vocab = tokenizer.get_vocab()
     if len(vocab) > n_vocab or max(vocab.values()) >= n_vocab:
-        raise InvalidModelError(f"the tokenizer has {len(vocab)} tokens (ids up to {max(vocab.values())}) but the model has only {n_vocab} embedding rows",
-                                hint="resize the embeddings (convert add-tokens does this) before converting")
+        raise InvalidModelError(
+            f"the tokenizer has {len(vocab)} tokens (ids up to {max(vocab.values())}) but the model has only {n_vocab} embedding rows",
+            hint="resize the embeddings (convert add-tokens does this) before converting",
+        )
     added = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
     specials = {i for i, t in added.items() if t.special}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
@@ -167,8 +170,10 @@ def build_vocab(model_dir: str | Path, n_vocab: int, tokenizer=None, generation_
     if tj is None and not spm_file.is_file():
         raise InvalidModelError(f"{model_dir} has neither tokenizer.json nor tokenizer.model", hint="copy the tokenizer files next to config.json")
     if not use_spm_file and model_type != "BPE":
-        raise InvalidModelError(f"tokenizer model type {model_type!r} is not supported for GGUF (only BPE and SentencePiece)",
-                                hint="WordPiece/Unigram tokenizers (BERT, T5 families) are not causal chat models this converter targets")
+        raise InvalidModelError(
+            f"tokenizer model type {model_type!r} is not supported for GGUF (only BPE and SentencePiece)",
+            hint="WordPiece/Unigram tokenizers (BERT, T5 families) are not causal chat models this converter targets",
+        )
 
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
     types = [UNUSED] * n_vocab
@@ -188,8 +193,19 @@ def build_vocab(model_dir: str | Path, n_vocab: int, tokenizer=None, generation_
         for i in range(proc.get_piece_size()):
             tokens[i] = proc.id_to_piece(i)
             scores[i] = proc.get_score(i)
-            types[i] = (UNKNOWN if proc.is_unknown(i) else CONTROL if proc.is_control(i) else UNUSED if proc.is_unused(i)
-                        else BYTE if proc.is_byte(i) else USER_DEFINED if proto.pieces[i].type == 4 else NORMAL)
+            types[i] = (
+                UNKNOWN
+                if proc.is_unknown(i)
+                else CONTROL
+                if proc.is_control(i)
+                else UNUSED
+                if proc.is_unused(i)
+                else BYTE
+                if proc.is_byte(i)
+                else USER_DEFINED
+                if proto.pieces[i].type == 4
+                else NORMAL
+            )
         base_n = proc.get_piece_size()
     else:
         source = "tokenizer.json"
@@ -218,8 +234,10 @@ def build_vocab(model_dir: str | Path, n_vocab: int, tokenizer=None, generation_
             pre = KNOWN_PRE.get(regex or "")
             if pre is None:
                 pre = FALLBACK_PRE
-                notes.append(f"pre-tokenizer not recognised (regex {regex!r}): using the stated fallback {FALLBACK_PRE!r} "
-                             "(GPT-2 byte-level split); run `convert verify` to check tokenisation")
+                notes.append(
+                    f"pre-tokenizer not recognised (regex {regex!r}): using the stated fallback {FALLBACK_PRE!r} "
+                    "(GPT-2 byte-level split); run `convert verify` to check tokenisation"
+                )
             merges = [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair) for pair in pairs]
             for text, i in base_vocab.items():
                 tokens[i] = text
@@ -259,5 +277,22 @@ def build_vocab(model_dir: str | Path, n_vocab: int, tokenizer=None, generation_
         template = template.get("default") or next(iter(template.values()))
     if not template:
         notes.append("the checkpoint has no chat template: none written (a base model; give one with --chat-template)")
-    return GGUFVocab(kind, source, pre, tokens, types, scores, merges, bos, eos, eot, tokenizer.pad_token_id,
-                     getattr(tokenizer, "unk_token_id", None), add_bos, add_eos, add_space_prefix, template, notes)
+    return GGUFVocab(
+        kind,
+        source,
+        pre,
+        tokens,
+        types,
+        scores,
+        merges,
+        bos,
+        eos,
+        eot,
+        tokenizer.pad_token_id,
+        getattr(tokenizer, "unk_token_id", None),
+        add_bos,
+        add_eos,
+        add_space_prefix,
+        template,
+        notes,
+    )

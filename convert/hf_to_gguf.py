@@ -92,16 +92,19 @@ def check_architecture(cfg: dict) -> tuple[str, str, str]:
     name = archs[0] if archs else None
     if name is None:
         mt = cfg.get("model_type")
-        name = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}.get(mt or "")
+        name = {
+            "llama": "LlamaForCausalLM",
+            "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM",
+            "gemma3_text": "Gemma3ForCausalLM",
+        }.get(mt or "")
         if name is None:
-            raise InvalidModelError(f"config.json names no architecture (model_type {mt!r})",
-                                    hint=f"supported: {', '.join(SUPPORTED)}")
+            raise InvalidModelError(f"config.json names no architecture (model_type {mt!r})", hint=f"supported: {', '.join(SUPPORTED)}")
     if name in SUPPORTED:
         return (name, *SUPPORTED[name])
     reason = REFUSED.get(name, "not one of the supported families")
-    raise InvalidModelError(f"architecture {name} is not supported for GGUF conversion: {reason}",
-                            hint=f"supported: {', '.join(SUPPORTED)}")
+    raise InvalidModelError(f"architecture {name} is not supported for GGUF conversion: {reason}", hint=f"supported: {', '.join(SUPPORTED)}")
 
 
 def _text_config(hf_cfg):
@@ -171,8 +174,7 @@ def write_hparams(writer, family: str, cfg, notes: list[str]) -> list[tuple[str,
         writer.add_rope_scaling_factor(float(rope["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings", cfg.max_position_embeddings)))
     elif rtype != "default":
-        raise InvalidModelError(f"rope scaling type {rtype!r} is not supported for {family}",
-                                hint="supported: default, linear, yarn, and llama3 (Llama only)")
+        raise InvalidModelError(f"rope scaling type {rtype!r} is not supported for {family}", hint="supported: default, linear, yarn, and llama3 (Llama only)")
     if family == "gemma3":
         writer.add_sliding_window(int(cfg.sliding_window))
         local = _rope(cfg, "sliding_attention")
@@ -246,7 +248,7 @@ def _normalise_name(name: str) -> str | None:
         return None
     for prefix, repl in (("model.language_model.", "model."), ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")):
         if name.startswith(prefix):
-            return repl + name[len(prefix):]
+            return repl + name[len(prefix) :]
     return name
 
 
@@ -277,8 +279,9 @@ def _encode(arr, qtype):
     return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
 
 
-def write_float_gguf(src_dir: Path, out_path: Path, outtype: str, *, name: str | None = None, quiet: bool = False,
-                     chat_template: str | None = None) -> GGUFResult:
+def write_float_gguf(
+    src_dir: Path, out_path: Path, outtype: str, *, name: str | None = None, quiet: bool = False, chat_template: str | None = None
+) -> GGUFResult:
     """The float/q8_0 writer (no atomic rename here: ``convert_to_gguf`` wraps it)."""
     import gguf
     import numpy as np
@@ -328,8 +331,10 @@ def write_float_gguf(src_dir: Path, out_path: Path, outtype: str, *, name: str |
             vocab_rows = shape[0]
         plan.append((src_name, dst, shape, _plan_type(outtype, shape, dst), transform))
     if unmapped:
-        raise InvalidModelError(f"{len(unmapped)} tensor(s) of {hf_name} have no GGUF name, e.g. {unmapped[:3]}",
-                                hint="the checkpoint has layers this converter does not know (adapter not merged? use `convert merge` first)")
+        raise InvalidModelError(
+            f"{len(unmapped)} tensor(s) of {hf_name} have no GGUF name, e.g. {unmapped[:3]}",
+            hint="the checkpoint has layers this converter does not know (adapter not merged? use `convert merge` first)",
+        )
     if vocab_rows is None:
         raise InvalidModelError(f"{src_dir} has no token embedding tensor", hint="is this a complete checkpoint?")
     # --- tokenizer
@@ -357,8 +362,12 @@ def write_float_gguf(src_dir: Path, out_path: Path, outtype: str, *, name: str |
     writer = gguf.GGUFWriter(str(out_path), arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name or src_dir.name)
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[outtype]
     extra = write_hparams(writer, family, hf_cfg, notes)
     writer.add_vocab_size(vocab_rows)
     writer.add_file_type(ftype)
@@ -371,11 +380,12 @@ def write_float_gguf(src_dir: Path, out_path: Path, outtype: str, *, name: str |
         plan.append(("", ename, arr.shape, gguf.GGMLQuantizationType.F32, None))
     extras = dict(extra)
     for _src, dst, shape, qtype, _t in plan:
-        byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, qtype) if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
+        byte_shape = (
+            gguf.quants.quant_shape_to_byte_shape(shape, qtype) if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
+        )
         itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(qtype, 1)
         dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
-        writer.add_tensor_info(dst, byte_shape, np.dtype(dtype), int(np.prod(byte_shape)) * itemsize,
-                               raw_dtype=qtype if dtype is np.uint8 else None)
+        writer.add_tensor_info(dst, byte_shape, np.dtype(dtype), int(np.prod(byte_shape)) * itemsize, raw_dtype=qtype if dtype is np.uint8 else None)
     total = 0
     try:
         writer.write_header_to_file()
@@ -393,25 +403,44 @@ def write_float_gguf(src_dir: Path, out_path: Path, outtype: str, *, name: str |
                 del arr, data
     finally:
         writer.close()
-    return GGUFResult(str(out_path), arch, outtype, len(plan), out_path.stat().st_size, time.perf_counter() - t0,
-                      vocab.kind, vocab.pre, tag_ids, bool(vocab.chat_template), notes)
+    return GGUFResult(
+        str(out_path),
+        arch,
+        outtype,
+        len(plan),
+        out_path.stat().st_size,
+        time.perf_counter() - t0,
+        vocab.kind,
+        vocab.pre,
+        tag_ids,
+        bool(vocab.chat_template),
+        notes,
+    )
 
 
 def default_output(src: Path, outtype: str) -> Path:
     return Path.cwd() / f"{src.resolve().name}-{outtype}.gguf"
 
 
-def convert_to_gguf(src: str | Path, out: str | Path | None = None, outtype: str = "f16", *, force: bool = False,
-                    name: str | None = None, quiet: bool = False, chat_template: str | None = None,
-                    intermediate: str | None = None, threads: int | None = None) -> GGUFResult:
+def convert_to_gguf(
+    src: str | Path,
+    out: str | Path | None = None,
+    outtype: str = "f16",
+    *,
+    force: bool = False,
+    name: str | None = None,
+    quiet: bool = False,
+    chat_template: str | None = None,
+    intermediate: str | None = None,
+    threads: int | None = None,
+) -> GGUFResult:
     """Convert the HF checkpoint ``src`` to a GGUF file (atomically); returns what was written.
 
     ``outtype``: f32, f16, bf16, q8_0 (written directly) or a llama.cpp type such
     as q4_k_m, q5_k_m, q6_k (quantised in-process from a float temp file,
     ``intermediate`` f32 or f16; default f32 below 2 GB of f32 weights, else f16).
     """
-    from preflexor_local.convert._common import (atomic_file, check_output, check_safetensors, info, read_hf_config,
-                                                 read_template_arg, weight_files)
+    from preflexor_local.convert._common import atomic_file, check_output, check_safetensors, info, read_hf_config, read_template_arg, weight_files
 
     outtype = outtype.lower()
     if outtype not in OUT_TYPES:
@@ -447,8 +476,10 @@ def convert_to_gguf(src: str | Path, out: str | Path | None = None, outtype: str
         res.notes.append(f"quantised by llama.cpp from an {intermediate} intermediate")
         fallbacks = [ln for ln in log if "falling back" in ln]
         if fallbacks:
-            res.notes.append(f"llama.cpp used a fallback type for {len(fallbacks)} tensor(s) whose rows are not a multiple of 256, "
-                             f"e.g. {' '.join(fallbacks[0].split('warning:')[-1].split())}")
+            res.notes.append(
+                f"llama.cpp used a fallback type for {len(fallbacks)} tensor(s) whose rows are not a multiple of 256, "
+                f"e.g. {' '.join(fallbacks[0].split('warning:')[-1].split())}"
+            )
     info(f"wrote {out} ({res.bytes / 2**20:.1f} MiB, {res.tensors} tensors, {res.seconds:.1f} s)", quiet)
     return res
 
@@ -470,8 +501,9 @@ def _command():
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
     def gguf_cmd(model_dir, output, outtype, chat_template, name, intermediate, threads, force, as_json):
         """Convert the Hugging Face checkpoint MODEL_DIR to GGUF (tags, tokenizer and chat template kept)."""
-        res = convert_to_gguf(model_dir, output, outtype, force=force, name=name, quiet=as_json,
-                              chat_template=chat_template, intermediate=intermediate, threads=threads)
+        res = convert_to_gguf(
+            model_dir, output, outtype, force=force, name=name, quiet=as_json, chat_template=chat_template, intermediate=intermediate, threads=threads
+        )
         if as_json:
             click.echo(json.dumps(res.to_dict()))
             return

@@ -52,9 +52,19 @@ class MLXResult:
         return asdict(self)
 
 
-def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, q_bits: int = 4, q_group_size: int = 64,
-                   embed_bits: int | None = 8, dtype: str | None = None, force: bool = False, fmt: ThinkingFormat | None = None,
-                   quiet: bool = False) -> MLXResult:
+def convert_to_mlx(
+    src: str | Path,
+    out: str | Path,
+    *,
+    quantize: bool = False,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    embed_bits: int | None = 8,
+    dtype: str | None = None,
+    force: bool = False,
+    fmt: ThinkingFormat | None = None,
+    quiet: bool = False,
+) -> MLXResult:
     """Convert ``src`` to an MLX folder ``out`` (atomically); check tags and template afterwards.
 
     ``embed_bits``: bits for the token embedding and ``lm_head`` when quantising
@@ -92,21 +102,31 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
         target = tmp / "model"
         predicate = None
         if quantize and embed_bits and embed_bits != q_bits:
+
             def predicate(path, module, *_):  # noqa: ANN001 - mlx-lm's class predicate
                 if path.endswith(("embed_tokens", "lm_head")):
                     return {"group_size": q_group_size, "bits": embed_bits, "mode": "affine"}
                 return hasattr(module, "to_quantized")
+
             notes.append(f"embeddings / lm_head quantised to {embed_bits} bits, the rest to {q_bits}")
         with contextlib.redirect_stdout(sys.stderr):  # mlx-lm logs on stdout; keep stdout for --json
-            mlx_lm.convert(str(src), str(target), quantize=quantize, q_bits=q_bits if quantize else None,
-                           q_group_size=q_group_size if quantize else None, dtype=dtype, quant_predicate=predicate)
+            mlx_lm.convert(
+                str(src),
+                str(target),
+                quantize=quantize,
+                q_bits=q_bits if quantize else None,
+                q_group_size=q_group_size if quantize else None,
+                dtype=dtype,
+                quant_predicate=predicate,
+            )
         # mlx-lm copies config.json as is and falls back to its own rope defaults for keys it does not find
         # (transformers 5 nests them in rope_parameters): write the keys it reads, so any mlx-lm consumer gets them.
         written = json.loads((target / "config.json").read_text(encoding="utf-8"))
         written.update(mlx_overrides(written))
         (target / "config.json").write_text(json.dumps(dict(sorted(written.items())), indent=4), encoding="utf-8")
-        if src_tok.chat_template and not ((target / "chat_template.jinja").is_file() or "chat_template" in
-                                          json.loads((target / "tokenizer_config.json").read_text()).keys()):
+        if src_tok.chat_template and not (
+            (target / "chat_template.jinja").is_file() or "chat_template" in json.loads((target / "tokenizer_config.json").read_text()).keys()
+        ):
             (target / "chat_template.jinja").write_text(src_tok.chat_template, encoding="utf-8")
             notes.append("chat template copied over (mlx-lm did not write it)")
         gen = src / "generation_config.json"
@@ -129,8 +149,16 @@ def convert_to_mlx(src: str | Path, out: str | Path, *, quantize: bool = False, 
             shutil.move(str(p), tmp / p.name)
         target.rmdir()
     info(f"wrote {out}", quiet)
-    return MLXResult(str(out), quantize, q_bits if quantize else None, q_group_size if quantize else None, tag_ids,
-                     bool(src_tok.chat_template), time.perf_counter() - t0, notes)
+    return MLXResult(
+        str(out),
+        quantize,
+        q_bits if quantize else None,
+        q_group_size if quantize else None,
+        tag_ids,
+        bool(src_tok.chat_template),
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
 def _command():
@@ -150,8 +178,17 @@ def _command():
         """Convert the Hugging Face checkpoint MODEL_DIR to MLX (tags and chat template checked)."""
         if output is None:
             output = Path.cwd() / f"{Path(model_dir).resolve().name}-mlx{f'-q{q_bits}' if quantize else ''}"
-        res = convert_to_mlx(model_dir, output, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
-                             embed_bits=embed_bits or None, dtype=dtype, force=force, quiet=as_json)
+        res = convert_to_mlx(
+            model_dir,
+            output,
+            quantize=quantize,
+            q_bits=q_bits,
+            q_group_size=q_group_size,
+            embed_bits=embed_bits or None,
+            dtype=dtype,
+            force=force,
+            quiet=as_json,
+        )
         if as_json:
             click.echo(json.dumps(res.to_dict()))
             return

@@ -71,8 +71,10 @@ def _peft_dir(adapter: Path, tmp_root: Path) -> Path:
 
         return convert_mlx_adapter_to_peft(MlxToPeftConfig(adapter, tmp_root / "peft", quiet=True))
     if not (adapter / "adapter_config.json").is_file():
-        raise InvalidModelError(f"{adapter} is not a PEFT or MLX adapter folder (no adapter_config.json)",
-                                hint="pass the `adapter` folder written by `train` (or an mlx_lm.lora adapter folder)")
+        raise InvalidModelError(
+            f"{adapter} is not a PEFT or MLX adapter folder (no adapter_config.json)",
+            hint="pass the `adapter` folder written by `train` (or an mlx_lm.lora adapter folder)",
+        )
     return adapter
 
 
@@ -87,8 +89,11 @@ def _read_peft(path: Path) -> tuple[dict, dict]:
     if cfg.get("modules_to_save"):
         _refuse(f"modules_to_save {cfg['modules_to_save']}", "whole trained modules are not LoRA deltas", "merge it instead")
     if cfg.get("trainable_token_indices"):
-        _refuse("trained token rows (new tokens)", "a LoRA GGUF cannot add or change embedding rows",
-                "train with --tag-tokens plain, or merge and convert the whole model")
+        _refuse(
+            "trained token rows (new tokens)",
+            "a LoRA GGUF cannot add or change embedding rows",
+            "train with --tag-tokens plain, or merge and convert the whole model",
+        )
     if cfg.get("bias", "none") != "none":
         _refuse(f"bias {cfg['bias']!r}", "LoRA GGUF carries no biases")
     files = sorted(path.glob("adapter_model*.safetensors"))
@@ -137,8 +142,9 @@ def _base_tensors(base: Path) -> tuple[str, dict[str, tuple[int, ...]], dict]:
     return info.architecture or "", shapes, info.metadata
 
 
-def convert_lora_to_gguf(adapter: str | Path, base: str | Path, out: str | Path, outtype: str = "f16", *,
-                         chat_template: str | None = None, force: bool = False, quiet: bool = False) -> LoraGGUFResult:
+def convert_lora_to_gguf(
+    adapter: str | Path, base: str | Path, out: str | Path, outtype: str = "f16", *, chat_template: str | None = None, force: bool = False, quiet: bool = False
+) -> LoraGGUFResult:
     """Write ``adapter`` (PEFT or MLX LoRA) as a llama.cpp LoRA GGUF for the base GGUF ``base``."""
     import tempfile
 
@@ -182,12 +188,15 @@ def convert_lora_to_gguf(adapter: str | Path, base: str | Path, out: str | Path,
             _refuse("no lora_A tensors", "the adapter is empty or not LoRA")
         extra = sorted(k for k in tensors if ".lora_A." not in k and ".lora_B." not in k)
         if extra:
-            _refuse(f"tensors that are not LoRA factors ({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''})", "only lora_A/lora_B can be applied by llama.cpp")
+            _refuse(
+                f"tensors that are not LoRA factors ({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''})",
+                "only lora_A/lora_B can be applied by llama.cpp",
+            )
         planned = []
         for mod in modules:
             a = tensors[f"{mod}.lora_A.weight"].astype(np.float32)
             b = tensors[f"{mod}.lora_B.weight"].astype(np.float32)
-            hf_name = _normalise_name(mod[len(_PEFT_PREFIX):] if mod.startswith(_PEFT_PREFIX) else mod)
+            hf_name = _normalise_name(mod[len(_PEFT_PREFIX) :] if mod.startswith(_PEFT_PREFIX) else mod)
             found = name_map.get_type_and_name(f"{hf_name}.weight", try_suffixes=(".weight",)) if hf_name else None
             if found is None:
                 _refuse(f"module {mod}", f"it maps to no {arch} tensor")
@@ -199,7 +208,9 @@ def convert_lora_to_gguf(adapter: str | Path, base: str | Path, out: str | Path,
             r = a.shape[0]
             want = base_shapes[dst]  # ne = [in, out]
             if b.shape[1] != r or (a.shape[1], b.shape[0]) != (want[0], want[1]):
-                _refuse(f"shapes of {mod}", f"A {a.shape} / B {b.shape} do not fit base {dst} with ne {list(want)}", "pass the base this adapter was trained on")
+                _refuse(
+                    f"shapes of {mod}", f"A {a.shape} / B {b.shape} do not fit base {dst} with ne {list(want)}", "pass the base this adapter was trained on"
+                )
             b = b * (_module_scale(cfg, mod, r) / (alpha / r))
             if families[arch] == "llama" and hf_name.endswith("self_attn.q_proj"):
                 b = _permute(b, n_head)
@@ -239,7 +250,9 @@ def _command():
     @click.argument("adapter", type=click.Path(path_type=Path))
     @click.option("--base", required=True, type=click.Path(path_type=Path), help="The base model's GGUF (any quantization) the adapter applies to.")
     @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="LoRA GGUF file to write.")
-    @click.option("--outtype", default="f16", show_default=True, type=click.Choice(OUT_TYPES), help="Type of the LoRA factors (q8_0 where rows allow, else f16).")
+    @click.option(
+        "--outtype", default="f16", show_default=True, type=click.Choice(OUT_TYPES), help="Type of the LoRA factors (q8_0 where rows allow, else f16)."
+    )
     @click.option("--chat-template", help="Record the chat format the adapter was trained with (a known name, e.g. gemma).")
     @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -249,7 +262,9 @@ def _command():
         if as_json:
             click.echo(json.dumps(res.to_dict()))
         else:
-            click.echo(f"{res.output}\t{res.arch}\trank {res.rank}\talpha {res.alpha:g}\t{res.tensors} tensors\t{res.bytes / 2**20:.2f} MiB\t{res.seconds:.1f} s")
+            click.echo(
+                f"{res.output}\t{res.arch}\trank {res.rank}\talpha {res.alpha:g}\t{res.tensors} tensors\t{res.bytes / 2**20:.2f} MiB\t{res.seconds:.1f} s"
+            )
 
     return lora_gguf_cmd
 

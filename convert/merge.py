@@ -50,8 +50,9 @@ def read_adapter(adapter: str | Path) -> tuple[dict, Path]:
         raise ModelNotFoundError(f"adapter not found: {adapter}", hint="pass the folder with adapter_config.json and adapter_model.safetensors")
     cfg_file = adapter / "adapter_config.json"
     if not cfg_file.is_file():
-        raise InvalidModelError(f"{adapter} is not a PEFT adapter: no adapter_config.json",
-                                hint="an MLX adapter? convert it first with `convert mlx-adapter-to-peft`")
+        raise InvalidModelError(
+            f"{adapter} is not a PEFT adapter: no adapter_config.json", hint="an MLX adapter? convert it first with `convert mlx-adapter-to-peft`"
+        )
     cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     if cfg.get("peft_type") not in ("LORA",):
         raise InvalidModelError(f"adapter type {cfg.get('peft_type')!r} is not supported", hint="LoRA and DoRA adapters can be merged")
@@ -79,11 +80,9 @@ def _adapter_vocab_rows(weights: Path) -> int | None:
     return max(rows) if rows else None
 
 
-def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, force: bool = False, dtype: str = "auto",
-                  quiet: bool = False) -> MergeResult:
+def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, force: bool = False, dtype: str = "auto", quiet: bool = False) -> MergeResult:
     """Merge ``adapter`` into ``base``; write a normal HF checkpoint to ``out`` (atomically)."""
-    from preflexor_local.convert._common import (atomic_dir, check_output, check_safetensors, info, read_hf_config,
-                                                 torch_dtype, weight_files)
+    from preflexor_local.convert._common import atomic_dir, check_output, check_safetensors, info, read_hf_config, torch_dtype, weight_files
 
     t0 = time.perf_counter()
     base = Path(base).expanduser()
@@ -109,14 +108,18 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, for
         resized = True
         notes.append(f"base embeddings resized {old_rows} -> {rows} to fit the adapter's saved embeddings")
     elif len(tok) > old_rows:
-        raise InvalidModelError(f"the adapter's tokenizer has {len(tok)} tokens but the base only {old_rows} embedding rows, and the adapter saved no embeddings",
-                                hint="train with the tokens added to the base (convert add-tokens) or save embed_tokens/lm_head with the adapter")
+        raise InvalidModelError(
+            f"the adapter's tokenizer has {len(tok)} tokens but the base only {old_rows} embedding rows, and the adapter saved no embeddings",
+            hint="train with the tokens added to the base (convert add-tokens) or save embed_tokens/lm_head with the adapter",
+        )
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:300]
-        raise InvalidModelError(f"the adapter does not fit this base model: {first}",
-                                hint=f"merge it into the base it was trained on (adapter_config says {acfg.get('base_model_name_or_path')!r})") from None
+        raise InvalidModelError(
+            f"the adapter does not fit this base model: {first}",
+            hint=f"merge it into the base it was trained on (adapter_config says {acfg.get('base_model_name_or_path')!r})",
+        ) from None
     with torch.no_grad():
         merged = peft_model.merge_and_unload()
     if hasattr(merged, "peft_config"):

@@ -44,12 +44,41 @@ from preflexor_local.errors import InvalidModelError, UsageError
 from ._common import atomic_dir, check_output, info
 
 KNOWN_CONFIG_KEYS = {
-    "model", "fine_tune_type", "num_layers", "lora_parameters", "preflexor",
+    "model",
+    "fine_tune_type",
+    "num_layers",
+    "lora_parameters",
+    "preflexor",
     # mlx_lm.lora writes its whole training config next to the adapter; these do not change the adapter's math.
-    "adapter_path", "batch_size", "config", "data", "fine_tune_type", "grad_checkpoint", "grad_accumulation_steps",
-    "hf_dataset", "iters", "learning_rate", "lr_schedule", "mask_prompt", "max_seq_length", "optimizer",
-    "optimizer_config", "project_name", "report_to", "resume_adapter_file", "save_every", "seed", "steps_per_eval",
-    "steps_per_report", "test", "test_batches", "train", "trust_remote_code", "val_batches", "wandb", "clear_cache_threshold",
+    "adapter_path",
+    "batch_size",
+    "config",
+    "data",
+    "fine_tune_type",
+    "grad_checkpoint",
+    "grad_accumulation_steps",
+    "hf_dataset",
+    "iters",
+    "learning_rate",
+    "lr_schedule",
+    "mask_prompt",
+    "max_seq_length",
+    "optimizer",
+    "optimizer_config",
+    "project_name",
+    "report_to",
+    "resume_adapter_file",
+    "save_every",
+    "seed",
+    "steps_per_eval",
+    "steps_per_report",
+    "test",
+    "test_batches",
+    "train",
+    "trust_remote_code",
+    "val_batches",
+    "wandb",
+    "clear_cache_threshold",
 }
 KNOWN_LORA_KEYS = {"rank", "scale", "dropout", "keys"}
 
@@ -86,8 +115,10 @@ def convert_mlx_adapter_to_peft(cfg: MlxToPeftConfig) -> Path:
 
     src = Path(cfg.adapter).expanduser()
     if not (src / "adapter_config.json").is_file() or not (src / "adapters.safetensors").is_file():
-        raise InvalidModelError(f"{src} is not an MLX adapter directory (needs adapter_config.json and adapters.safetensors)",
-                                hint="pass the folder written by `train --engine mlx` or mlx_lm.lora")
+        raise InvalidModelError(
+            f"{src} is not an MLX adapter directory (needs adapter_config.json and adapters.safetensors)",
+            hint="pass the folder written by `train --engine mlx` or mlx_lm.lora",
+        )
     try:
         mcfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
     except ValueError as err:
@@ -158,7 +189,9 @@ def convert_mlx_adapter_to_peft(cfg: MlxToPeftConfig) -> Path:
         base_path = Path(cfg.base_model).expanduser()
         files = sorted(base_path.glob("*.safetensors"))
         if not files:
-            raise InvalidModelError(f"{base_path} has no *.safetensors weights to check the adapter against", hint="pass the Hugging Face checkpoint the adapter belongs to")
+            raise InvalidModelError(
+                f"{base_path} has no *.safetensors weights to check the adapter against", hint="pass the Hugging Face checkpoint the adapter belongs to"
+            )
         shapes = _safetensors_shapes(files)
         for mod, shape in targets:
             got = shapes.get(f"{mod}.weight")
@@ -170,11 +203,20 @@ def convert_mlx_adapter_to_peft(cfg: MlxToPeftConfig) -> Path:
     out = check_output(cfg.output, cfg.force)
     alpha = scale * rank
     peft_cfg = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base) if base else None,
-        "r": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-        "lora_dropout": float(lp.get("dropout", 0.0)), "target_modules": sorted(m for m, _ in targets),
-        "use_dora": kind == "dora", "use_rslora": False, "bias": "none", "fan_in_fan_out": False,
-        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base) if base else None,
+        "r": rank,
+        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": float(lp.get("dropout", 0.0)),
+        "target_modules": sorted(m for m, _ in targets),
+        "use_dora": kind == "dora",
+        "use_rslora": False,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
         "trainable_token_indices": trainable_tokens,
     }
     with atomic_dir(out) as tmp:
@@ -183,16 +225,24 @@ def convert_mlx_adapter_to_peft(cfg: MlxToPeftConfig) -> Path:
         for name in ("chat_template.jinja",):
             if (src / name).is_file():
                 (tmp / name).write_bytes((src / name).read_bytes())
-    info(f"wrote PEFT adapter {out} ({len(targets)} {kind} modules, r={rank}, alpha={peft_cfg['lora_alpha']}"
-         + (f", {len(trainable_tokens)} token-row modules" if trainable_tokens else "") + ")", cfg.quiet)
+    info(
+        f"wrote PEFT adapter {out} ({len(targets)} {kind} modules, r={rank}, alpha={peft_cfg['lora_alpha']}"
+        + (f", {len(trainable_tokens)} token-row modules" if trainable_tokens else "")
+        + ")",
+        cfg.quiet,
+    )
     return out
 
 
 @click.command("mlx-adapter-to-peft")
 @click.argument("adapter", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PEFT adapter directory to write.")
-@click.option("--base-model", type=click.Path(path_type=Path), default=None,
-              help="The Hugging Face checkpoint the adapter is for: recorded in the PEFT config and checked (names, shapes).")
+@click.option(
+    "--base-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The Hugging Face checkpoint the adapter is for: recorded in the PEFT config and checked (names, shapes).",
+)
 @click.option("--force", is_flag=True, help="Replace the output if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

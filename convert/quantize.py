@@ -28,8 +28,9 @@ def quantize_gguf(src: str | Path, out: str | Path, qtype: str, *, threads: int 
     try:
         import llama_cpp
     except ImportError:
-        raise BackendUnavailableError("K-quant output needs llama-cpp-python, which is not installed",
-                                      hint="pip install 'preflexor-local[llama]', or use --outtype f16/bf16/q8_0") from None
+        raise BackendUnavailableError(
+            "K-quant output needs llama-cpp-python, which is not installed", hint="pip install 'preflexor-local[llama]', or use --outtype f16/bf16/q8_0"
+        ) from None
     const = f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}"
     ftype = getattr(llama_cpp, const, None)
     if ftype is None:

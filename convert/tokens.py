@@ -58,8 +58,10 @@ def add_thinking_tokens(model, tokenizer, fmt: ThinkingFormat | None = None, pad
     ids = [single_token_id(tokenizer, t) for t in fmt.tags]
     if any(i is None for i in ids):
         bad = [t for t, i in zip(fmt.tags, ids) if i is None]
-        raise InvalidModelError(f"the tokenizer still splits {bad} after adding them as special tokens",
-                                hint="this tokenizer type cannot hold added tokens; use a fast (tokenizer.json) tokenizer")
+        raise InvalidModelError(
+            f"the tokenizer still splits {bad} after adding them as special tokens",
+            hint="this tokenizer type cannot hold added tokens; use a fast (tokenizer.json) tokenizer",
+        )
     if model is None:
         return ids
     new_ids = {tokenizer.convert_tokens_to_ids(t) for t in missing}
@@ -98,8 +100,16 @@ class TokensResult:
         return asdict(self)
 
 
-def add_thinking_tokens_to_dir(src: str | Path, out: str | Path, fmt: ThinkingFormat | None = None, *, force: bool = False,
-                               dtype: str = "auto", pad_to_multiple_of: int = PAD_MULTIPLE, quiet: bool = False) -> TokensResult:
+def add_thinking_tokens_to_dir(
+    src: str | Path,
+    out: str | Path,
+    fmt: ThinkingFormat | None = None,
+    *,
+    force: bool = False,
+    dtype: str = "auto",
+    pad_to_multiple_of: int = PAD_MULTIPLE,
+    quiet: bool = False,
+) -> TokensResult:
     """Load the HF checkpoint ``src``, add the tags, save to ``out`` (atomically)."""
     from preflexor_local.convert._common import atomic_dir, check_output, check_safetensors, info, read_hf_config, torch_dtype, weight_files
 
@@ -145,8 +155,7 @@ def _command():
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
     def add_tokens(model_dir, output, preset, dtype, pad_to, force, as_json):
         """Add the thinking/reflection tags to MODEL_DIR as special tokens (embeddings resized, new rows = mean)."""
-        res = add_thinking_tokens_to_dir(model_dir, output, ThinkingFormat.preset(preset), force=force, dtype=dtype,
-                                         pad_to_multiple_of=pad_to, quiet=as_json)
+        res = add_thinking_tokens_to_dir(model_dir, output, ThinkingFormat.preset(preset), force=force, dtype=dtype, pad_to_multiple_of=pad_to, quiet=as_json)
         if as_json:
             click.echo(json.dumps(res.to_dict()))
         else:

@@ -37,10 +37,24 @@ TRICKY = [
 ]
 # (top-1 agreement at least, mean |dlogit| / std(HF logits) at most) by weight type
 TOLERANCES = {
-    "bf16": (0.95, 0.05), "q8_0": (0.90, 0.10), "q6_k": (0.85, 0.15), "q5_k": (0.80, 0.25), "q5_0": (0.80, 0.25),
-    "q5_1": (0.80, 0.25), "q4_k": (0.70, 0.35), "q4_0": (0.70, 0.40), "q4_1": (0.70, 0.40), "iq4": (0.70, 0.40),
-    "q3_k": (0.55, 0.60), "q2_k": (0.40, 0.90), "mlx-8": (0.90, 0.10), "mlx-6": (0.85, 0.15), "mlx-5": (0.80, 0.25),
-    "mlx-4": (0.70, 0.40), "mlx-3": (0.55, 0.60), "mlx-2": (0.40, 0.90),
+    "bf16": (0.95, 0.05),
+    "q8_0": (0.90, 0.10),
+    "q6_k": (0.85, 0.15),
+    "q5_k": (0.80, 0.25),
+    "q5_0": (0.80, 0.25),
+    "q5_1": (0.80, 0.25),
+    "q4_k": (0.70, 0.35),
+    "q4_0": (0.70, 0.40),
+    "q4_1": (0.70, 0.40),
+    "iq4": (0.70, 0.40),
+    "q3_k": (0.55, 0.60),
+    "q2_k": (0.40, 0.90),
+    "mlx-8": (0.90, 0.10),
+    "mlx-6": (0.85, 0.15),
+    "mlx-5": (0.80, 0.25),
+    "mlx-4": (0.70, 0.40),
+    "mlx-3": (0.55, 0.60),
+    "mlx-2": (0.40, 0.90),
 }
 EXACT_TYPES = ("f32", "f16")
 TOKEN_TYPE_NAMES = {1: "NORMAL", 2: "UNKNOWN", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
@@ -130,9 +144,10 @@ class _HF:
         import torch
 
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                                      pad_token_id=self.tok.pad_token_id or 0, min_new_tokens=n)
-        return out[0][len(ids):].tolist()
+            out = self.model.generate(
+                torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=self.tok.pad_token_id or 0, min_new_tokens=n
+            )
+        return out[0][len(ids) :].tolist()
 
 
 class _GGUF:
@@ -218,8 +233,11 @@ def _compare_logits(report: VerifyReport, label: str, wtype: str, hf: _HF, other
         lh, lo = hf.logits(ids), other.logits(ids)
         v = min(lh.shape[1], lo.shape[1])
         err = float(np.abs(lh[:, :v] - lo[:, :v]).max())
-        report.add(f"greedy {label}", agree == total,
-                   f"{agree}/{total} prompts give the same {n} greedy tokens ({wtype}); max |dlogit| {err:.2e}" + (f"; {', '.join(firsts)}" if firsts else ""))
+        report.add(
+            f"greedy {label}",
+            agree == total,
+            f"{agree}/{total} prompts give the same {n} greedy tokens ({wtype}); max |dlogit| {err:.2e}" + (f"; {', '.join(firsts)}" if firsts else ""),
+        )
         return
     top1_min, rel_max = _tolerance(wtype)
     agree = total = 0
@@ -229,19 +247,29 @@ def _compare_logits(report: VerifyReport, label: str, wtype: str, hf: _HF, other
         seq = ids + hf.greedy(ids, n)
         lh, lo = hf.logits(seq), other.logits(seq)
         v = min(lh.shape[1], lo.shape[1])
-        lh, lo = lh[len(ids) - 1:, :v], lo[len(ids) - 1:, :v]
+        lh, lo = lh[len(ids) - 1 :, :v], lo[len(ids) - 1 :, :v]
         agree += int((lh.argmax(-1) == lo.argmax(-1)).sum())
         total += lh.shape[0]
         d = np.abs(lh - lo)
         max_err = max(max_err, float(d.max()))
         rel.append(float(d.mean() / (lh.std() + 1e-9)))
     rate, r = agree / max(total, 1), float(np.mean(rel))
-    report.add(f"top-1 {label}", rate >= top1_min and r <= rel_max,
-               f"{wtype}: top-1 agreement {rate:.1%} (needs >= {top1_min:.0%}), mean |dlogit|/std {r:.3f} (needs <= {rel_max}), max |dlogit| {max_err:.3f}")
+    report.add(
+        f"top-1 {label}",
+        rate >= top1_min and r <= rel_max,
+        f"{wtype}: top-1 agreement {rate:.1%} (needs >= {top1_min:.0%}), mean |dlogit|/std {r:.3f} (needs <= {rel_max}), max |dlogit| {max_err:.3f}",
+    )
 
 
-def verify(hf_dir: str | Path, gguf_path: str | Path | None = None, mlx_dir: str | Path | None = None, *,
-           fmt: ThinkingFormat | None = None, n_tokens: int = 16, prompts: list[str] | None = None) -> VerifyReport:
+def verify(
+    hf_dir: str | Path,
+    gguf_path: str | Path | None = None,
+    mlx_dir: str | Path | None = None,
+    *,
+    fmt: ThinkingFormat | None = None,
+    n_tokens: int = 16,
+    prompts: list[str] | None = None,
+) -> VerifyReport:
     """Compare ``hf_dir`` with a GGUF file and/or an MLX folder; see the module doc for the checks."""
     from preflexor_local.convert._common import read_hf_config
     from preflexor_local.prompt import ChatTemplate, render_prompt
@@ -306,18 +334,22 @@ def verify(hf_dir: str | Path, gguf_path: str | Path | None = None, mlx_dir: str
             rendered = {k: render_prompt(ChatTemplate("model", v, bos, eos), messages, prefill=fmt.think_start) for k, v in templates.items()}
             same_text = len({v for v in templates.values()}) == 1
             same_render = len(set(rendered.values())) == 1
-            report.add("chat template", same_text and same_render,
-                       f"identical text: {same_text}; same rendered prompt: {same_render} ({len(rendered['hf'])} chars)")
+            report.add(
+                "chat template", same_text and same_render, f"identical text: {same_text}; same rendered prompt: {same_render} ({len(rendered['hf'])} chars)"
+            )
         # tokenisation
         strings = TRICKY + [f"{fmt.think_start}\nstep 1{fmt.think_end} answer {fmt.reflect_start}hmm{fmt.reflect_end}"]
         for label, eng, _ in others:
             bad = [s for s in strings if hf.encode(s) != eng.encode(s)]
-            report.add(f"tokenize {label}", not bad, f"{len(strings) - len(bad)}/{len(strings)} strings identical" +
-                       (f"; differs on {bad[0]!r}" if bad else ""))
+            report.add(
+                f"tokenize {label}", not bad, f"{len(strings) - len(bad)}/{len(strings)} strings identical" + (f"; differs on {bad[0]!r}" if bad else "")
+            )
         # greedy / logits
         texts = prompts or ["Spider silk is tough because", f"Question: why? {fmt.think_start}"]
         if templates["hf"]:
-            texts.append(render_prompt(ChatTemplate("model", templates["hf"], hf.tok.bos_token or "", hf.tok.eos_token or ""), messages[1:], prefill=fmt.think_start))
+            texts.append(
+                render_prompt(ChatTemplate("model", templates["hf"], hf.tok.bos_token or "", hf.tok.eos_token or ""), messages[1:], prefill=fmt.think_start)
+            )
         prompts_ids = [hf.encode(t) for t in texts]
         for label, eng, wtype in others:
             _compare_logits(report, label, wtype, hf, eng, prompts_ids, n_tokens)

@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def opt(default: Any, help: str, *flags: str, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, choices: tuple[str, ...] | None = None, **click_kw: Any) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    *flags: str,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    **click_kw: Any,
+) -> Any:
     """A dataclass field that knows its command-line flag(s) and its allowed values.
 
     ``ge``/``gt``/``le`` bound numbers (``None`` values are always allowed: they
@@ -84,7 +92,9 @@ class LoadOptions(Settings):
     gpu_layers: int = opt(-1, "Layers to offload to Metal/CUDA in llama.cpp (-1 = all, 0 = CPU only).", "--gpu-layers", ge=-1)
     chat_template: str | None = opt(None, "Chat template: auto, a known name (gemma, llama3, chatml, mistral, plain) or a .jinja file.", "--chat-template")
     device: str = opt("auto", "Device for transformers: auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device", choices=("auto", "cuda", "mps", "cpu"))
-    dtype: str = opt("auto", "Weights dtype for transformers: auto, float32, float16 or bfloat16.", "--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    dtype: str = opt(
+        "auto", "Weights dtype for transformers: auto, float32, float16 or bfloat16.", "--dtype", choices=("auto", "float32", "float16", "bfloat16")
+    )
     adapters: tuple[str, ...] = opt((), "LoRA GGUF to apply at load (llama.cpp), as FILE or FILE:SCALE; repeat for several.", "--adapter", multiple=True)
     backend: str | None = opt(None, "Force a backend by name instead of choosing from the model spec.", "--backend")
     api_key: str | None = opt(None, "API key for an OpenAI-compatible server (default: $OPENAI_API_KEY).", "--api-key")
@@ -96,7 +106,9 @@ class Recursion(Settings):
     rounds: int = opt(1, "Answers to produce; each after the critic improves the previous thinking.", "--recursive", "-r", ge=1, le=64)
     mode: str = opt("thinking", "thinking: a critic critiques the thinking. reflect: the model's own reflection is the feedback.", "--mode")
     integrate: bool = opt(True, "Merge all answers into one final answer (only with 2+ rounds).", "--integrate/--no-integrate")
-    thinking_budget: int | None = opt(None, "Most tokens for a thinking or reflection section before it is closed for the model (default: --max-tokens).", "--thinking-budget", ge=1)
+    thinking_budget: int | None = opt(
+        None, "Most tokens for a thinking or reflection section before it is closed for the model (default: --max-tokens).", "--thinking-budget", ge=1
+    )
     system: str | None = opt(None, "System prompt for the reasoning model.", "--system")
     critic_system: str | None = opt(None, "System prompt for the critic (default: built in).", "--critic-system")
 

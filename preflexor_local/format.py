@@ -149,8 +149,12 @@ class StreamParser:
     def __init__(self, fmt: ThinkingFormat | None = None):
         self.fmt = fmt or ThinkingFormat()
         f = self.fmt
-        self._kind_of = {f.think_start: (THINKING, True), f.think_end: (THINKING, False),
-                         f.reflect_start: (REFLECTION, True), f.reflect_end: (REFLECTION, False)}
+        self._kind_of = {
+            f.think_start: (THINKING, True),
+            f.think_end: (THINKING, False),
+            f.reflect_start: (REFLECTION, True),
+            f.reflect_end: (REFLECTION, False),
+        }
         self._tag_re = re.compile("|".join(re.escape(t) for t in sorted(f.tags, key=len, reverse=True)))
         self._buf = ""
         self._state = OUTSIDE
@@ -171,11 +175,11 @@ class StreamParser:
             if m is None:
                 break
             self._text(self._buf[: m.start()], pieces)
-            self._buf = self._buf[m.end():]
+            self._buf = self._buf[m.end() :]
             self._tag(m.group(0))
         hold = self._partial_tag_len(self._buf)
         self._text(self._buf[: len(self._buf) - hold], pieces)
-        self._buf = self._buf[len(self._buf) - hold:]
+        self._buf = self._buf[len(self._buf) - hold :]
         return pieces
 
     def finish(self) -> Parsed:

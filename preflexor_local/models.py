@@ -145,5 +145,11 @@ def default_model_status() -> dict:
     except BackendUnavailableError:
         installed = False
     adapter = demo_adapter_path()
-    return {"name": "gemma3-270m", "installed": installed, "assembled": target.is_file(), "path": str(target),
-            "adapter": str(adapter) if adapter else None, "base_name": BASE_ALIAS}
+    return {
+        "name": "gemma3-270m",
+        "installed": installed,
+        "assembled": target.is_file(),
+        "path": str(target),
+        "adapter": str(adapter) if adapter else None,
+        "base_name": BASE_ALIAS,
+    }

@@ -51,7 +51,9 @@ def _compile(source: str):
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as err:
-        raise UsageError(f"chat template does not parse: {err}", hint="pass --chat-template with a known name (gemma, llama3, chatml, mistral, plain) or a .jinja file") from None
+        raise UsageError(
+            f"chat template does not parse: {err}", hint="pass --chat-template with a known name (gemma, llama3, chatml, mistral, plain) or a .jinja file"
+        ) from None
 
 
 def render_prompt(template: ChatTemplate, messages: Messages, prefill: str = "", add_generation_prompt: bool = True) -> str:
@@ -120,9 +122,16 @@ KNOWN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
 # Architecture (GGUF general.architecture or HF model_type) -> known template, for
 # instruction-tuned models whose own template is missing.
 ARCH_TEMPLATES = {
-    "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma",
-    "qwen2": "chatml", "qwen3": "chatml", "qwen2moe": "chatml", "qwen3moe": "chatml",
-    "mistral": "mistral", "mixtral": "mistral",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+    "qwen2": "chatml",
+    "qwen3": "chatml",
+    "qwen2moe": "chatml",
+    "qwen3moe": "chatml",
+    "mistral": "mistral",
+    "mixtral": "mistral",
 }
 
 
@@ -139,7 +148,9 @@ def check_template_option(value: str | None) -> None:
     from pathlib import Path
 
     if value and value != "auto" and value not in KNOWN_TEMPLATES and not Path(value).is_file():
-        raise UsageError(f"chat template {value!r} is neither a known name nor a file", hint=f"use one of: {', '.join(KNOWN_TEMPLATES)}, or a path to a .jinja file")
+        raise UsageError(
+            f"chat template {value!r} is neither a known name nor a file", hint=f"use one of: {', '.join(KNOWN_TEMPLATES)}, or a path to a .jinja file"
+        )
 
 
 def choose_template(

@@ -52,15 +52,18 @@ def role_examples(rec: dict, fmt) -> list[tuple[str, list[dict], str, str]]:
         if rec.get("reflection"):
             # Reflect mode: the engine pre-fills the closed thinking and the opening reflection tag, so
             # the model learns to reflect there without learning to open a reflection on its own.
-            out.append(("reflection", msgs, think + f"{fmt.reflect_start}\n",
-                        f"{rec['reflection'].strip()}\n{fmt.reflect_end}\n{rec['answer'].strip()}"))
+            out.append(("reflection", msgs, think + f"{fmt.reflect_start}\n", f"{rec['reflection'].strip()}\n{fmt.reflect_end}\n{rec['answer'].strip()}"))
         return out
     if rec["task"] == "refine":
         crit = [{"role": "system", "content": prompts.CRITIC_SYSTEM}]
         return [
             ("critique", crit + [{"role": "user", "content": prompts.critique_prompt(q, rec["weak_thinking"].strip())}], "", rec["critique"].strip()),
-            ("rewrite", crit + [{"role": "user", "content": prompts.rewrite_prompt(rec["weak_thinking"].strip(), rec["critique"].strip())}], "",
-             rec["improved_thinking"].strip()),
+            (
+                "rewrite",
+                crit + [{"role": "user", "content": prompts.rewrite_prompt(rec["weak_thinking"].strip(), rec["critique"].strip())}],
+                "",
+                rec["improved_thinking"].strip(),
+            ),
         ]
     if rec["task"] == "integrate":
         sys_msg = [{"role": "system", "content": prompts.INTEGRATOR_SYSTEM}]
@@ -123,8 +126,12 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
             # The reasoner starts inside an opened thinking section, as the engine prefills it.
             start = f"{fmt.think_start}\n" if role == "reasoner" else ""
             gen = base.generate(GenerationRequest(messages=msgs, prefill=prefill + start, sampling=sampling))
-            row = {"prompt": msgs, "chosen": chosen, "rejected": start + gen.text.strip(),
-                   "meta": {"key": f"{rec['id']}:{role}", "role": role, "domain": rec.get("domain")}}
+            row = {
+                "prompt": msgs,
+                "chosen": chosen,
+                "rejected": start + gen.text.strip(),
+                "meta": {"key": f"{rec['id']}:{role}", "role": role, "domain": rec.get("domain")},
+            }
             if prefill:
                 row["prefill"] = prefill
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -145,12 +152,44 @@ def stage_train(work: Path, base: Path, pairs: Path, args) -> Path:
         total = min(total, args.max_steps)
     rounds = max(1, -(-total // args.round_steps))  # checkpointed every round_steps optimizer steps
     steps = -(-total // rounds)
-    cmd = ["train", "orpo", "--model", str(base), "--data", str(pairs), "-o", str(run_dir),
-           "--chat-template", TEMPLATE, "--tag-tokens", "plain", "--freeze-embeddings",
-           "--rank", "16", "--alpha", "32", "--lr", str(args.lr), "--beta", "0.1",
-           "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
-           "--rounds", str(rounds), "--steps-per-round", str(steps), "--max-length", "768",
-           "--target-modules", args.target_modules, "--seed", str(args.seed), "--no-merge"]
+    cmd = [
+        "train",
+        "orpo",
+        "--model",
+        str(base),
+        "--data",
+        str(pairs),
+        "-o",
+        str(run_dir),
+        "--chat-template",
+        TEMPLATE,
+        "--tag-tokens",
+        "plain",
+        "--freeze-embeddings",
+        "--rank",
+        "16",
+        "--alpha",
+        "32",
+        "--lr",
+        str(args.lr),
+        "--beta",
+        "0.1",
+        "--batch-size",
+        str(args.batch_size),
+        "--grad-accum",
+        str(args.grad_accum),
+        "--rounds",
+        str(rounds),
+        "--steps-per-round",
+        str(steps),
+        "--max-length",
+        "768",
+        "--target-modules",
+        args.target_modules,
+        "--seed",
+        str(args.seed),
+        "--no-merge",
+    ]
     if (run_dir / "run.json").is_file() or (run_dir / "rounds").is_dir():
         cmd.append("--resume")
     run(*cmd)
@@ -161,8 +200,7 @@ def stage_export(work: Path, run_dir: Path) -> Path:
     from preflexor_local.models import default_model_path
 
     out = work / "adapter.gguf"
-    run("convert", "lora-gguf", str(run_dir / "adapter"), "--base", str(default_model_path()), "-o", str(out),
-        "--outtype", "q8_0", "--chat-template", TEMPLATE)
+    run("convert", "lora-gguf", str(run_dir / "adapter"), "--base", str(default_model_path()), "-o", str(out), "--outtype", "q8_0", "--chat-template", TEMPLATE)
     return out
 
 

@@ -13,14 +13,26 @@ from pathlib import Path
 import pytest
 
 PAIRS = [
-    {"prompt": "Why is spider silk tough?", "chosen": "<|thinking|>beta sheets and amorphous chains share the load<|/thinking|>Because of its hierarchical structure.",
-     "rejected": "<|thinking|>no idea<|/thinking|>It is not tough."},
-    {"prompt": "How does nacre stop cracks?", "chosen": "<|thinking|>layered tablets deflect cracks<|/thinking|>Layered aragonite tablets deflect them.",
-     "rejected": "It does not."},
-    {"prompt": "What makes bone strong?", "chosen": "<|thinking|>stiff mineral and soft collagen<|/thinking|>Mineral platelets with collagen fibrils.",
-     "rejected": "<|thinking|>bones are white<|/thinking|>Calcium only."},
-    {"prompt": "Why do materials fail gracefully?", "chosen": "<|thinking|>energy spreads over scales<|/thinking|>Energy is dissipated across many length scales.",
-     "rejected": "<|thinking|>they do not<|/thinking|>They never fail."},
+    {
+        "prompt": "Why is spider silk tough?",
+        "chosen": "<|thinking|>beta sheets and amorphous chains share the load<|/thinking|>Because of its hierarchical structure.",
+        "rejected": "<|thinking|>no idea<|/thinking|>It is not tough.",
+    },
+    {
+        "prompt": "How does nacre stop cracks?",
+        "chosen": "<|thinking|>layered tablets deflect cracks<|/thinking|>Layered aragonite tablets deflect them.",
+        "rejected": "It does not.",
+    },
+    {
+        "prompt": "What makes bone strong?",
+        "chosen": "<|thinking|>stiff mineral and soft collagen<|/thinking|>Mineral platelets with collagen fibrils.",
+        "rejected": "<|thinking|>bones are white<|/thinking|>Calcium only.",
+    },
+    {
+        "prompt": "Why do materials fail gracefully?",
+        "chosen": "<|thinking|>energy spreads over scales<|/thinking|>Energy is dissipated across many length scales.",
+        "rejected": "<|thinking|>they do not<|/thinking|>They never fail.",
+    },
 ]
 
 
@@ -66,7 +78,6 @@ def pairs():
 def train_config(model: Path, out: Path, **kw):
     from preflexor_local.train.config import TrainConfig
 
-    base = dict(model=str(model), output=str(out), rank=4, alpha=8, dropout=0.0, batch_size=2, grad_accum=1,
-                max_length=256, seed=0, log_every=1)
+    base = dict(model=str(model), output=str(out), rank=4, alpha=8, dropout=0.0, batch_size=2, grad_accum=1, max_length=256, seed=0, log_every=1)
     base.update(kw)
     return TrainConfig(**base)

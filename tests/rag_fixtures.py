@@ -71,7 +71,9 @@ def make_pdf(path: Path, pages: list[str], password: str | None = None) -> Path:
 
     writer = PdfWriter()
     font = writer._add_object(
-        DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"), NameObject("/BaseFont"): NameObject("/Helvetica")})
+        DictionaryObject(
+            {NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"), NameObject("/BaseFont"): NameObject("/Helvetica")}
+        )
     )
     for text in pages:
         page = writer.add_blank_page(612, 792)

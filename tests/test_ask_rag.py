@@ -19,9 +19,27 @@ def test_ask_with_rag_context(tmp_path, tiny_llama):
 
     env = dict(os.environ, PREFLEXOR_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     r = subprocess.run(
-        [str(Path(sys.executable).with_name("preflexor-local")), "ask", "How does nacre stop cracks?", "--rag", str(store), "-k", "1",
-         "--model", str(tiny_llama), "--json", "-q", "--max-tokens", "4", "--temperature", "0"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(Path(sys.executable).with_name("preflexor-local")),
+            "ask",
+            "How does nacre stop cracks?",
+            "--rag",
+            str(store),
+            "-k",
+            "1",
+            "--model",
+            str(tiny_llama),
+            "--json",
+            "-q",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)

@@ -28,7 +28,7 @@ def hf_greedy(reference, prompt, n):
     tok, model = reference
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_prefill_continuation_equals_transformers_greedy(backend, reference):

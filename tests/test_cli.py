@@ -14,8 +14,7 @@ BIN = Path(sys.executable).with_name("preflexor-local")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     e = dict(os.environ)
-    e.update(PREFLEXOR_HOME=str(tmp_path_factory.mktemp("home")), HF_HUB_CACHE=str(tmp_path_factory.mktemp("hub")),
-             HF_HUB_OFFLINE="1", NO_COLOR="1")
+    e.update(PREFLEXOR_HOME=str(tmp_path_factory.mktemp("home")), HF_HUB_CACHE=str(tmp_path_factory.mktemp("hub")), HF_HUB_OFFLINE="1", NO_COLOR="1")
     e.pop("PREFLEXOR_DEBUG", None)
     return e
 
@@ -109,8 +108,13 @@ def bad_files(tmp_path_factory, gemma_gguf, tiny_llama):
     _gguf_with_arch(d / "oddarch.gguf", "frobnicator")
     (d / "oddhf").mkdir()
     (d / "oddhf" / "config.json").write_text(json.dumps({"model_type": "frobnicator"}))
-    return {"tiny": str(tiny_llama), "notgguf": str(d / "notgguf.gguf"), "truncated": str(d / "truncated.gguf"),
-            "oddarch": str(d / "oddarch.gguf"), "oddhf": str(d / "oddhf")}
+    return {
+        "tiny": str(tiny_llama),
+        "notgguf": str(d / "notgguf.gguf"),
+        "truncated": str(d / "truncated.gguf"),
+        "oddarch": str(d / "oddarch.gguf"),
+        "oddhf": str(d / "oddhf"),
+    }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
+
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,12 @@ def test_quantised_outputs_load_and_generate(tiny_dirs, tmp_path):
 
 def test_script_and_cli(tiny_dirs, tmp_path):
     out = tmp_path / "cli.gguf"
-    r = subprocess.run([sys.executable, str(ROOT / "convert" / "hf_to_gguf.py"), str(tiny_dirs["llama"]), "--outtype", "f16", "-o", str(out), "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "convert" / "hf_to_gguf.py"), str(tiny_dirs["llama"]), "--outtype", "f16", "-o", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outtype"] == "f16" and out.is_file()
     code, stdout, err = run_cli("convert", "verify", tiny_dirs["llama"], out, "--json", "--tokens", "6")
@@ -142,12 +146,19 @@ def test_bad_inputs(tiny_dirs, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-ORDINARY = ["Hello world", "emoji 😀🧵 and accents: café Ångström", "CJK 蜘蛛の糸は強い。蜘蛛丝很坚韧", "numbers 1234567 3.14159 -42",
-            "x <|thinking|>", "def f(x): return x"]
+ORDINARY = [
+    "Hello world",
+    "emoji 😀🧵 and accents: café Ångström",
+    "CJK 蜘蛛の糸は強い。蜘蛛丝很坚韧",
+    "numbers 1234567 3.14159 -42",
+    "x <|thinking|>",
+    "def f(x): return x",
+]
 
 
-@pytest.mark.parametrize("tokenizer,kind,pre", [("llama3", "gpt2", "llama-bpe"), ("qwen2", "gpt2", "qwen2"),
-                                                 ("custom", "gpt2", "gpt-2"), ("spm", "llama", "default")])
+@pytest.mark.parametrize(
+    "tokenizer,kind,pre", [("llama3", "gpt2", "llama-bpe"), ("qwen2", "gpt2", "qwen2"), ("custom", "gpt2", "gpt-2"), ("spm", "llama", "default")]
+)
 def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
     """Known pre-tokenizers map by their regex; an unknown one gets the stated fallback (and verify shows the damage)."""
     import llama_cpp
@@ -163,6 +174,7 @@ def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
     hf = AutoTokenizer.from_pretrained(src)
     llm = llama_cpp.Llama(res.output, vocab_only=True, verbose=False)
     try:
+
         def same(s):
             return hf.encode(s) == llm.tokenize(s.encode(), add_bos=res.tokenizer == "llama", special=True)
 
@@ -186,8 +198,14 @@ def test_llama3_rope_scaling(tmp_path):
 
     src = build_tiny(tmp_path / "rope", arch="llama")
     cfg = json.loads((src / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                              "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    cfg["rope_parameters"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 500000.0,
+    }
     (src / "config.json").write_text(json.dumps(cfg))
     out = convert_to_gguf(src, tmp_path / "rope.gguf", "f32", quiet=True).output
     hf, g = _HF(src), _GGUF(Path(out), 256)

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
+
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 from preflexor_local.format import ThinkingFormat
-
 
 
 @pytest.fixture(scope="module")

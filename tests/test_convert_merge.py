@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
-from preflexor_local.errors import InvalidModelError
 
+from preflexor_local.errors import InvalidModelError
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
+
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 from preflexor_local.format import ThinkingFormat
-
 
 
 @pytest.fixture(scope="module")

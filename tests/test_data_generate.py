@@ -53,6 +53,7 @@ def _scripted_teacher(question_for=lambda p: "What makes nacre so tough?"):
         if "headed" in prompt:
             return "Tablets slide and deflect cracks."
         return "Nacre is tough because its tablets deflect cracks and slide."
+
     return ScriptedBackend(reply)
 
 
@@ -107,8 +108,24 @@ def test_teacher_down_fails_loudly(tmp_path, capsys):
 
     (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
     with pytest.raises(SystemExit) as exc:
-        main(["data", "generate", "--store", str(tmp_path / "c.txt"), "--teacher", "http://127.0.0.1:9/v1", "--student", "http://127.0.0.1:9/v1",
-              "-n", "1", "-o", str(tmp_path / "o.jsonl"), "--retries", "2"])
+        main(
+            [
+                "data",
+                "generate",
+                "--store",
+                str(tmp_path / "c.txt"),
+                "--teacher",
+                "http://127.0.0.1:9/v1",
+                "--student",
+                "http://127.0.0.1:9/v1",
+                "-n",
+                "1",
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "--retries",
+                "2",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "cannot reach the server at http://127.0.0.1:9/v1" in err and "Traceback" not in err
 
@@ -134,12 +151,43 @@ def test_real_store_through_the_cli(tmp_path, tiny_llama, capsys):
     empty = tmp_path / "empty.db"
     open_store(empty).close()
     with pytest.raises(SystemExit):
-        main(["data", "generate", "--store", str(empty), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(tmp_path / "x.jsonl")])
+        main(
+            ["data", "generate", "--store", str(empty), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(tmp_path / "x.jsonl")]
+        )
     assert "empty" in capsys.readouterr().err
     out = tmp_path / "pairs.jsonl"
-    assert main_ok(main, ["data", "generate", "--store", str(db), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(out),
-                          "--categories", "Hypothesis", "--teacher-max-tokens", "12", "--student-max-tokens", "12", "--k-random", "2", "--k-search", "1",
-                          "--max-context-chars", "300", "--teacher-ctx", "4096", "--json"])
+    assert main_ok(
+        main,
+        [
+            "data",
+            "generate",
+            "--store",
+            str(db),
+            "--teacher",
+            str(tiny_llama),
+            "--student",
+            str(tiny_llama),
+            "-n",
+            "1",
+            "-o",
+            str(out),
+            "--categories",
+            "Hypothesis",
+            "--teacher-max-tokens",
+            "12",
+            "--student-max-tokens",
+            "12",
+            "--k-random",
+            "2",
+            "--k-search",
+            "1",
+            "--max-context-chars",
+            "300",
+            "--teacher-ctx",
+            "4096",
+            "--json",
+        ],
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["written"] == 1 and len(load_pairs(out, require_thinking=True)) == 1
 
@@ -157,10 +205,41 @@ def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_
 
     (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
     out = tmp_path / "run"
-    assert main_ok(main, ["train", "orpo", "--model", str(tiny_llama), "--store", str(tmp_path / "c.txt"), "--teacher", str(tiny_llama),
-                          "--rounds", "2", "--steps-per-round", "1", "--pairs-per-round", "1", "--categories", "Hypothesis",
-                          "--teacher-max-tokens", "10", "--student-max-tokens", "10", "--k-search", "1", "--max-context-chars", "300",
-                          "--teacher-ctx", "4096", "--no-merge", "-o", str(out), "--json"])
+    assert main_ok(
+        main,
+        [
+            "train",
+            "orpo",
+            "--model",
+            str(tiny_llama),
+            "--store",
+            str(tmp_path / "c.txt"),
+            "--teacher",
+            str(tiny_llama),
+            "--rounds",
+            "2",
+            "--steps-per-round",
+            "1",
+            "--pairs-per-round",
+            "1",
+            "--categories",
+            "Hypothesis",
+            "--teacher-max-tokens",
+            "10",
+            "--student-max-tokens",
+            "10",
+            "--k-search",
+            "1",
+            "--max-context-chars",
+            "300",
+            "--teacher-ctx",
+            "4096",
+            "--no-merge",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["global_step"] == 2 and [r["round"] for r in result["rounds"]] == [0, 1]
     for r in (0, 1):
@@ -178,8 +257,20 @@ def test_clean_question():
     assert clean_question("10,000,000.") == "" and clean_question("") == ""
 
 
-FAST_CLI = ["--categories", "Hypothesis", "--teacher-max-tokens", "10", "--student-max-tokens", "10", "--k-search", "1",
-            "--max-context-chars", "300", "--teacher-ctx", "4096"]
+FAST_CLI = [
+    "--categories",
+    "Hypothesis",
+    "--teacher-max-tokens",
+    "10",
+    "--student-max-tokens",
+    "10",
+    "--k-search",
+    "1",
+    "--max-context-chars",
+    "300",
+    "--teacher-ctx",
+    "4096",
+]
 
 
 def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
@@ -189,8 +280,27 @@ def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
 
     (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
     out = tmp_path / "pairs.jsonl"
-    assert main_ok(main, ["data", "generate", "--tags", "think", "--store", str(tmp_path / "c.txt"), "--teacher", str(tiny_llama),
-                          "--student", str(tiny_llama), "-n", "1", "-o", str(out), "--json", *FAST_CLI]), capsys.readouterr().err
+    assert main_ok(
+        main,
+        [
+            "data",
+            "generate",
+            "--tags",
+            "think",
+            "--store",
+            str(tmp_path / "c.txt"),
+            "--teacher",
+            str(tiny_llama),
+            "--student",
+            str(tiny_llama),
+            "-n",
+            "1",
+            "-o",
+            str(out),
+            "--json",
+            *FAST_CLI,
+        ],
+    ), capsys.readouterr().err
     row = json.loads(out.read_text().splitlines()[0])
     assert row["prompt"].endswith(" Use <think>.") and row["chosen"].startswith("<think>\n") and "</think>" in row["chosen"]
     assert "<|thinking|>" not in row["chosen"]
@@ -203,25 +313,51 @@ def test_train_dpo_tags_think_generates_think_pairs_and_masks_on_them(tmp_path, 
 
     (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
     out = tmp_path / "run"
-    assert main_ok(main, ["train", "dpo", "--tags", "think", "--model", str(tiny_llama), "--store", str(tmp_path / "c.txt"),
-                          "--teacher", str(tiny_llama), "--rounds", "1", "--steps-per-round", "1", "--pairs-per-round", "1",
-                          "--no-merge", "-o", str(out), "--json", *FAST_CLI]), capsys.readouterr().err
+    assert main_ok(
+        main,
+        [
+            "train",
+            "dpo",
+            "--tags",
+            "think",
+            "--model",
+            str(tiny_llama),
+            "--store",
+            str(tmp_path / "c.txt"),
+            "--teacher",
+            str(tiny_llama),
+            "--rounds",
+            "1",
+            "--steps-per-round",
+            "1",
+            "--pairs-per-round",
+            "1",
+            "--no-merge",
+            "-o",
+            str(out),
+            "--json",
+            *FAST_CLI,
+        ],
+    ), capsys.readouterr().err
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = [json.loads(line) for line in (out / "rounds" / "pairs-0000.jsonl").read_text().splitlines()]
     assert rows and all("</think>" in r["chosen"] and "<|/thinking|>" not in r["chosen"] for r in rows)
     assert result["rounds"][0]["ignored_thinking_tokens"] > 0  # the DPO mask found </think> in the chosen replies
 
 
-@pytest.mark.parametrize("cmd,words", [
-    (["data", "generate", "--samples", "0"], "--samples must be at least 1, got 0"),
-    (["data", "generate", "--phase", "3"], "--phase must be at least 1 and at most 2, got 3"),
-    (["data", "generate", "--tags", "xml"], "--tags must be one of preflexor, think"),
-    (["data", "generate", "-n", "0"], "--pairs-per-round must be at least 1"),
-    (["train", "orpo", "--model", "m", "-o", "o", "--k-random", "0"], "--k-random must be at least 1"),
-    (["train", "dpo", "--model", "m", "-o", "o", "--style", "tree"], "--style must be one of sections, graph"),
-    (["train", "preflexor", "--model", "m", "-o", "o", "--phase2-rounds", "0"], "--phase2-rounds must be at least 1"),
-    (["train", "preflexor", "--model", "m", "-o", "o", "--loss", "nope"], "--loss must be one of exo_pair"),
-])
+@pytest.mark.parametrize(
+    "cmd,words",
+    [
+        (["data", "generate", "--samples", "0"], "--samples must be at least 1, got 0"),
+        (["data", "generate", "--phase", "3"], "--phase must be at least 1 and at most 2, got 3"),
+        (["data", "generate", "--tags", "xml"], "--tags must be one of preflexor, think"),
+        (["data", "generate", "-n", "0"], "--pairs-per-round must be at least 1"),
+        (["train", "orpo", "--model", "m", "-o", "o", "--k-random", "0"], "--k-random must be at least 1"),
+        (["train", "dpo", "--model", "m", "-o", "o", "--style", "tree"], "--style must be one of sections, graph"),
+        (["train", "preflexor", "--model", "m", "-o", "o", "--phase2-rounds", "0"], "--phase2-rounds must be at least 1"),
+        (["train", "preflexor", "--model", "m", "-o", "o", "--loss", "nope"], "--loss must be one of exo_pair"),
+    ],
+)
 def test_generation_settings_refuse_out_of_range_values(cmd, words, tmp_path, monkeypatch):
     """Generation settings are typed settings: one line, exit 2, the same words as GenerationConfig(...) in Python."""
     from convert_cli import run_cli

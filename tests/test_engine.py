@@ -51,8 +51,7 @@ def run(tiny, rounds=3, mode="thinking", **kw):
 def test_rounds_roles_and_integration(tiny):
     t, rec, events = run(tiny, rounds=3)
     assert len(t.rounds) == 3
-    assert [(c.role, c.channel) for c in t.rounds[0].calls] == [
-        ("reasoner", "thinking"), ("reasoner", "answer"), ("critic", "critique"), ("critic", "rewrite")]
+    assert [(c.role, c.channel) for c in t.rounds[0].calls] == [("reasoner", "thinking"), ("reasoner", "answer"), ("critic", "critique"), ("critic", "rewrite")]
     assert [(c.role, c.channel) for c in t.rounds[1].calls] == [("reasoner", "answer"), ("critic", "critique"), ("critic", "rewrite")]
     assert [(c.role, c.channel) for c in t.rounds[2].calls] == [("reasoner", "answer")]
     assert t.integration is not None and t.integration.role == "integrator"

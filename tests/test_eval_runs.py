@@ -52,10 +52,10 @@ def last_user(request) -> str:
 
 # Per question: the answer the reasoner gives in rounds 1, 2, 3 (and in baseline samples, by seed parity).
 SCRIPT = {
-    "up": ["A", "B", "B"],     # key B: wrong → right
-    "down": ["A", "B", "B"],   # key A: right → wrong
-    "stay": ["B", "B", "B"],   # key B: stays right
-    "zig": ["A", "B", "A"],    # key B: wrong → right → wrong
+    "up": ["A", "B", "B"],  # key B: wrong → right
+    "down": ["A", "B", "B"],  # key A: right → wrong
+    "stay": ["B", "B", "B"],  # key B: stays right
+    "zig": ["A", "B", "A"],  # key B: wrong → right → wrong
     "num": ["41", "42", "42"],  # key 42
 }
 
@@ -126,8 +126,10 @@ def test_max_samples_caps_the_budget():
 def test_self_consistency_majority_vote_and_best_of_n_with_the_key():
     r, _ = runner(EvalSettings(rounds="1", baselines="self-consistency,best-of-n", selector="key"))
     question = QUESTIONS[4]  # numeric, key 42
-    samples = [{"seed": i, "prediction": p, "answer": f"Answer: {p}", "correct": p == 42.0, "tokens": 1, "seconds": 0.0}
-               for i, p in enumerate((41.0, 42.0, 41.2, 42.1, None, 40.0))]
+    samples = [
+        {"seed": i, "prediction": p, "answer": f"Answer: {p}", "correct": p == 42.0, "tokens": 1, "seconds": 0.0}
+        for i, p in enumerate((41.0, 42.0, 41.2, 42.1, None, 40.0))
+    ]
     sc = r._self_consistency(question, samples, 10)
     # 41 and 41.2 are one vote within 1 % of each other; so are 42 and 42.1: a 2-2 tie goes to the first seen
     assert sc["prediction"] == 41.0 and sc["correct"] is False
@@ -147,6 +149,7 @@ def judge_reply(kind):
         if kind == "garbage":
             return " hmm, hard to say"
         return " A" if "good" in a else " B"
+
     return reply
 
 
@@ -169,10 +172,19 @@ def test_judge_sees_both_orders_and_calls_a_tie_when_they_disagree():
     assert garbled.to_dict()["verdicts"][0]["raw"] == " hmm, hard to say"
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("A", "A"), (" B.", "B"), ("**T**", "T"), ("Tie", "T"), ("a tie", "?"), ("Answer B is better.", "B"),
-    ("<|thinking|>A looks short<|/thinking|> B", "B"), ("", "?"),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("A", "A"),
+        (" B.", "B"),
+        ("**T**", "T"),
+        ("Tie", "T"),
+        ("a tie", "?"),
+        ("Answer B is better.", "B"),
+        ("<|thinking|>A looks short<|/thinking|> B", "B"),
+        ("", "?"),
+    ],
+)
 def test_read_verdict(text, verdict):
     assert read_verdict(text) == verdict
 
@@ -191,8 +203,7 @@ def open_reply(request):
 def test_open_items_are_judged_against_the_single_answer_and_best_of_n_uses_the_judge():
     backend = Scripted(open_reply)
     judge = PairwiseJudge(backend)
-    r = ItemRunner(Models(backend, backend, backend, judge), EvalSettings(rounds="1,2", baselines="self-consistency,best-of-n"),
-                   GREEDY, Recursion(), None)
+    r = ItemRunner(Models(backend, backend, backend, judge), EvalSettings(rounds="1,2", baselines="self-consistency,best-of-n"), GREEDY, Recursion(), None)
     essay = parse_question(json.dumps({"id": "essay", "question": "[essay] Why is nacre tough?", "kind": "open", "reference": "tablets slide"}))
     recs = {rec["condition"]: rec for rec in r.run(essay)["records"]}
     assert "self-consistency" not in recs  # majority vote is undefined for open answers
@@ -216,8 +227,15 @@ def test_parallel_items_each_finish_once():
 def test_report_figures_recompute_from_item_records(tmp_path):
     backend = Scripted(reasoner_reply)
     qset = QuestionSet(source="scripted", path="scripted", sha256="0", questions=tuple(QUESTIONS))
-    report = evaluate(qset, tmp_path / "out", "scripted", settings=EvalSettings(rounds="1,2,3", baselines="self-consistency"),
-                      sampling=GREEDY, progress=False, loaded=Models(backend, backend, backend))
+    report = evaluate(
+        qset,
+        tmp_path / "out",
+        "scripted",
+        settings=EvalSettings(rounds="1,2,3", baselines="self-consistency"),
+        sampling=GREEDY,
+        progress=False,
+        loaded=Models(backend, backend, backend),
+    )
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["summary"] == report["summary"]
     items, summary = on_disk["items"], on_disk["summary"]
@@ -239,9 +257,11 @@ def test_report_figures_recompute_from_item_records(tmp_path):
     # the scripted answers give these flips: up, num go wrong→right; down goes right→wrong; zig goes both ways
     steps = summary["flips"]["within_run"]["rounds-3"]
     assert [(s["from"], s["to"], s["right_to_wrong"], s["wrong_to_right"]) for s in steps] == [
-        ("round 1", "round 2", 1, 3), ("round 2", "round 3", 1, 0), ("round 3", "integrated", 0, 0)]
-    assert summary["flips"]["versus_baseline"]["rounds-3"] == {"n": 5, "right_to_wrong": 1, "wrong_to_right": 2,
-                                                              "stayed_right": 1, "stayed_wrong": 1, "net": 1}
+        ("round 1", "round 2", 1, 3),
+        ("round 2", "round 3", 1, 0),
+        ("round 3", "integrated", 0, 0),
+    ]
+    assert summary["flips"]["versus_baseline"]["rounds-3"] == {"n": 5, "right_to_wrong": 1, "wrong_to_right": 2, "stayed_right": 1, "stayed_wrong": 1, "net": 1}
     assert by[("down", "rounds-1")]["correct"] and not by[("down", "rounds-3")]["correct"]
     assert summary["conditions"]["self-consistency"]["mean_samples"] == by[("up", "self-consistency")]["samples"]
     md = (tmp_path / "out" / "report.md").read_text()
@@ -259,7 +279,15 @@ def test_concurrency_only_for_servers(tmp_path):
     settings = EvalSettings(rounds="1,2", baselines="none", concurrency=3)
     for cls, ignored in ((Scripted, True), (Served, False)):
         backend, notes = cls(reasoner_reply), []
-        report = evaluate(qset, tmp_path / cls.__name__, "scripted", settings=settings, sampling=GREEDY, progress=False,
-                          note=notes.append, loaded=Models(backend, backend, backend))
+        report = evaluate(
+            qset,
+            tmp_path / cls.__name__,
+            "scripted",
+            settings=settings,
+            sampling=GREEDY,
+            progress=False,
+            note=notes.append,
+            loaded=Models(backend, backend, backend),
+        )
         assert any("--concurrency 3 ignored" in n for n in notes) == ignored
         assert report["question_set"]["evaluated"] == len(QUESTIONS)

@@ -16,52 +16,58 @@ from preflexor_local.eval.stats import flips, mean_ci, wilson
 CHOICES = ("Aragonite", "Hydroxyapatite", "Amorphous silica", "Magnetite")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Answer: B", "B"),
-    ("The answer is (b).", "B"),
-    ("**Answer:** C", "C"),
-    ("Final answer: **D**", "D"),
-    ("\\boxed{D}", "D"),
-    ("$\\boxed{\\text{C}}$", None),  # not a plain letter in the box: no guess
-    ("B) Hydroxyapatite, because bone is mineralised collagen.", "B"),
-    ("(C) amorphous silica", "C"),
-    ("C", "C"),
-    ("  d. ", "D"),
-    ("I think A is wrong. The correct option is C.", "C"),
-    ("Answer: C\n\nOption A is wrong because calcite is softer.", "C"),  # an explanation naming another option
-    ("The answer is not A; the answer is D", "D"),  # the last answer marker wins
-    ("Answer: A, since nacre is made of aragonite", "A"),
-    ("answer: a", "A"),
-    ("I choose B.", "B"),
-    ("the answer is a mineral called magnetite", "D"),  # "a" is an article; the option text decides
-    ("Nacre is mostly aragonite.", "A"),
-    ("It is made of aragonite, not magnetite.", None),  # two options named: ambiguous
-    ("A good question. Let me think.", None),
-    ("A stiff material", None),
-    ("", None),
-    ("<|thinking|>", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Answer: B", "B"),
+        ("The answer is (b).", "B"),
+        ("**Answer:** C", "C"),
+        ("Final answer: **D**", "D"),
+        ("\\boxed{D}", "D"),
+        ("$\\boxed{\\text{C}}$", None),  # not a plain letter in the box: no guess
+        ("B) Hydroxyapatite, because bone is mineralised collagen.", "B"),
+        ("(C) amorphous silica", "C"),
+        ("C", "C"),
+        ("  d. ", "D"),
+        ("I think A is wrong. The correct option is C.", "C"),
+        ("Answer: C\n\nOption A is wrong because calcite is softer.", "C"),  # an explanation naming another option
+        ("The answer is not A; the answer is D", "D"),  # the last answer marker wins
+        ("Answer: A, since nacre is made of aragonite", "A"),
+        ("answer: a", "A"),
+        ("I choose B.", "B"),
+        ("the answer is a mineral called magnetite", "D"),  # "a" is an article; the option text decides
+        ("Nacre is mostly aragonite.", "A"),
+        ("It is made of aragonite, not magnetite.", None),  # two options named: ambiguous
+        ("A good question. Let me think.", None),
+        ("A stiff material", None),
+        ("", None),
+        ("<|thinking|>", None),
+    ],
+)
 def test_choice_extraction(text, expected):
     assert extract_choice(text, CHOICES) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Answer: 200 MPa", 200),
-    ("σ = F/A = 40000/2e-4 = 2.0 × 10^8 Pa = 200 MPa", 200),  # the last '=' holds the result
-    ("The strain is 5 × 10^-4.", 5e-4),
-    ("strain = 5·10⁻⁴", 5e-4),
-    ("Final answer: $2.0 \\times 10^{8}$ Pa", 2e8),
-    ("\\boxed{0.25}", 0.25),
-    ("The factor is 1/4", 0.25),
-    ("about 6.022e23 particles", 6.022e23),
-    ("The organic layer is **26.3 nm** thick, from 0.5 µm × 0.05/0.95.", 26.3),
-    ("Answer: −0.3 %", -0.3),  # unicode minus
-    ("It's 1,000 N/m", 1000),
-    ("Water, H2O, has a molar mass of 18.02 g/mol", 18.02),  # the 2 in H2O is not a number
-    ("The answer is 3. First I tried 5 and 7.", 3),
-    ("Rounding 5.605 to 5.6 MPa√m gives 5.6", 5.6),
-    ("no numbers here", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Answer: 200 MPa", 200),
+        ("σ = F/A = 40000/2e-4 = 2.0 × 10^8 Pa = 200 MPa", 200),  # the last '=' holds the result
+        ("The strain is 5 × 10^-4.", 5e-4),
+        ("strain = 5·10⁻⁴", 5e-4),
+        ("Final answer: $2.0 \\times 10^{8}$ Pa", 2e8),
+        ("\\boxed{0.25}", 0.25),
+        ("The factor is 1/4", 0.25),
+        ("about 6.022e23 particles", 6.022e23),
+        ("The organic layer is **26.3 nm** thick, from 0.5 µm × 0.05/0.95.", 26.3),
+        ("Answer: −0.3 %", -0.3),  # unicode minus
+        ("It's 1,000 N/m", 1000),
+        ("Water, H2O, has a molar mass of 18.02 g/mol", 18.02),  # the 2 in H2O is not a number
+        ("The answer is 3. First I tried 5 and 7.", 3),
+        ("Rounding 5.605 to 5.6 MPa√m gives 5.6", 5.6),
+        ("no numbers here", None),
+    ],
+)
 def test_number_extraction(text, expected):
     got = extract_number(text)
     if expected is None:
@@ -187,8 +193,14 @@ def test_eval_settings_parse_and_refuse():
     s = EvalSettings(rounds="3, 1,3", baselines="best-of-n,self-consistency")
     assert s.rounds == (1, 3) and s.baselines == ("best-of-n", "self-consistency") and s.max_rounds == 3
     assert EvalSettings(baselines="none").baselines == ()
-    for kwargs, message in [({"rounds": "0,2"}, "at least 1"), ({"rounds": "1,x"}, "whole numbers"), ({"rounds": ""}, "at least one"),
-                            ({"baselines": "majority"}, "unknown --baselines value 'majority'"), ({"selector": "coin"}, "--selector"),
-                            ({"concurrency": 0}, "--concurrency"), ({"sample_temperature": -1}, "--sample-temperature")]:
+    for kwargs, message in [
+        ({"rounds": "0,2"}, "at least 1"),
+        ({"rounds": "1,x"}, "whole numbers"),
+        ({"rounds": ""}, "at least one"),
+        ({"baselines": "majority"}, "unknown --baselines value 'majority'"),
+        ({"selector": "coin"}, "--selector"),
+        ({"concurrency": 0}, "--concurrency"),
+        ({"sample_temperature": -1}, "--sample-temperature"),
+    ]:
         with pytest.raises(UsageError, match=message):
             EvalSettings(**kwargs)

@@ -100,5 +100,5 @@ def test_any_chunking_gives_the_same_sections(atoms, data):
         stripped = stripped.replace(tag, "")
     # what streamed is the text without its tags, less a held-back tail that could still start a tag
     assert stripped.startswith(streamed_text)
-    rest = stripped[len(streamed_text):]
+    rest = stripped[len(streamed_text) :]
     assert rest == "" or any(tag.startswith(rest) and rest != tag for tag in F.tags)

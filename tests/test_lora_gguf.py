@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
+
 from preflexor_local.config import LoadOptions, Sampling
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError
 
@@ -140,8 +140,9 @@ def test_file_keys_and_cli(tiny, tmp_path):
 
     hf, base_gguf = tiny["gemma3"]
     adapter = make_adapter(hf, tmp_path / "adapter")
-    code, out, err = run_cli("convert", "lora-gguf", adapter, "--base", base_gguf, "-o", tmp_path / "x.gguf",
-                             "--outtype", "q8_0", "--chat-template", "gemma", "--json")
+    code, out, err = run_cli(
+        "convert", "lora-gguf", adapter, "--base", base_gguf, "-o", tmp_path / "x.gguf", "--outtype", "q8_0", "--chat-template", "gemma", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["rank"] == 4
     info = read_gguf(tmp_path / "x.gguf")

@@ -74,8 +74,9 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
     from preflexor_local.train.mlx.trainer import MLXTrainer
 
     extra = {"loss": loss, "label_smoothing": 5e-3 if loss == "exo_pair" else None} if method == "dpo" else {}
-    cfg = train_config(tiny_mlx, tmp_path / "ad", method=method, adapter=adapter, train_embeddings=rows,
-                       mask_thinking=mask, beta=0.5 if method == "dpo" else 0.1, **extra)
+    cfg = train_config(
+        tiny_mlx, tmp_path / "ad", method=method, adapter=adapter, train_embeddings=rows, mask_thinking=mask, beta=0.5 if method == "dpo" else 0.1, **extra
+    )
     trainer = MLXTrainer(cfg)
     _randomise(trainer, seed=len(tmp_path.name))
     ad = trainer.save_adapter(tmp_path / "ad")
@@ -94,8 +95,12 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        trl = DPOTrainer(model=model, args=DPOConfig(loss_type=[loss], label_smoothing=extra["label_smoothing"] or 0.0, max_length=None, **common),
-                         train_dataset=rows_ds, processing_class=hf_tok)
+        trl = DPOTrainer(
+            model=model,
+            args=DPOConfig(loss_type=[loss], label_smoothing=extra["label_smoothing"] or 0.0, max_length=None, **common),
+            train_dataset=rows_ds,
+            processing_class=hf_tok,
+        )
         # TRL copies a pre-trained adapter into a "ref" adapter; our adapter stands in for a freshly trained one,
         # whose reference is the adapter-disabled model (TRL's ref_model=None path for a new adapter).
         model.delete_adapter("ref")
@@ -107,8 +112,14 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
 
         trl = ORPOTrainer(model=model, args=ORPOConfig(max_length=256, **common), train_dataset=rows_ds, processing_class=hf_tok)
         half = ids.shape[0] // 2
-        tb = {"chosen_input_ids": ids[:half], "chosen_attention_mask": attention[:half], "chosen_labels": labels[:half],
-              "rejected_input_ids": ids[half:], "rejected_attention_mask": attention[half:], "rejected_labels": labels[half:]}
+        tb = {
+            "chosen_input_ids": ids[:half],
+            "chosen_attention_mask": attention[:half],
+            "chosen_labels": labels[:half],
+            "rejected_input_ids": ids[half:],
+            "rejected_attention_mask": attention[half:],
+            "rejected_labels": labels[half:],
+        }
         with torch.no_grad():
             trl_loss, trl_metrics = trl.get_batch_loss_metrics(model, tb)
         assert abs(trl_metrics["nll_loss"] - mlx_metrics["nll_loss"]) <= TOL

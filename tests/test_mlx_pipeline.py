@@ -34,9 +34,34 @@ def test_hf_mlx_orpo_peft_merged_gguf_ask(tiny_llama, tiny_mlx, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         return r
 
-    run("train", "orpo", "--engine", "mlx", "--model", tiny_mlx, "--data", data, "-o", tmp_path / "run", "--mask-thinking",
-        "--steps-per-round", 4, "--lr", 5e-2, "--rank", 4, "--alpha", 8, "--lora-dropout", 0, "--batch-size", 2,
-        "--freeze-embeddings", "--no-merge", "--json")
+    run(
+        "train",
+        "orpo",
+        "--engine",
+        "mlx",
+        "--model",
+        tiny_mlx,
+        "--data",
+        data,
+        "-o",
+        tmp_path / "run",
+        "--mask-thinking",
+        "--steps-per-round",
+        4,
+        "--lr",
+        5e-2,
+        "--rank",
+        4,
+        "--alpha",
+        8,
+        "--lora-dropout",
+        0,
+        "--batch-size",
+        2,
+        "--freeze-embeddings",
+        "--no-merge",
+        "--json",
+    )
     rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in rounds if r["type"] == "round"][0]["ignored_thinking_tokens"] > 0  # the thinking really was masked
     adapter = tmp_path / "run" / "adapter"
@@ -69,11 +94,47 @@ def test_train_preflexor_on_mlx_runs_both_phases(tiny_mlx, tmp_path, capsys):
 
     (tmp_path / "c.txt").write_text("\n\n".join(CORPUS))
     out = tmp_path / "run"
-    argv = ["train", "preflexor", "--engine", "mlx", "--model", str(tiny_mlx), "--store", str(tmp_path / "c.txt"),
-            "--teacher", str(tiny_mlx), "--phase1-rounds", "1", "--phase2-rounds", "1", "--steps-per-round", "1",
-            "--pairs-per-round", "1", "--categories", "Hypothesis", "--teacher-max-tokens", "10", "--student-max-tokens", "8",
-            "--k-search", "1", "--max-context-chars", "300", "--teacher-ctx", "4096", "--rank", "4", "--grad-accum", "1",
-            "--max-length", "512", "-o", str(out), "--json"]
+    argv = [
+        "train",
+        "preflexor",
+        "--engine",
+        "mlx",
+        "--model",
+        str(tiny_mlx),
+        "--store",
+        str(tmp_path / "c.txt"),
+        "--teacher",
+        str(tiny_mlx),
+        "--phase1-rounds",
+        "1",
+        "--phase2-rounds",
+        "1",
+        "--steps-per-round",
+        "1",
+        "--pairs-per-round",
+        "1",
+        "--categories",
+        "Hypothesis",
+        "--teacher-max-tokens",
+        "10",
+        "--student-max-tokens",
+        "8",
+        "--k-search",
+        "1",
+        "--max-context-chars",
+        "300",
+        "--teacher-ctx",
+        "4096",
+        "--rank",
+        "4",
+        "--grad-accum",
+        "1",
+        "--max-length",
+        "512",
+        "-o",
+        str(out),
+        "--json",
+    ]
     try:
         main(argv)
         code = 0

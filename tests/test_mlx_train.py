@@ -28,12 +28,15 @@ def _fixed_batch(trainer, pairs):
     return pad_batch(trainer.tokenize(pairs).examples, trainer.pad_id, preference=trainer.c.method != "sft")
 
 
-@pytest.mark.parametrize("base,method,extra", [
-    ("fp32", "orpo", {"adapter": "lora", "mask_thinking": True}),
-    ("fp32", "dpo", {"adapter": "dora", "loss": "exo_pair"}),
-    ("q4", "dpo", {"adapter": "lora", "loss": "sigmoid"}),  # QLoRA: LoRA on the 4-bit base
-    ("q4", "sft", {"adapter": "dora"}),
-])
+@pytest.mark.parametrize(
+    "base,method,extra",
+    [
+        ("fp32", "orpo", {"adapter": "lora", "mask_thinking": True}),
+        ("fp32", "dpo", {"adapter": "dora", "loss": "exo_pair"}),
+        ("q4", "dpo", {"adapter": "lora", "loss": "sigmoid"}),  # QLoRA: LoRA on the 4-bit base
+        ("q4", "sft", {"adapter": "dora"}),
+    ],
+)
 def test_steps_lower_the_loss_and_move_only_the_adapter(base, method, extra, tiny_mlx, tiny_mlx_q4, pairs, tmp_path):
     import numpy as np
 
@@ -215,8 +218,10 @@ def test_converter_refuses_by_name(tiny_mlx, tiny_llama, pairs, tmp_path):
     # An adapter_config as mlx_lm.lora writes it (its whole training config) is accepted.
     from mlx_lm.lora import CONFIG_DEFAULTS
 
-    mlx_lm_style = variant("mlx-lm-style", **{**CONFIG_DEFAULTS, "model": cfg["model"], "lora_parameters": cfg["lora_parameters"],
-                                              "num_layers": -1, "fine_tune_type": "lora", "preflexor": None})
+    mlx_lm_style = variant(
+        "mlx-lm-style",
+        **{**CONFIG_DEFAULTS, "model": cfg["model"], "lora_parameters": cfg["lora_parameters"], "num_layers": -1, "fine_tune_type": "lora", "preflexor": None},
+    )
     assert (convert_mlx_adapter_to_peft(MlxToPeftConfig(mlx_lm_style, tmp_path / "from-mlx-lm", quiet=True)) / "adapter_model.safetensors").is_file()
     res = CliRunner().invoke(command, [str(ad), "-o", str(tmp_path / "cli"), "--base-model", str(tiny_llama), "--json"])
     assert res.exit_code == 0, res.output
@@ -256,8 +261,7 @@ def test_shared_loop_runs_the_mlx_engine(tiny_mlx, tmp_path):
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    cfg = train_config(tiny_mlx, tmp_path / "out", method="orpo", engine="mlx", data=str(data), rounds=2, steps_per_round=2,
-                       mask_thinking=True)
+    cfg = train_config(tiny_mlx, tmp_path / "out", method="orpo", engine="mlx", data=str(data), rounds=2, steps_per_round=2, mask_thinking=True)
     result = train(cfg, quiet=True)
     out = tmp_path / "out"
     assert result.rounds_done == 2 and result.global_step == 4
@@ -277,6 +281,9 @@ def test_partial_thinking_mask_is_redrawn_each_epoch(tiny_mlx, pairs, tmp_path):
     second = [e.chosen_labels for e in t.tokenize(pairs).examples]
     assert first != second
     ignored = [sum(1 for x in lab if x == -100) for lab in first]
-    full = [sum(1 for x in e.chosen_labels if x == -100) for e in MLXTrainer(train_config(tiny_mlx, tmp_path, method="dpo", loss="sigmoid")).tokenize(pairs).examples]
+    full = [
+        sum(1 for x in e.chosen_labels if x == -100)
+        for e in MLXTrainer(train_config(tiny_mlx, tmp_path, method="dpo", loss="sigmoid")).tokenize(pairs).examples
+    ]
     assert all(i < f for i, f in zip(ignored, full))  # only part of the thinking is masked
     t.close()

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from rag_fixtures import BONE, NACRE, make_bad_files
 
 from preflexor_local.app.cli import cli
 from preflexor_local.rag.embed import resolve_model
-from rag_fixtures import BONE, NACRE, make_bad_files
 
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:

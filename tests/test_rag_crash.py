@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from rag_fixtures import make_many
+
 from preflexor_local.rag import IndexConfig, index_folder, open_store
 from preflexor_local.rag.chunking import chunk_text
 from preflexor_local.rag.embed import load_embedder
 from preflexor_local.rag.extract import extract
-from rag_fixtures import make_many
 
 N_FILES = 40
 TOKENS, OVERLAP = 40, 8  # small chunks: several per document, cheap to embed
@@ -26,7 +27,25 @@ TOKENS, OVERLAP = 40, 8  # small chunks: several per document, cheap to embed
 
 def _start(docs: Path, db: Path, home: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFLEXOR_HOME": str(home)}
-    cmd = [sys.executable, "-m", "preflexor_local", "index", "add", str(docs), "--store", str(db), "--commit-every", "12", "--batch-size", "16", "--chunk-tokens", str(TOKENS), "--overlap", str(OVERLAP), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "preflexor_local",
+        "index",
+        "add",
+        str(docs),
+        "--store",
+        str(db),
+        "--commit-every",
+        "12",
+        "--batch-size",
+        "16",
+        "--chunk-tokens",
+        str(TOKENS),
+        "--overlap",
+        str(OVERLAP),
+        "--quiet",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -46,7 +65,9 @@ def _check_whole_documents(db: Path, expected: dict[str, list[str]]) -> int:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             docs = conn.execute("SELECT id, path, n_chunks FROM documents").fetchall()
             for doc_id, path, n_chunks in docs:
-                texts = [r[0] for r in conn.execute("SELECT t.text FROM chunks c JOIN texts t ON t.id = c.text_id WHERE c.doc_id = ? ORDER BY c.seq", (doc_id,))]
+                texts = [
+                    r[0] for r in conn.execute("SELECT t.text FROM chunks c JOIN texts t ON t.id = c.text_id WHERE c.doc_id = ? ORDER BY c.seq", (doc_id,))
+                ]
                 assert texts == expected[path], f"{path} is not whole: {len(texts)} of {len(expected[path])} chunks"
                 assert n_chunks == len(texts)
             text_ids = {r[0] for r in conn.execute("SELECT id FROM texts")}

@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from rag_fixtures import BONE, make_bad_files, make_many
 
 from preflexor_local.errors import ModelNotFoundError, UsageError
 from preflexor_local.rag import IndexConfig, StoreError, index_folder, open_store, remove_paths
 from preflexor_local.rag.chunking import chunk_text
 from preflexor_local.rag.embed import load_embedder, resolve_model
 from preflexor_local.rag.extract import extract
-from rag_fixtures import BONE, make_bad_files, make_many
 
 QUIET = IndexConfig(progress=False)
 
@@ -40,7 +40,10 @@ def _counts(db: Path) -> dict:
 
 
 def test_chunks_respect_the_token_budget_overlap_and_line_spans(embedder, tmp_path):
-    paragraphs = [f"Paragraph {i} line one about {w} composites and fracture.\nIt continues on a second line with more words about {w}." for i, w in enumerate(["silk", "bone", "nacre", "wood", "chitin", "enamel"] * 6)]
+    paragraphs = [
+        f"Paragraph {i} line one about {w} composites and fracture.\nIt continues on a second line with more words about {w}."
+        for i, w in enumerate(["silk", "bone", "nacre", "wood", "chitin", "enamel"] * 6)
+    ]
     text = "\n\n".join(paragraphs) + "\n"
     path = tmp_path / "long.md"
     path.write_text(text)

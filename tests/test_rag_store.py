@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from rag_fixtures import QUERIES, make_corpus
 
 from preflexor_local.errors import UsageError
 from preflexor_local.rag import Hit, StoreError, open_store
-from rag_fixtures import QUERIES, make_corpus
 
 
 @pytest.fixture(scope="session")
@@ -120,10 +120,10 @@ def test_other_sqlite_file_is_refused(tmp_path):
 
 
 def test_driver_fallback_and_the_no_driver_message(monkeypatch):
+    import sqlite3
+
     from preflexor_local.errors import BackendUnavailableError
     from preflexor_local.rag import db as dbmod
-
-    import sqlite3
 
     chosen = dbmod.driver()
     stdlib_ok = dbmod._can_load(sqlite3)

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from serve_fixtures import BIN, server_env, sse_events, start_server
 
 openai = pytest.importorskip("openai")
@@ -29,8 +28,11 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(gemma_gguf, env, tmp_path_factory):
-    s = start_server(["--model", str(gemma_gguf), "--ctx", "2048", "--temperature", "0", "--max-tokens", "8",
-                      "--keepalive", "0.2", "--max-queue", "8"], tmp_path_factory.mktemp("serve"), env)
+    s = start_server(
+        ["--model", str(gemma_gguf), "--ctx", "2048", "--temperature", "0", "--max-tokens", "8", "--keepalive", "0.2", "--max-queue", "8"],
+        tmp_path_factory.mktemp("serve"),
+        env,
+    )
     yield s
     assert s.stop(signal.SIGINT) == 0, s.log()[-2000:]  # Ctrl-C: a clean exit, not 130
 
@@ -38,8 +40,9 @@ def server(gemma_gguf, env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def keyed(gemma_gguf, env, tmp_path_factory):
     """A second server: a key is required and nothing may wait (--max-queue 0)."""
-    s = start_server(["--model", str(gemma_gguf), "--ctx", "2048", "--max-tokens", "8", "--max-queue", "0",
-                      "--api-key", "s3cret"], tmp_path_factory.mktemp("keyed"), env)
+    s = start_server(
+        ["--model", str(gemma_gguf), "--ctx", "2048", "--max-tokens", "8", "--max-queue", "0", "--api-key", "s3cret"], tmp_path_factory.mktemp("keyed"), env
+    )
     yield s
     s.stop()
 
@@ -62,8 +65,13 @@ def test_two_rounds_whole_answer_with_reasoning_fields_and_honest_usage(server):
     assert msg.content == t["final_answer"] and msg.content.strip()
     reasoning = msg.model_extra["reasoning_content"]
     assert reasoning == msg.model_extra["reasoning"]
-    for label in ("[round 1 · thinking]", "[round 1 · answer]", "[round 1 · critic · critique]",
-                  "[round 1 · critic · improved thinking]", "[round 2 · answer]"):
+    for label in (
+        "[round 1 · thinking]",
+        "[round 1 · answer]",
+        "[round 1 · critic · critique]",
+        "[round 1 · critic · improved thinking]",
+        "[round 2 · answer]",
+    ):
         assert label in reasoning
     assert reasoning.index("[round 1 · thinking]") < reasoning.index("[round 2 · answer]")
     assert len(t["rounds"]) == 2 and t["integrated"]
@@ -77,8 +85,7 @@ def test_two_rounds_whole_answer_with_reasoning_fields_and_honest_usage(server):
 def test_stream_reasoning_then_content_then_usage(server):
     c = client(server)
     body = {"preflexor": {"rounds": 1, "transcript": True}}
-    chunks = list(c.chat.completions.create(model="preflexor", messages=Q, extra_body=body, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(c.chat.completions.create(model="preflexor", messages=Q, extra_body=body, stream=True, stream_options={"include_usage": True}))
     kinds, reasoning, content = [], "", ""
     for ch in chunks[:-1]:
         d = ch.choices[0].delta
@@ -100,8 +107,7 @@ def test_stream_reasoning_then_content_then_usage(server):
 
 
 def test_reasoning_effort_none_hides_the_reasoning_and_runs_one_round(server):
-    r = client(server).chat.completions.create(model="preflexor", messages=Q, reasoning_effort="none",
-                                               extra_body={"preflexor": {"transcript": True}})
+    r = client(server).chat.completions.create(model="preflexor", messages=Q, reasoning_effort="none", extra_body={"preflexor": {"transcript": True}})
     assert "reasoning_content" not in (r.choices[0].message.model_extra or {})
     assert len(r.model_extra["preflexor"]["transcript"]["rounds"]) == 1
     assert r.choices[0].message.content.strip()
@@ -113,7 +119,7 @@ def test_text_completions_endpoint(server):
 
 
 def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, env):
-    (tmp_path / "extra-openai-models.yaml").write_text(f"- model_id: preflexor\n  model_name: preflexor\n  api_base: \"{server.url}\"\n")
+    (tmp_path / "extra-openai-models.yaml").write_text(f'- model_id: preflexor\n  model_name: preflexor\n  api_base: "{server.url}"\n')
     e = {**env, "LLM_USER_PATH": str(tmp_path)}
     llm_bin = BIN.with_name("llm")
     before = server.health()["served"]
@@ -124,8 +130,7 @@ def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, env):
 
 
 def test_raw_sse_keepalives_while_queued_then_ordered_chunks(server):
-    first = threading.Thread(target=lambda: client(server).chat.completions.create(
-        model="preflexor", messages=Q, max_tokens=12))
+    first = threading.Thread(target=lambda: client(server).chat.completions.create(model="preflexor", messages=Q, max_tokens=12))
     first.start()
     deadline = time.monotonic() + 30
     while not server.health()["busy"] and time.monotonic() < deadline:  # the second request must wait behind it
@@ -152,8 +157,7 @@ def test_eight_concurrent_clients_are_all_answered(server):
     before = server.health()["served"]
 
     def ask(i):
-        r = client(server).chat.completions.create(model="preflexor", max_tokens=4,
-                                                   messages=[{"role": "user", "content": f"Name tough material number {i}."}])
+        r = client(server).chat.completions.create(model="preflexor", max_tokens=4, messages=[{"role": "user", "content": f"Name tough material number {i}."}])
         return r.choices[0].message.content
 
     with ThreadPoolExecutor(8) as pool:
@@ -189,20 +193,23 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_it_too(server):
     assert server.health()["cancelled"] == before + 1
 
 
-@pytest.mark.parametrize("body, param, code", [
-    ("{not json", None, "invalid_json"),
-    ({"model": "gpt-4o", "messages": Q}, "model", "model_not_found"),
-    ({"messages": Q, "temperature": 11}, "temperature", "invalid_value"),
-    ({"messages": Q, "top_p": "high"}, "top_p", "invalid_value"),
-    ({"messages": Q, "max_tokens": 10**6}, "max_tokens", "invalid_value"),
-    ({"messages": Q, "preflexor": {"rounds": 0}}, "preflexor.rounds", "invalid_value"),
-    ({"messages": Q, "preflexor": {"rounds": 99}}, "preflexor.rounds", "invalid_value"),
-    ({"messages": Q, "preflexor": {"mode": "debate"}}, "preflexor.mode", "invalid_value"),
-    ({"messages": Q, "preflexor": {"budget": 3}}, "preflexor.budget", "invalid_value"),
-    ({"messages": Q, "reasoning_effort": "max"}, "reasoning_effort", "invalid_value"),
-    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "invalid_value"),
-    ({"messages": [{"role": "user", "content": "silk " * 3000}]}, "messages", "context_length_exceeded"),
-])
+@pytest.mark.parametrize(
+    "body, param, code",
+    [
+        ("{not json", None, "invalid_json"),
+        ({"model": "gpt-4o", "messages": Q}, "model", "model_not_found"),
+        ({"messages": Q, "temperature": 11}, "temperature", "invalid_value"),
+        ({"messages": Q, "top_p": "high"}, "top_p", "invalid_value"),
+        ({"messages": Q, "max_tokens": 10**6}, "max_tokens", "invalid_value"),
+        ({"messages": Q, "preflexor": {"rounds": 0}}, "preflexor.rounds", "invalid_value"),
+        ({"messages": Q, "preflexor": {"rounds": 99}}, "preflexor.rounds", "invalid_value"),
+        ({"messages": Q, "preflexor": {"mode": "debate"}}, "preflexor.mode", "invalid_value"),
+        ({"messages": Q, "preflexor": {"budget": 3}}, "preflexor.budget", "invalid_value"),
+        ({"messages": Q, "reasoning_effort": "max"}, "reasoning_effort", "invalid_value"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "invalid_value"),
+        ({"messages": [{"role": "user", "content": "silk " * 3000}]}, "messages", "context_length_exceeded"),
+    ],
+)
 def test_bad_requests_get_400_error_objects_and_the_server_survives(server, body, param, code):
     for stream in (False, True):
         data = body if isinstance(body, str) else json.dumps({**body, "stream": stream})
@@ -255,8 +262,7 @@ def test_key_required_queue_full_503_and_clean_sigterm(keyed):
 
 def test_public_bind_without_a_key_is_refused_before_loading(env, tmp_path):
     t0 = time.monotonic()
-    r = subprocess.run([str(BIN), "serve", "--host", "0.0.0.0", "--model", str(tmp_path / "none.gguf")],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(BIN), "serve", "--host", "0.0.0.0", "--model", str(tmp_path / "none.gguf")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.splitlines()[0] == "error: refusing to listen on 0.0.0.0 without --api-key: anyone who can reach it could use the model"
     assert "Traceback" not in r.stderr and time.monotonic() - t0 < 20

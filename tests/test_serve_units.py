@@ -24,8 +24,15 @@ def parse(body, sampling=Sampling(), recursion=Recursion()):
 def test_defaults_come_from_the_server_and_requests_override_them():
     job = parse({"messages": [{"role": "user", "content": "q"}]}, Sampling(temperature=0.3), Recursion(rounds=2))
     assert job.sampling.temperature == 0.3 and job.recursion.rounds == 2 and job.show_reasoning
-    job = parse({"messages": [{"role": "user", "content": "q"}], "temperature": 0, "max_completion_tokens": 7, "seed": 3,
-                 "preflexor": {"rounds": 3, "mode": "reflect", "integrate": False, "thinking_budget": 5}})
+    job = parse(
+        {
+            "messages": [{"role": "user", "content": "q"}],
+            "temperature": 0,
+            "max_completion_tokens": 7,
+            "seed": 3,
+            "preflexor": {"rounds": 3, "mode": "reflect", "integrate": False, "thinking_budget": 5},
+        }
+    )
     assert (job.sampling.temperature, job.sampling.max_tokens, job.sampling.seed) == (0.0, 7, 3)
     assert (job.recursion.rounds, job.recursion.mode, job.recursion.integrate, job.recursion.thinking_budget) == (3, "reflect", False, 5)
 
@@ -39,9 +46,16 @@ def test_reasoning_effort_maps_to_rounds(effort, rounds, shown):
 
 
 def test_system_and_earlier_turns_become_the_engine_question():
-    job = parse({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is silk?"},
-                              {"role": "assistant", "content": "A protein fibre."},
-                              {"role": "user", "content": [{"type": "text", "text": "Why is it tough?"}]}]})
+    job = parse(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is silk?"},
+                {"role": "assistant", "content": "A protein fibre."},
+                {"role": "user", "content": [{"type": "text", "text": "Why is it tough?"}]},
+            ]
+        }
+    )
     assert job.recursion.system == "Be brief."
     assert job.question == "Earlier in this conversation:\nUser: What is silk?\nAssistant: A protein fibre.\n\nWhy is it tough?"
 
@@ -55,16 +69,26 @@ def test_out_of_range_values_name_the_request_field():
     assert e.value.param == "preflexor.thinking_budget" and "preflexor.thinking_budget must be at least 1" in e.value.message
     with pytest.raises(APIError) as e:
         parse({"messages": [{"role": "user", "content": "q"}], "preflexor": {"integrate": "yes"}})
-    assert e.value.body["error"] == {"message": "preflexor.integrate must be true or false, got 'yes'", "type": "invalid_request_error",
-                                     "param": "preflexor.integrate", "code": "invalid_value"}
+    assert e.value.body["error"] == {
+        "message": "preflexor.integrate must be true or false, got 'yes'",
+        "type": "invalid_request_error",
+        "param": "preflexor.integrate",
+        "code": "invalid_value",
+    }
 
 
 def test_translator_labels_reasoning_and_trims_the_answer():
     tr = Translator()
-    events = [Event("call", 1, "reasoner", "thinking"), Event("text", 1, "reasoner", "thinking", "think"),
-              Event("call", 1, "critic", "critique"), Event("text", 1, "critic", "critique", "ok"),
-              Event("call", 2, "reasoner", "final"), Event("text", 2, "reasoner", "final", "\n  The "),
-              Event("text", 2, "reasoner", "final", "answer. \n"), Event("text", 2, "reasoner", "final", " ")]
+    events = [
+        Event("call", 1, "reasoner", "thinking"),
+        Event("text", 1, "reasoner", "thinking", "think"),
+        Event("call", 1, "critic", "critique"),
+        Event("text", 1, "critic", "critique", "ok"),
+        Event("call", 2, "reasoner", "final"),
+        Event("text", 2, "reasoner", "final", "\n  The "),
+        Event("text", 2, "reasoner", "final", "answer. \n"),
+        Event("text", 2, "reasoner", "final", " "),
+    ]
     out = [p for e in events for p in tr.feed(e)]
     assert tr.reasoning_text == "[round 1 · thinking]\nthink\n\n[round 1 · critic · critique]\nok"
     assert [p for p in out if p[0] == "content"] == [("content", "The"), ("content", " answer.")]
@@ -84,8 +108,13 @@ def test_an_empty_final_stream_falls_back_to_the_transcript_answer():
 
 
 def test_usage_counts_every_call():
-    t = Transcript(question="q", mode="thinking", rounds=[Round(1, calls=[Call("reasoner", "thinking", "m", 10, 5), Call("critic", "critique", "m", 20, 7)])],
-                   integration=Call("integrator", "final", "m", 30, 3), integrated=True)
+    t = Transcript(
+        question="q",
+        mode="thinking",
+        rounds=[Round(1, calls=[Call("reasoner", "thinking", "m", 10, 5), Call("critic", "critique", "m", 20, 7)])],
+        integration=Call("integrator", "final", "m", 30, 3),
+        integrated=True,
+    )
     u = usage(t)
     assert (u["prompt_tokens"], u["completion_tokens"], u["total_tokens"]) == (60, 15, 75)
     assert u["completion_tokens_details"]["reasoning_tokens"] == 12

@@ -3,38 +3,44 @@
 from __future__ import annotations
 
 import pytest
-
 from convert_cli import run_cli
+
 from preflexor_local.config import LoadOptions, Recursion, Sampling
 from preflexor_local.errors import UsageError
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--ctx", "10"], "--ctx must be at least 64, got 10"),  # was: unexpected ValueError (could not broadcast)
-    (["--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),  # was: accepted, one-word answer
-    (["--thinking-budget", "0"], "--thinking-budget must be at least 1"),
-    (["--top-p", "1.5"], "--top-p must be greater than 0 and at most 1, got 1.5"),
-    (["--top-k", "-1"], "--top-k must be at least 0"),
-    (["--temperature", "-0.5"], "--temperature must be at least 0"),
-    (["--min-p", "2"], "--min-p must be at least 0 and at most 1"),
-    (["--recursive", "0"], "--recursive must be at least 1"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--seed", "-3"], "--seed must be at least 0"),
-    (["--device", "tpu"], "--device must be one of auto, cuda, mps, cpu"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--ctx", "10"], "--ctx must be at least 64, got 10"),  # was: unexpected ValueError (could not broadcast)
+        (["--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),  # was: accepted, one-word answer
+        (["--thinking-budget", "0"], "--thinking-budget must be at least 1"),
+        (["--top-p", "1.5"], "--top-p must be greater than 0 and at most 1, got 1.5"),
+        (["--top-k", "-1"], "--top-k must be at least 0"),
+        (["--temperature", "-0.5"], "--temperature must be at least 0"),
+        (["--min-p", "2"], "--min-p must be at least 0 and at most 1"),
+        (["--recursive", "0"], "--recursive must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--seed", "-3"], "--seed must be at least 0"),
+        (["--device", "tpu"], "--device must be one of auto, cuda, mps, cpu"),
+    ],
+)
 def test_ask_refuses_out_of_range_numbers_in_one_line(args, words):
     code, out, err = run_cli("ask", "Why is bone tough?", "--model", "./no-model-is-loaded.gguf", *args)
     assert code == 2 and words in err and "Traceback" not in err and out == ""
     assert len([line for line in err.splitlines() if line.strip()]) <= 2  # the message and at most a hint
 
 
-@pytest.mark.parametrize("cmd,words", [
-    (["train", "orpo", "--model", "m", "-o", "o", "--lr", "-1"], "--lr must be greater than 0"),
-    (["train", "orpo", "--model", "m", "-o", "o", "--beta", "-0.1"], "--beta must be at least 0"),
-    (["train", "orpo", "--model", "m", "-o", "o", "--steps", "0"], "--steps must be at least 1"),
-    (["train", "dpo", "--model", "m", "-o", "o", "--partial-mask", "1.5"], "--partial-mask must be greater than 0 and at most 1"),
-    (["index", "add", "docs", "--store", "s.db", "--chunk-tokens", "4"], "--chunk-tokens must be at least 16"),
-])
+@pytest.mark.parametrize(
+    "cmd,words",
+    [
+        (["train", "orpo", "--model", "m", "-o", "o", "--lr", "-1"], "--lr must be greater than 0"),
+        (["train", "orpo", "--model", "m", "-o", "o", "--beta", "-0.1"], "--beta must be at least 0"),
+        (["train", "orpo", "--model", "m", "-o", "o", "--steps", "0"], "--steps must be at least 1"),
+        (["train", "dpo", "--model", "m", "-o", "o", "--partial-mask", "1.5"], "--partial-mask must be greater than 0 and at most 1"),
+        (["index", "add", "docs", "--store", "s.db", "--chunk-tokens", "4"], "--chunk-tokens must be at least 16"),
+    ],
+)
 def test_other_commands_refuse_out_of_range_numbers(cmd, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(*cmd)

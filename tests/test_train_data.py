@@ -10,9 +10,14 @@ from preflexor_local.train.data import DataError, load_pairs, pair_from_obj, ren
 
 def test_load_string_and_message_rows(tmp_path):
     rows = pair_rows(2)
-    rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why? Use <|thinking|>."}],
-                 "chosen": [{"role": "assistant", "content": "<|thinking|>\nx\n<|/thinking|>\ny"}],
-                 "rejected": [{"role": "assistant", "content": "z"}], "meta": {"source": "test"}})
+    rows.append(
+        {
+            "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why? Use <|thinking|>."}],
+            "chosen": [{"role": "assistant", "content": "<|thinking|>\nx\n<|/thinking|>\ny"}],
+            "rejected": [{"role": "assistant", "content": "z"}],
+            "meta": {"source": "test"},
+        }
+    )
     pairs = load_pairs(write_pairs(tmp_path / "p.jsonl", rows), require_thinking=True)
     assert len(pairs) == 3
     assert pairs[2].messages[0] == {"role": "system", "content": "Be brief."}
@@ -155,10 +160,12 @@ def test_the_training_core_is_engine_free():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "import preflexor_local.train.run, preflexor_local.train.encode, preflexor_local.train.resolve\n"
-            "import preflexor_local.train.mlx.trainer, preflexor_local.train.mlx.batches, preflexor_local.train.mlx.fuse\n"
-            "import preflexor_local.commands.train, preflexor_local.commands.data\n"
-            "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers', 'preflexor_local.train.trl_engine') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "import preflexor_local.train.run, preflexor_local.train.encode, preflexor_local.train.resolve\n"
+        "import preflexor_local.train.mlx.trainer, preflexor_local.train.mlx.batches, preflexor_local.train.mlx.fuse\n"
+        "import preflexor_local.commands.train, preflexor_local.commands.data\n"
+        "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers', 'preflexor_local.train.trl_engine') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -81,7 +81,7 @@ def test_properties(tokens, prompt_len, keep_tag, p):
     closes = [i for i in range(pl, len(ids)) if ids[i] == CLOSE]
     if closes:
         e = closes[-1]
-        assert all(keep[e + 1:])  # the answer after the last close tag is always scored
+        assert all(keep[e + 1 :])  # the answer after the last close tag is always scored
         if keep_tag:
             assert keep[e]
         if p == 1.0:

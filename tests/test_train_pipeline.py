@@ -23,10 +23,40 @@ def test_both_phases_in_one_command_then_gguf_then_ask(tmp_path, tiny_llama, gem
     env = dict(os.environ, PREFLEXOR_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     (tmp_path / "corpus.txt").write_text("\n\n".join(CORPUS))
     out = tmp_path / "run"
-    r = run("train", "preflexor", "--model", str(tiny_llama), "--store", str(tmp_path / "corpus.txt"), "--teacher", str(gemma_gguf),
-            "--phase1-rounds", "2", "--phase2-rounds", "1", "--steps-per-round", "1", "--pairs-per-round", "1",
-            "--categories", "Hypothesis", "--teacher-max-tokens", "40", "--student-max-tokens", "10", "--k-search", "1",
-            "--max-context-chars", "300", "--teacher-ctx", "4096", "-o", str(out), "--json", env=env)
+    r = run(
+        "train",
+        "preflexor",
+        "--model",
+        str(tiny_llama),
+        "--store",
+        str(tmp_path / "corpus.txt"),
+        "--teacher",
+        str(gemma_gguf),
+        "--phase1-rounds",
+        "2",
+        "--phase2-rounds",
+        "1",
+        "--steps-per-round",
+        "1",
+        "--pairs-per-round",
+        "1",
+        "--categories",
+        "Hypothesis",
+        "--teacher-max-tokens",
+        "40",
+        "--student-max-tokens",
+        "10",
+        "--k-search",
+        "1",
+        "--max-context-chars",
+        "300",
+        "--teacher-ctx",
+        "4096",
+        "-o",
+        str(out),
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["phase1"]["rounds_done"] == 2 and result["phase2"]["rounds_done"] == 1

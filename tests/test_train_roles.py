@@ -40,9 +40,12 @@ def test_prefill_is_prompt_and_the_replies_continue_it(tmp_path):
     from preflexor_local.prompt import known_template, render_prompt
     from preflexor_local.train.data import render_pair
 
-    row = {"prompt": [{"role": "user", "content": "Why is bone tough? Use <|thinking|>."}],
-           "prefill": "<|thinking|>\nmineral + collagen\n<|/thinking|>\n<|reflect|>\n",
-           "chosen": "I ignored water.\n<|/reflect|>\nBecause.", "rejected": "ok"}
+    row = {
+        "prompt": [{"role": "user", "content": "Why is bone tough? Use <|thinking|>."}],
+        "prefill": "<|thinking|>\nmineral + collagen\n<|/thinking|>\n<|reflect|>\n",
+        "chosen": "I ignored water.\n<|/reflect|>\nBecause.",
+        "rejected": "ok",
+    }
     pairs = load_pairs(_write(tmp_path / "r.jsonl", [REASONER, row]), require_thinking=True)
     t = known_template("gemma", "<bos>", "<eos>")
     prompt, chosen, rejected = render_pair(t, pairs[1])
@@ -60,8 +63,7 @@ def test_target_modules_regex_adapts_only_the_named_blocks(tmp_path):
     from preflexor_local.train.trl_engine import open_session
 
     base = build_tiny_llama(tmp_path / "m")
-    cfg = TrainConfig(model=str(base), output=str(tmp_path / "o"), method="orpo",
-                      target_modules=r"re:.*layers\.1\.(self_attn\.(q|v)_proj)").resolved()
+    cfg = TrainConfig(model=str(base), output=str(tmp_path / "o"), method="orpo", target_modules=r"re:.*layers\.1\.(self_attn\.(q|v)_proj)").resolved()
     session = open_session(cfg, RunContext(tmp_path / "o", log=lambda row: None, quiet=True))
     names = {n.split(".lora_")[0] for n, _ in session.model.named_parameters() if "lora_A" in n}
     session.close()

@@ -147,7 +147,7 @@ def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
     emb = model.get_input_embeddings().weight
     assert emb.shape[0] >= len(tok) and emb.shape[0] % 64 == 0
     # mean-initialised rows of never-seen tokens stay equal; the trained tag rows moved away from them
-    spare = emb[len(tok):] if emb.shape[0] > len(tok) else None
+    spare = emb[len(tok) :] if emb.shape[0] > len(tok) else None
     t0, t1 = emb[ids[0][0]], emb[ids[1][0]]
     assert not bool((t0 == t1).all())
     if spare is not None and len(spare):
@@ -158,8 +158,26 @@ def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
 def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "preflexor_local", "train", "orpo", "--model", str(tiny_llama), "--data", str(data), "-o", str(out),
-            "--rounds", "3", "--steps-per-round", "2", "--lr", "5e-3", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "preflexor_local",
+        "train",
+        "orpo",
+        "--model",
+        str(tiny_llama),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--rounds",
+        "3",
+        "--steps-per-round",
+        "2",
+        "--lr",
+        "5e-3",
+        "--json",
+    ]
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not (out / "rounds" / "round-0000" / "state.json").exists():
@@ -193,9 +211,34 @@ def test_two_process_gloo(tiny_llama, tmp_path):
     """torchrun (what `accelerate launch --multi_gpu` runs) with 2 CPU processes: data is sharded, one result."""
     data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
     out = tmp_path / "ddp"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "preflexor_local",
-                        "train", "orpo", "--model", str(tiny_llama), "--data", str(data), "-o", str(out), "--steps-per-round", "2", "--json"],
-                       env=ENV, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "preflexor_local",
+            "train",
+            "orpo",
+            "--model",
+            str(tiny_llama),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--steps-per-round",
+            "2",
+            "--json",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["global_step"] == 2
     assert json.loads((out / "run.json").read_text())["processes"] == 2
@@ -289,7 +332,7 @@ def test_plain_text_tags_add_no_tokens_and_mask_on_the_tag_sequence(tmp_path):
     batch = session.capture[0]
     close = list(session.rule.close_ids)
     for ids, mask in zip(batch["input_ids"].tolist()[:2], batch["completion_mask"].tolist()[:2]):  # the chosen rows
-        at = max(i for i in range(len(ids)) if ids[i:i + len(close)] == close)
+        at = max(i for i in range(len(ids)) if ids[i : i + len(close)] == close)
         assert mask[at] == 1 and mask[at - 1] == 0  # the tag counts, the thinking before it does not
     session.close()
 

@@ -168,7 +168,9 @@ def read_adapter_config(path: Path) -> dict:
     except (OSError, ValueError) as err:
         from ..errors import InvalidModelError
 
-        raise InvalidModelError(f"cannot read {Path(path) / CONFIG_FILE}: {err}", hint="an MLX adapter directory holds adapter_config.json and adapters.safetensors") from None
+        raise InvalidModelError(
+            f"cannot read {Path(path) / CONFIG_FILE}: {err}", hint="an MLX adapter directory holds adapter_config.json and adapters.safetensors"
+        ) from None
 
 
 def apply_adapter(model: nn.Module, path: Path) -> nn.Module:

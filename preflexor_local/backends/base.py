@@ -97,7 +97,7 @@ class StopScanner:
         pre-filled newline) but what is returned is only generated text."""
         self.stops = tuple(s for s in dict.fromkeys(stops) if s)
         keep = max((len(s) for s in self.stops), default=1) - 1
-        self._context = context[len(context) - keep:] if keep > 0 else ""
+        self._context = context[len(context) - keep :] if keep > 0 else ""
         self._all = self._context
         self._emitted = len(self._context)
         self.matched: str | None = None
@@ -105,7 +105,7 @@ class StopScanner:
     @property
     def text(self) -> str:
         """The generated text so far, cut at a matched stop string."""
-        return self._all[len(self._context):]
+        return self._all[len(self._context) :]
 
     def push(self, delta: str) -> str:
         """Add text; return what is safe to show. After a match, ``matched`` is set."""
@@ -117,7 +117,7 @@ class StopScanner:
         if hits:
             i, self.matched = min(hits)
             self._all = self._all[: max(i, len(self._context))]
-            out, self._emitted = self._all[self._emitted:], len(self._all)
+            out, self._emitted = self._all[self._emitted :], len(self._all)
             return out
         hold = 0
         for s in self.stops:
@@ -126,7 +126,7 @@ class StopScanner:
                     hold = n
                     break
         end = max(len(self._all) - hold, len(self._context))
-        out, self._emitted = self._all[self._emitted:end], max(self._emitted, end)
+        out, self._emitted = self._all[self._emitted : end], max(self._emitted, end)
         return out
 
     def _find(self, stop: str, start: int) -> int:
@@ -137,7 +137,7 @@ class StopScanner:
         return i
 
     def flush(self) -> str:
-        out, self._emitted = self._all[self._emitted:], len(self._all)
+        out, self._emitted = self._all[self._emitted :], len(self._all)
         return out
 
 
@@ -147,7 +147,7 @@ def repeats_at_end(text: str, max_period: int = 400) -> bool:
     n = len(text)
     for period in range(8, min(max_period, n // 2) + 1):
         times = 2 if period >= 64 else 4
-        if period * times <= n and text.endswith(text[n - period:] * times):
+        if period * times <= n and text.endswith(text[n - period :] * times):
             return True
     return False
 
@@ -244,6 +244,12 @@ class LocalBackend(Backend):
             if tail:
                 yield tail
         yield Generation(
-            text=scanner.text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
-            cached_tokens=cached, seconds=time.perf_counter() - t0, ttft=ttft, stop=scanner.matched,
+            text=scanner.text,
+            finish_reason=finish,
+            prompt_tokens=len(ids),
+            completion_tokens=n,
+            cached_tokens=cached,
+            seconds=time.perf_counter() - t0,
+            ttft=ttft,
+            stop=scanner.matched,
         )

@@ -145,8 +145,10 @@ class MLXBackend(LocalBackend):
         self.path = Path(path)
         self.adapter = adapter
         if not (self.path / "config.json").is_file():
-            raise InvalidModelError(f"{self.path} has no config.json, so it is not an MLX or Hugging Face model directory",
-                                    hint="convert a Hugging Face checkpoint with `preflexor-local convert mlx` (or mlx_lm.convert)")
+            raise InvalidModelError(
+                f"{self.path} has no config.json, so it is not an MLX or Hugging Face model directory",
+                hint="convert a Hugging Face checkpoint with `preflexor-local convert mlx` (or mlx_lm.convert)",
+            )
         try:
             # the rotary keys as transformers reads them (an HF folder saved by transformers 5, or a plain mlx_lm.convert copy of one)
             overrides = mlx_overrides(_read_json(self.path / "config.json"))
@@ -198,9 +200,12 @@ class MLXBackend(LocalBackend):
             self.template = template
         else:
             self.template = choose_template(
-                options.chat_template, template_source or getattr(tok, "chat_template", None), config.get("model_type"),
+                options.chat_template,
+                template_source or getattr(tok, "chat_template", None),
+                config.get("model_type"),
                 instruct=looks_instruct(self.path.name, name),
-                bos_token=self.bos_token, eos_token=tok.eos_token or "",
+                bos_token=self.bos_token,
+                eos_token=tok.eos_token or "",
                 vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if len(tok.encode(t, add_special_tokens=False)) == 1),
             )
         self._cache = None
@@ -244,8 +249,15 @@ class MLXBackend(LocalBackend):
         if sampling.seed is not None:
             mx.random.seed(sampling.seed)
         greedy = sampling.temperature <= 0
-        sampler = make_sampler(0.0) if greedy else make_sampler(
-            sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p, top_k=sampling.top_k,
+        sampler = (
+            make_sampler(0.0)
+            if greedy
+            else make_sampler(
+                sampling.temperature,
+                top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                top_k=sampling.top_k,
+            )
         )
         processors = None
         if sampling.repeat_penalty and sampling.repeat_penalty != 1.0:
@@ -253,8 +265,12 @@ class MLXBackend(LocalBackend):
         keep = self._prepare_cache(ids)
         fed = list(ids)
         steps = generate_step(
-            mx.array(ids[keep:]), self.model, max_tokens=max_new, sampler=sampler,
-            logits_processors=processors, prompt_cache=self._cache,
+            mx.array(ids[keep:]),
+            self.model,
+            max_tokens=max_new,
+            sampler=sampler,
+            logits_processors=processors,
+            prompt_cache=self._cache,
         )
         try:
             for token, _ in steps:
@@ -295,7 +311,7 @@ def resolve_adapter(path: Path) -> tuple[Path, Path]:
     if not base:
         raise InvalidModelError(
             f"the adapter {path} does not say which base model it belongs to (no 'model' in adapter_config.json)",
-            hint="add \"model\": \"/path/to/base-mlx\" to its adapter_config.json",
+            hint='add "model": "/path/to/base-mlx" to its adapter_config.json',
         )
     base_path = Path(base).expanduser()
     if not base_path.is_absolute() and not base_path.exists():
@@ -318,8 +334,10 @@ def resolve_adapter(path: Path) -> tuple[Path, Path]:
 
 def load(spec: ModelSpec, options: LoadOptions) -> MLXBackend:
     if spec.kind != "dir" or spec.path is None:
-        raise InvalidModelError(f"{spec.text} is not a directory; the MLX backend loads MLX model or adapter directories",
-                                hint="pass the directory written by `preflexor-local convert mlx` or mlx_lm.convert")
+        raise InvalidModelError(
+            f"{spec.text} is not a directory; the MLX backend loads MLX model or adapter directories",
+            hint="pass the directory written by `preflexor-local convert mlx` or mlx_lm.convert",
+        )
     if is_mlx_adapter_dir(spec.path):
         base, adapter = resolve_adapter(spec.path)
         return MLXBackend(base, options, adapter=adapter, name=spec.name)

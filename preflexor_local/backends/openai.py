@@ -60,7 +60,8 @@ class OpenAIBackend(Backend):
         self.url = spec.url
         key = options.api_key or os.environ.get("OPENAI_API_KEY") or "none"
         self.client = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {key}"},
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key}"},
             timeout=httpx.Timeout(options.timeout, connect=10.0),
         )
         served = self._served_models()
@@ -70,8 +71,11 @@ class OpenAIBackend(Backend):
         # (mlx_lm.server would try to load a model called "default").
         self.model_id = spec.name or (served[0] if served else None)
         if served is None:
-            _note(f"{self.url}/models did not list the models; using " + (repr(self.model_id) if self.model_id else "the server's default model")
-                  + ("" if spec.name else " (name one with …/v1#model-name)"))
+            _note(
+                f"{self.url}/models did not list the models; using "
+                + (repr(self.model_id) if self.model_id else "the server's default model")
+                + ("" if spec.name else " (name one with …/v1#model-name)")
+            )
         super().__init__(self.model_id or "default")
         self.template: ChatTemplate | None = None
         if options.chat_template and options.chat_template != "auto":
@@ -142,8 +146,12 @@ class OpenAIBackend(Backend):
     def _payload(self, request: GenerationRequest) -> tuple[str, dict]:
         s = request.sampling
         body = {
-            **({"model": self.model_id} if self.model_id else {}), "max_tokens": request.limit, "temperature": max(s.temperature, 0.0),
-            "top_p": s.top_p, "stream": True, "stream_options": {"include_usage": True},
+            **({"model": self.model_id} if self.model_id else {}),
+            "max_tokens": request.limit,
+            "temperature": max(s.temperature, 0.0),
+            "top_p": s.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
         stops = list(dict.fromkeys([*request.stop, *(self.template.stop if self.template else ())]))
         if stops:
@@ -213,9 +221,13 @@ class OpenAIBackend(Backend):
         else:
             finish = "stop"
         yield Generation(
-            text=scanner.text, finish_reason=finish, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or chunks), seconds=time.perf_counter() - t0,
-            ttft=ttft, stop=scanner.matched,
+            text=scanner.text,
+            finish_reason=finish,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or chunks),
+            seconds=time.perf_counter() - t0,
+            ttft=ttft,
+            stop=scanner.matched,
         )
 
     def describe(self) -> dict:

@@ -52,18 +52,18 @@ class _Detok(Detokenizer):
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
+            return after[len(before) :]
         return ""
 
     def flush(self) -> str:
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return after[len(before):]
+        return after[len(before) :]
 
 
 def sample_next(logits, history, sampling: Sampling, generator):
@@ -121,14 +121,19 @@ class TransformersBackend(LocalBackend):
         self._setup(model, tokenizer, options)
         tok = self.tokenizer
         self.template = choose_template(
-            options.chat_template, tok.chat_template, model_type, instruct=looks_instruct(path.name, name),
-            bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+            options.chat_template,
+            tok.chat_template,
+            model_type,
+            instruct=looks_instruct(path.name, name),
+            bos_token=tok.bos_token or "",
+            eos_token=tok.eos_token or "",
             vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tok.get_vocab()),
         )
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, template: ChatTemplate, path: Path, options: LoadOptions | None = None,
-                    name: str | None = None) -> TransformersBackend:
+    def from_loaded(
+        cls, model, tokenizer, template: ChatTemplate, path: Path, options: LoadOptions | None = None, name: str | None = None
+    ) -> TransformersBackend:
         """A backend around a model already in memory (the trainer's student); weights are shared, not copied.
 
         The model generates in whatever mode it is in: the caller puts it in eval mode (a trainer switches it

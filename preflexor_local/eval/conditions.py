@@ -65,8 +65,7 @@ class Models:
 class ItemRunner:
     """Runs every condition on one question and returns the item's records (one JSONL line)."""
 
-    def __init__(self, models: Models, settings: EvalSettings, sampling: Sampling, recursion: Recursion,
-                 fmt: ThinkingFormat | None = None):
+    def __init__(self, models: Models, settings: EvalSettings, sampling: Sampling, recursion: Recursion, fmt: ThinkingFormat | None = None):
         self.models, self.settings, self.sampling, self.recursion = models, settings, sampling, recursion
         self.fmt = fmt or ThinkingFormat()
         self.base_seed = 0 if sampling.seed is None else sampling.seed
@@ -84,21 +83,41 @@ class ItemRunner:
 
     def _engine(self, sampling: Sampling, rounds: int) -> Engine:
         m = self.models
-        return Engine(m.reasoner, m.critic, m.integrator, sampling=sampling,
-                      recursion=replace(self.recursion, rounds=rounds), fmt=self.fmt)
+        return Engine(m.reasoner, m.critic, m.integrator, sampling=sampling, recursion=replace(self.recursion, rounds=rounds), fmt=self.fmt)
 
     # -- conditions -------------------------------------------------------------
     def _rounds_record(self, q: Question, k: int, seed: int, t: Transcript) -> dict:
         per_round = []
         for rnd in t.rounds:
             s = score(q, rnd.answer)
-            per_round.append({"index": rnd.index, "answer": rnd.answer, "prediction": s.prediction, "correct": s.correct,
-                              "tokens": rnd.completion_tokens, "seconds": round(rnd.seconds, 4)})
+            per_round.append(
+                {
+                    "index": rnd.index,
+                    "answer": rnd.answer,
+                    "prediction": s.prediction,
+                    "correct": s.correct,
+                    "tokens": rnd.completion_tokens,
+                    "seconds": round(rnd.seconds, 4),
+                }
+            )
         s = score(q, t.final_answer)
-        return {"condition": rounds_name(k), "family": "rounds", "rounds_run": k, "seed": seed, "temperature": self.sampling.temperature,
-                "final_answer": t.final_answer, "prediction": s.prediction, "correct": s.correct, "integrated": t.integrated,
-                "tokens": t.completion_tokens, "prompt_tokens": t.prompt_tokens, "seconds": round(t.seconds, 4), "calls": len(t.calls),
-                "rounds": per_round, "transcript": t.to_dict()}
+        return {
+            "condition": rounds_name(k),
+            "family": "rounds",
+            "rounds_run": k,
+            "seed": seed,
+            "temperature": self.sampling.temperature,
+            "final_answer": t.final_answer,
+            "prediction": s.prediction,
+            "correct": s.correct,
+            "integrated": t.integrated,
+            "tokens": t.completion_tokens,
+            "prompt_tokens": t.prompt_tokens,
+            "seconds": round(t.seconds, 4),
+            "calls": len(t.calls),
+            "rounds": per_round,
+            "transcript": t.to_dict(),
+        }
 
     @staticmethod
     def _first_round_record(q: Question, big: dict, t: Transcript) -> dict:
@@ -107,11 +126,23 @@ class ItemRunner:
         calls = [c for c in rnd.calls if c.role == "reasoner"]
         s = score(q, rnd.answer)
         tokens, seconds = sum(c.completion_tokens for c in calls), round(sum(c.seconds for c in calls), 4)
-        return {"condition": rounds_name(1), "family": "rounds", "rounds_run": 1, "seed": big["seed"], "temperature": big["temperature"],
-                "final_answer": rnd.answer, "prediction": s.prediction, "correct": s.correct, "integrated": False,
-                "tokens": tokens, "prompt_tokens": sum(c.prompt_tokens for c in calls), "seconds": seconds, "calls": len(calls),
-                "rounds": [{"index": 1, "answer": rnd.answer, "prediction": s.prediction, "correct": s.correct, "tokens": tokens, "seconds": seconds}],
-                "derived_from": big["condition"]}
+        return {
+            "condition": rounds_name(1),
+            "family": "rounds",
+            "rounds_run": 1,
+            "seed": big["seed"],
+            "temperature": big["temperature"],
+            "final_answer": rnd.answer,
+            "prediction": s.prediction,
+            "correct": s.correct,
+            "integrated": False,
+            "tokens": tokens,
+            "prompt_tokens": sum(c.prompt_tokens for c in calls),
+            "seconds": seconds,
+            "calls": len(calls),
+            "rounds": [{"index": 1, "answer": rnd.answer, "prediction": s.prediction, "correct": s.correct, "tokens": tokens, "seconds": seconds}],
+            "derived_from": big["condition"],
+        }
 
     def _samples(self, q: Question, budget: int) -> list[dict]:
         samples: list[dict] = []
@@ -122,16 +153,31 @@ class ItemRunner:
             seed = item_seed(self.base_seed, q.id, f"sample-{len(samples)}")
             t = self._engine(replace(self.sampling, temperature=self.settings.sample_temperature, seed=seed), 1).run(q.prompt())
             s = score(q, t.final_answer)
-            samples.append({"seed": seed, "answer": t.final_answer, "prediction": s.prediction, "correct": s.correct,
-                            "tokens": t.completion_tokens, "seconds": round(t.seconds, 4), "transcript": t.to_dict()})
+            samples.append(
+                {
+                    "seed": seed,
+                    "answer": t.final_answer,
+                    "prediction": s.prediction,
+                    "correct": s.correct,
+                    "tokens": t.completion_tokens,
+                    "seconds": round(t.seconds, 4),
+                    "transcript": t.to_dict(),
+                }
+            )
             spent += t.completion_tokens
         return samples
 
     def _pool_fields(self, samples: list[dict], budget: int) -> dict:
-        return {"family": "baseline", "budget": budget, "samples": len(samples), "temperature": self.settings.sample_temperature,
-                "seeds": [s["seed"] for s in samples],
-                "tokens": sum(s["tokens"] for s in samples), "seconds": round(sum(s["seconds"] for s in samples), 4),
-                "sample_records": samples}
+        return {
+            "family": "baseline",
+            "budget": budget,
+            "samples": len(samples),
+            "temperature": self.settings.sample_temperature,
+            "seeds": [s["seed"] for s in samples],
+            "tokens": sum(s["tokens"] for s in samples),
+            "seconds": round(sum(s["seconds"] for s in samples), 4),
+            "sample_records": samples,
+        }
 
     def _self_consistency(self, q: Question, samples: list[dict], budget: int) -> dict:
         groups: list[dict] = []  # prediction, count, first sample index
@@ -149,8 +195,14 @@ class ItemRunner:
         chosen = samples[best["first"]] if best else samples[0]
         pred = best["prediction"] if best else None
         correct = bool(chosen["correct"]) if best else False  # the group's first sample carries its prediction
-        return {"condition": "self-consistency", **self._pool_fields(samples, budget), "final_answer": chosen["answer"],
-                "prediction": pred, "correct": correct, "votes": [{"prediction": g["prediction"], "count": g["count"]} for g in groups]}
+        return {
+            "condition": "self-consistency",
+            **self._pool_fields(samples, budget),
+            "final_answer": chosen["answer"],
+            "prediction": pred,
+            "correct": correct,
+            "votes": [{"prediction": g["prediction"], "count": g["count"]} for g in groups],
+        }
 
     def _best_of_n(self, q: Question, samples: list[dict], budget: int, selector: str) -> dict:
         comparisons: list[dict] = []
@@ -166,10 +218,17 @@ class ItemRunner:
                 if c.winner == "first":
                     pick = i
         chosen = samples[pick]
-        return {"condition": "best-of-n", **self._pool_fields(samples, budget), "final_answer": chosen["answer"],
-                "prediction": chosen["prediction"], "correct": chosen["correct"], "picked": pick,
-                "selector": "key (oracle)" if selector == "key" else "judge", "selection": comparisons,
-                "selection_tokens": sum(c["completion_tokens"] for c in comparisons)}
+        return {
+            "condition": "best-of-n",
+            **self._pool_fields(samples, budget),
+            "final_answer": chosen["answer"],
+            "prediction": chosen["prediction"],
+            "correct": chosen["correct"],
+            "picked": pick,
+            "selector": "key (oracle)" if selector == "key" else "judge",
+            "selection": comparisons,
+            "selection_tokens": sum(c["completion_tokens"] for c in comparisons),
+        }
 
     # -- one item ------------------------------------------------------------------
     def run(self, q: Question) -> dict:
@@ -196,8 +255,7 @@ class ItemRunner:
         if not q.keyed and self.models.judge is not None:
             self._judge_open(q, records)
         order = condition_names(cfg)
-        return {"id": q.id, "kind": q.kind, "topic": q.topic, "question": q.to_dict(),
-                "records": [records[name] for name in order if name in records]}
+        return {"id": q.id, "kind": q.kind, "topic": q.topic, "question": q.to_dict(), "records": [records[name] for name in order if name in records]}
 
     def _judge_open(self, q: Question, records: dict[str, dict]) -> None:
         """Open items: every condition against the smallest round count, both orders, the reference shown."""
@@ -210,4 +268,3 @@ class ItemRunner:
             rec["verdict"] = {"first": "win", "second": "loss"}.get(c.winner, "tie")
             rec["versus"] = self.baseline_name
             rec["judge"] = c.to_dict()
-

@@ -81,12 +81,13 @@ def _after_markers(text: str) -> list[str]:
 
 # -- choice ---------------------------------------------------------------------
 
+
 def _letter_at_start(segment: str, letters: str) -> str | None:
     """A single option letter at the start of ``segment`` ("B", "(b)", "**C**", "D) …"), else None."""
     m = re.match(r"^[\s*_]*([(\[]?)\s*([A-Za-z])(?![A-Za-z0-9'’-])", segment)
     if not m or m.group(2).upper() not in letters:
         return None
-    letter, rest = m.group(2), segment[m.end():]
+    letter, rest = m.group(2), segment[m.end() :]
     # "a"/"A" is also an article ("the answer is a composite"): refuse it when a word follows unless it is set off.
     if letter in "aA" and not m.group(1) and re.match(r"\s+[A-Za-z]", rest):
         return None
@@ -119,6 +120,7 @@ def extract_choice(text: str, choices: tuple[str, ...]) -> str | None:
 
 
 # -- numbers --------------------------------------------------------------------
+
 
 def _value(m: re.Match) -> float | None:
     try:
@@ -170,6 +172,7 @@ def numbers_match(a: float, b: float, tolerance: float) -> bool:
 
 # -- exact ------------------------------------------------------------------------
 
+
 def extract_phrase(text: str) -> str | None:
     segments = _after_markers(_clean(text))
     phrase = segments[0] if segments else re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
@@ -183,6 +186,7 @@ def phrase_matches(phrase: str, accepted: tuple[str, ...]) -> bool:
 
 
 # -- scoring ----------------------------------------------------------------------
+
 
 def score(question: Question, answer: str) -> Score:
     """Extract the prediction from ``answer`` and compare it with the key (open questions: not scored)."""

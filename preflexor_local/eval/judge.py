@@ -36,7 +36,11 @@ REFERENCE = "\nA reference answer (a guide, not the only acceptable answer):\n{r
 PREFILL = "Verdict:"
 
 # One worked comparison, shown to base models (plain completion format) that were never taught to follow instructions.
-_EXAMPLE = ("Why does ice float on water?", "Ice is less dense than liquid water because hydrogen bonds hold its molecules in an open lattice.", "Ice floats because it is cold.")
+_EXAMPLE = (
+    "Why does ice float on water?",
+    "Ice is less dense than liquid water because hydrogen bonds hold its molecules in an open lattice.",
+    "Ice floats because it is cold.",
+)
 
 
 @dataclass
@@ -67,12 +71,17 @@ class Comparison:
         return len({v.winner for v in self.verdicts}) == 1 and self.verdicts[0].winner in ("first", "second", "tie")
 
     def to_dict(self) -> dict:
-        return {"winner": self.winner, "consistent": self.consistent, "verdicts": [asdict(v) for v in self.verdicts],
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4)}
+        return {
+            "winner": self.winner,
+            "consistent": self.consistent,
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 def read_verdict(text: str, fmt: ThinkingFormat | None = None) -> str:
-    """"A", "B" or "T" from a judge's reply (thinking, if any, removed), or "?"."""
+    """ "A", "B" or "T" from a judge's reply (thinking, if any, removed), or "?"."""
     fmt = fmt or ThinkingFormat()
     if fmt.think_end in text or fmt.reflect_end in text:
         text = parse(text, fmt).answer
@@ -103,8 +112,12 @@ class PairwiseJudge:
     def _messages(self, question: str, a: str, b: str, reference: str | None) -> list[dict]:
         def prompt(q, x, y, ref):
             ref_block = REFERENCE.replace("{reference}", ref.strip()) if ref else ""
-            return (JUDGE_PROMPT.replace("{question}", q.strip()).replace("{reference}", ref_block)
-                    .replace("{a}", x.strip() or "(empty)").replace("{b}", y.strip() or "(empty)"))
+            return (
+                JUDGE_PROMPT.replace("{question}", q.strip())
+                .replace("{reference}", ref_block)
+                .replace("{a}", x.strip() or "(empty)")
+                .replace("{b}", y.strip() or "(empty)")
+            )
 
         msgs = [{"role": "system", "content": JUDGE_SYSTEM}]
         template = getattr(self.backend, "template", None)

@@ -32,7 +32,9 @@ FIELDS = {"id", "question", "kind", "answer", "choices", "tolerance", "reference
 DEFAULT_TOLERANCE = 0.01
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 BUILTIN_PREFIX = "builtin:"
-_FORMAT_HINT = 'each line is a JSON object like {"id": "q1", "question": "…", "kind": "choice", "choices": ["…", "…"], "answer": "B"}; see the README, "Evaluating"'
+_FORMAT_HINT = (
+    'each line is a JSON object like {"id": "q1", "question": "…", "kind": "choice", "choices": ["…", "…"], "answer": "B"}; see the README, "Evaluating"'
+)
 
 # Not "Answer: X": in the plain completion format (base models) "Answer:" at a line start begins a new turn and
 # is a stop string, so an answer in that form would be cut to nothing. The extractor reads both forms.
@@ -103,13 +105,15 @@ def builtin_sets() -> list[str]:
 
 def resolve_source(source: str) -> Path:
     if source.startswith(BUILTIN_PREFIX):
-        name = source[len(BUILTIN_PREFIX):]
+        name = source[len(BUILTIN_PREFIX) :]
         if name not in builtin_sets():
             raise UsageError(f"no built-in question set named {name!r}", hint=f"built-in sets: {', '.join('builtin:' + s for s in builtin_sets())}")
         return Path(str(resources.files(__package__).joinpath("sets", f"{name}.jsonl")))
     path = Path(source).expanduser()
     if not path.is_file():
-        raise UsageError(f"question file not found: {source}", hint=f"give a JSONL file, or a built-in set: {', '.join('builtin:' + s for s in builtin_sets())}")
+        raise UsageError(
+            f"question file not found: {source}", hint=f"give a JSONL file, or a built-in set: {', '.join('builtin:' + s for s in builtin_sets())}"
+        )
     return path
 
 
@@ -205,5 +209,13 @@ def parse_question(line: str) -> Question:
         answer = tuple(a.strip() for a in accepted)
     elif answer is not None:
         raise ValueError("open questions have no 'answer'; put a model answer in 'reference' (the judge sees it)")
-    return Question(id=str(qid).strip(), question=question.strip(), kind=kind, answer=answer, choices=choices,
-                    tolerance=tolerance, reference=row.get("reference"), topic=row.get("topic"))
+    return Question(
+        id=str(qid).strip(),
+        question=question.strip(),
+        kind=kind,
+        answer=answer,
+        choices=choices,
+        tolerance=tolerance,
+        reference=row.get("reference"),
+        topic=row.get("topic"),
+    )

@@ -58,13 +58,25 @@ def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
         tokens, tokens_ci = mean_ci([r["tokens"] for r in recs])
         seconds, seconds_ci = mean_ci([r["seconds"] for r in recs])
         entry = {
-            "items": len(recs), "keyed": len(keyed), "correct": correct,
-            "accuracy": correct / len(keyed) if keyed else None, "accuracy_ci95": _interval(wilson(correct, len(keyed))),
-            "open": {"judged": len(judged), "win": win, "tie": tie, "loss": loss,
-                     "win_rate": win / len(judged) if judged else None, "win_rate_ci95": _interval(wilson(win, len(judged))),
-                     "loss_rate": loss / len(judged) if judged else None, "loss_rate_ci95": _interval(wilson(loss, len(judged)))},
-            "mean_tokens": tokens, "mean_tokens_ci95": _interval(tokens_ci),
-            "mean_seconds": seconds, "mean_seconds_ci95": _interval(seconds_ci),
+            "items": len(recs),
+            "keyed": len(keyed),
+            "correct": correct,
+            "accuracy": correct / len(keyed) if keyed else None,
+            "accuracy_ci95": _interval(wilson(correct, len(keyed))),
+            "open": {
+                "judged": len(judged),
+                "win": win,
+                "tie": tie,
+                "loss": loss,
+                "win_rate": win / len(judged) if judged else None,
+                "win_rate_ci95": _interval(wilson(win, len(judged))),
+                "loss_rate": loss / len(judged) if judged else None,
+                "loss_rate_ci95": _interval(wilson(loss, len(judged))),
+            },
+            "mean_tokens": tokens,
+            "mean_tokens_ci95": _interval(tokens_ci),
+            "mean_seconds": seconds,
+            "mean_seconds_ci95": _interval(seconds_ci),
         }
         samples = [r["samples"] for r in recs if "samples" in r]
         if samples:
@@ -91,11 +103,19 @@ def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
 
 def build_report(lines: list[dict], conditions: list[str], baseline: str, meta: dict) -> dict:
     items = flatten(lines)
-    return {"version": REPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
-            "conditions": conditions, "baseline": baseline, "summary": summarize(items, conditions, baseline), "items": items}
+    return {
+        "version": REPORT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **meta,
+        "conditions": conditions,
+        "baseline": baseline,
+        "summary": summarize(items, conditions, baseline),
+        "items": items,
+    }
 
 
 # -- markdown -------------------------------------------------------------------
+
 
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
@@ -112,8 +132,7 @@ def _num(x, digits: int = 0) -> str:
 def markdown(report: dict) -> str:
     s, base = report["summary"], report["baseline"]
     lines = [f"### Evaluation: {report['question_set']['source']} ({report['question_set']['evaluated']} items)", ""]
-    lines += [f"| condition | accuracy | 95 % CI | correct / keyed | open win / tie / loss vs {base} | mean tokens | mean s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [f"| condition | accuracy | 95 % CI | correct / keyed | open win / tie / loss vs {base} | mean tokens | mean s |", "|---|---|---|---|---|---|---|"]
     for cond in report["conditions"]:
         c = s["conditions"].get(cond)
         if not c:
@@ -121,8 +140,10 @@ def markdown(report: dict) -> str:
         o = c["open"]
         wtl = f"{o['win']} / {o['tie']} / {o['loss']}" if o["judged"] else "–"
         extra = f" ({c['mean_samples']:.1f} samples)" if "mean_samples" in c else ""
-        lines.append(f"| {cond}{extra} | {_pct(c['accuracy'])} | {_ci(c['accuracy_ci95'])} | {c['correct']} / {c['keyed']} | {wtl} | "
-                     f"{_num(c['mean_tokens'])} | {_num(c['mean_seconds'], 1)} |")
+        lines.append(
+            f"| {cond}{extra} | {_pct(c['accuracy'])} | {_ci(c['accuracy_ci95'])} | {c['correct']} / {c['keyed']} | {wtl} | "
+            f"{_num(c['mean_tokens'])} | {_num(c['mean_seconds'], 1)} |"
+        )
     flip_rows = []
     for cond, steps in s["flips"]["within_run"].items():
         for st in steps:

@@ -44,8 +44,18 @@ def _spec(spec: str | None) -> str:
     return str(path.resolve()) if path.exists() else spec.strip()
 
 
-def fingerprint(qset: QuestionSet, model, critic, integrator, judge, settings: EvalSettings, sampling: Sampling,
-                recursion: Recursion, options: LoadOptions, fmt: ThinkingFormat) -> dict:
+def fingerprint(
+    qset: QuestionSet,
+    model,
+    critic,
+    integrator,
+    judge,
+    settings: EvalSettings,
+    sampling: Sampling,
+    recursion: Recursion,
+    options: LoadOptions,
+    fmt: ThinkingFormat,
+) -> dict:
     """Everything that decides what the numbers mean; resumed runs must match it."""
     eval_d = {k: v for k, v in settings.to_dict().items() if k not in _FREE["eval"]}
     eval_d["instructions"] = INSTRUCTIONS  # the wording asked of the model is part of what is measured
@@ -56,9 +66,17 @@ def fingerprint(qset: QuestionSet, model, critic, integrator, judge, settings: E
     fp = {
         # A built-in set by name (its install path may move), a file by its absolute path; the hash guards the content.
         "questions": {"source": qset.source if qset.source.startswith(BUILTIN_PREFIX) else str(Path(qset.path).resolve()), "sha256": qset.sha256},
-        "models": {"reasoner": _spec(model), "critic": _spec(critic) if critic else None,
-                   "integrator": _spec(integrator) if integrator else None, "judge": _spec(judge) if judge else None},
-        "eval": eval_d, "sampling": samp, "recursion": rec, "load": load_d, "format": fmt.to_dict(),
+        "models": {
+            "reasoner": _spec(model),
+            "critic": _spec(critic) if critic else None,
+            "integrator": _spec(integrator) if integrator else None,
+            "judge": _spec(judge) if judge else None,
+        },
+        "eval": eval_d,
+        "sampling": samp,
+        "recursion": rec,
+        "load": load_d,
+        "format": fmt.to_dict(),
     }
     return json.loads(json.dumps(fp))  # as stored in settings.json (tuples become lists), so comparisons are exact
 
@@ -129,8 +147,9 @@ class Run:
         diffs = _differences(stored.get("fingerprint", {}), self.fp)
         if diffs:
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-            raise UsageError(f"{self.dir} holds a run with other settings: {'; '.join(diffs[:3])}{more}",
-                             hint="use another -o folder, or delete this one to start over")
+            raise UsageError(
+                f"{self.dir} holds a run with other settings: {'; '.join(diffs[:3])}{more}", hint="use another -o folder, or delete this one to start over"
+            )
         return stored
 
     def start(self, models: dict) -> None:
@@ -183,8 +202,7 @@ def progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     # tqdm shows items/s and the ETA; the rate counts only items run now, not resumed ones.
-    return tqdm(total=total, initial=initial, unit="item", desc="eval", file=sys.stderr, dynamic_ncols=True,
-                disable=not enabled, smoothing=0.1)
+    return tqdm(total=total, initial=initial, unit="item", desc="eval", file=sys.stderr, dynamic_ncols=True, disable=not enabled, smoothing=0.1)
 
 
 def _load_models(model, critic, integrator, judge, options: LoadOptions, settings: EvalSettings, fmt: ThinkingFormat):
@@ -264,8 +282,12 @@ def evaluate(
             models, backends = _load_models(model, critic, integrator, judge, options, settings, fmt)
             owned = backends
         try:
-            models_desc = {"reasoner": models.reasoner.describe(), "critic": models.critic.describe(),
-                           "integrator": models.integrator.describe(), "judge": models.judge.describe() if models.judge else None}
+            models_desc = {
+                "reasoner": models.reasoner.describe(),
+                "critic": models.critic.describe(),
+                "integrator": models.integrator.describe(),
+                "judge": models.judge.describe() if models.judge else None,
+            }
             run.start(models_desc)
             concurrency = settings.concurrency
             if concurrency > 1 and not all(b.kind == "openai" for b in backends):
@@ -274,6 +296,7 @@ def evaluate(
             runner = ItemRunner(models, settings, sampling, recursion, fmt)
             bar = progress_bar(len(selected), len(selected) - len(todo), progress)
             try:
+
                 def finished(line: dict) -> None:
                     append_item(run.items_path, line)
                     done[line["id"]] = line

@@ -51,10 +51,18 @@ class EvalSettings(Settings):
     baselines: tuple[str, ...] | str = opt(
         "self-consistency",
         "Baselines at the generated-token budget of the largest round count: self-consistency, best-of-n (comma-separated, or none).",
-        "--baselines")
-    sample_temperature: float = opt(0.7, "Temperature of the baselines' independent samples (at 0 they would all be the same answer).", "--sample-temperature", ge=0, le=10)
+        "--baselines",
+    )
+    sample_temperature: float = opt(
+        0.7, "Temperature of the baselines' independent samples (at 0 they would all be the same answer).", "--sample-temperature", ge=0, le=10
+    )
     max_samples: int = opt(16, "Most samples a baseline draws per item, whatever the budget.", "--max-samples", ge=1)
-    selector: str = opt("auto", "How best-of-n picks its sample: judge (pairwise, both orders), key (oracle: the answer key; an upper bound), auto (judge if --judge is given, else key).", "--selector", choices=SELECTORS)
+    selector: str = opt(
+        "auto",
+        "How best-of-n picks its sample: judge (pairwise, both orders), key (oracle: the answer key; an upper bound), auto (judge if --judge is given, else key).",
+        "--selector",
+        choices=SELECTORS,
+    )
     judge_max_tokens: int = opt(48, "Most tokens per judge verdict.", "--judge-max-tokens", ge=1)
     concurrency: int = opt(1, "Items run in parallel; above 1 only when every model is an OpenAI-compatible server.", "--concurrency", "-j", ge=1)
     limit: int | None = opt(None, "Evaluate only the first N questions of the set.", "--limit", ge=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
@@ -45,7 +45,7 @@ def _can_load(mod: ModuleType) -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def driver(forced: str | None = None) -> ModuleType:
     """The DB-API module used for stores: stdlib ``sqlite3`` if it can load sqlite-vec, else ``sqlean``."""
     try:

@@ -131,8 +131,33 @@ def _pdf(data: bytes) -> Extracted:
 
 
 _BLOCK = {
-    "p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "table", "section", "article", "header", "footer",
-    "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "dd", "dt", "figcaption", "hr", "title",
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "tr",
+    "td",
+    "th",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "dd",
+    "dt",
+    "figcaption",
+    "hr",
+    "title",
 }
 _HIDDEN = {"script", "style", "noscript", "template", "svg", "head"}
 

@@ -31,8 +31,12 @@ Warn = Callable[[str, str], None]
 
 @dataclass
 class IndexConfig(Settings):
-    embed_model: str | None = opt(None, "Local sentence-transformers directory for embeddings (default: the packaged all-MiniLM-L6-v2; a store keeps its model).", "--embed-model")
-    chunk_tokens: int | None = opt(None, "Tokens per chunk, counted by the embedding model's tokenizer (default 200; a store keeps its first value).", "--chunk-tokens", ge=16, le=8192)
+    embed_model: str | None = opt(
+        None, "Local sentence-transformers directory for embeddings (default: the packaged all-MiniLM-L6-v2; a store keeps its model).", "--embed-model"
+    )
+    chunk_tokens: int | None = opt(
+        None, "Tokens per chunk, counted by the embedding model's tokenizer (default 200; a store keeps its first value).", "--chunk-tokens", ge=16, le=8192
+    )
     overlap: int | None = opt(None, "Tokens shared by consecutive chunks (default 32).", "--overlap", ge=0)
     batch_size: int = opt(64, "Chunks per embedding batch.", "--batch-size", ge=1)
     commit_every: int = opt(256, "New chunks per transaction; a crash loses at most this much work.", "--commit-every", ge=1)
@@ -268,7 +272,9 @@ class _Writer:
         return out
 
 
-def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, store_path: str | os.PathLike, config: IndexConfig | None = None, on_warning: Warn | None = None) -> IndexReport:
+def index_folder(
+    paths: Iterable[str | os.PathLike] | str | os.PathLike, store_path: str | os.PathLike, config: IndexConfig | None = None, on_warning: Warn | None = None
+) -> IndexReport:
     """Index files and folders (recursively) into the store at ``store_path``; resumable and incremental."""
     config = config or IndexConfig()
     if isinstance(paths, (str, os.PathLike)):
@@ -359,9 +365,7 @@ def remove_paths(store_path: str | os.PathLike, paths: Iterable[str | os.PathLik
             for p in paths:
                 target = os.path.abspath(Path(p).expanduser())
                 prefix = target.rstrip(os.sep) + os.sep
-                rows = db.execute(
-                    "SELECT id, path FROM documents WHERE path = ? OR substr(path, 1, ?) = ?", (target, len(prefix), prefix)
-                ).fetchall()
+                rows = db.execute("SELECT id, path FROM documents WHERE path = ? OR substr(path, 1, ?) = ?", (target, len(prefix), prefix)).fetchall()
                 if not rows:
                     raise UsageError(f"{p} is not in the store {store_path}", hint="`preflexor-local index stats --store ... --json` lists what is indexed")
                 _collect_garbage(db, _delete_docs(db, [r[0] for r in rows]))

@@ -11,8 +11,9 @@ from .engine import Engine, Event
 from .transcript import Transcript
 
 
-def load_roles(model: str | None, critic: str | None = None, integrator: str | None = None,
-               options: LoadOptions | None = None) -> tuple[Backend, Backend, Backend]:
+def load_roles(
+    model: str | None, critic: str | None = None, integrator: str | None = None, options: LoadOptions | None = None
+) -> tuple[Backend, Backend, Backend]:
     """Load the reasoner, critic and integrator; a role naming the same spec shares the loaded model."""
     loaded: dict[str | None, Backend] = {}
 

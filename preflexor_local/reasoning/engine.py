@@ -83,7 +83,8 @@ class Engine:
             raise UsageError("the question is empty", hint='pass it as an argument, or `-` to read it from stdin: echo "..." | preflexor-local ask -')
         self.question = question
         t = Transcript(
-            question=question, mode=self.strategy.name,
+            question=question,
+            mode=self.strategy.name,
             models={"reasoner": self.reasoner.describe(), "critic": self.critic.describe(), "integrator": self.integrator.describe()},
             settings={"sampling": asdict(self.sampling), "recursion": asdict(self.recursion), "format": self.fmt.to_dict()},
             context=self.context,
@@ -102,11 +103,17 @@ class Engine:
                 rnd.improved_thinking = improved
         answers = [r.answer for r in t.rounds if r.answer.strip()]
         if will_integrate and len(answers) > 1:
-            gen = self._call(self.integrator, n, "integrator", "final", [
-                {"role": "system", "content": prompts.INTEGRATOR_SYSTEM},
-                *self._examples(self.integrator, "final"),
-                {"role": "user", "content": prompts.integrate_prompt(question, answers)},
-            ])
+            gen = self._call(
+                self.integrator,
+                n,
+                "integrator",
+                "final",
+                [
+                    {"role": "system", "content": prompts.INTEGRATOR_SYSTEM},
+                    *self._examples(self.integrator, "final"),
+                    {"role": "user", "content": prompts.integrate_prompt(question, answers)},
+                ],
+            )
             t.integration = self._record(self.integrator, "integrator", "final", gen)
             t.final_answer, t.integrated = gen.text.strip(), True
         if not t.final_answer:
@@ -158,8 +165,17 @@ class Engine:
 
         def section(start: str, end: str, channel: str) -> Generation:
             add(start + "\n", False)
-            gen = self._call(self.reasoner, index, "reasoner", channel, messages, prefill=text, stop=(end,),
-                             limit=self.recursion.thinking_budget, on_text=lambda s: add(s, True))
+            gen = self._call(
+                self.reasoner,
+                index,
+                "reasoner",
+                channel,
+                messages,
+                prefill=text,
+                stop=(end,),
+                limit=self.recursion.thinking_budget,
+                on_text=lambda s: add(s, True),
+            )
             add(("" if text.endswith("\n") else "\n") + end + "\n", False)
             rnd.calls.append(self._record(self.reasoner, "reasoner", channel, gen))
             return gen
@@ -172,8 +188,9 @@ class Engine:
         if self.strategy.reflect:
             rnd.reflection_closed = section(fmt.reflect_start, fmt.reflect_end, "reflection").finish_reason == "stop"
         # The answer may not open another section: a model that tries is cut there.
-        gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text,
-                         stop=(fmt.think_start, fmt.reflect_start), on_text=lambda s: add(s, True))
+        gen = self._call(
+            self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=(fmt.think_start, fmt.reflect_start), on_text=lambda s: add(s, True)
+        )
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()
         rnd.thinking = parsed.thinking or ""
@@ -188,8 +205,18 @@ class Engine:
         inner = parsed.finish().thinking
         return self.fmt.strip_tags(inner if inner else text).strip()
 
-    def _call(self, backend: Backend, index: int, role: str, channel: str, messages: list[dict], prefill: str = "",
-              stop: tuple[str, ...] = (), limit: int | None = None, on_text=None) -> Generation:
+    def _call(
+        self,
+        backend: Backend,
+        index: int,
+        role: str,
+        channel: str,
+        messages: list[dict],
+        prefill: str = "",
+        stop: tuple[str, ...] = (),
+        limit: int | None = None,
+        on_text=None,
+    ) -> Generation:
         self.on_event(Event("call", index, role, channel))
         if on_text is None:
             on_text = lambda s: self.on_event(Event("text", index, role, channel, s))  # noqa: E731
@@ -198,7 +225,14 @@ class Engine:
 
     @staticmethod
     def _record(backend: Backend, role: str, channel: str, gen: Generation) -> Call:
-        return Call(role=role, channel=channel, model=backend.name, prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens, cached_tokens=gen.cached_tokens,
-                    seconds=round(gen.seconds, 4), ttft=None if gen.ttft is None else round(gen.ttft, 4),
-                    finish_reason=gen.finish_reason)
+        return Call(
+            role=role,
+            channel=channel,
+            model=backend.name,
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            cached_tokens=gen.cached_tokens,
+            seconds=round(gen.seconds, 4),
+            ttft=None if gen.ttft is None else round(gen.ttft, 4),
+            finish_reason=gen.finish_reason,
+        )

@@ -84,7 +84,7 @@ _EX_THINKING = (
 _EX_WEAK_THINKING = "Paper is made of fibres. Water makes things soft, so wet paper is weaker."
 _EX_CRITIQUE = (
     "1. It never says what holds the fibres together: name the hydrogen bonds between cellulose fibres.\n"
-    "2. \"Water makes things soft\" is vague: explain that water molecules take over those bonds.\n"
+    '2. "Water makes things soft" is vague: explain that water molecules take over those bonds.\n'
     "3. It misses that the fibres stay strong and the network fails at its joints."
 )
 _EX_ANSWER = (

@@ -29,16 +29,20 @@ from .stream import DONE, KEEPALIVE, ChunkMaker, Translator, finish_reason, new_
 from .worker import Failed, Ticket, Worker
 
 
-def create_app(worker: Worker, settings: ServeSettings, sampling: Sampling | None = None,
-               recursion: Recursion | None = None) -> Starlette:
+def create_app(worker: Worker, settings: ServeSettings, sampling: Sampling | None = None, recursion: Recursion | None = None) -> Starlette:
     """The ASGI app over a running ``Worker``; ``sampling``/``recursion`` are the request defaults."""
     sampling, recursion = sampling or Sampling(), recursion or Recursion()
     started = int(time.time())
 
     def model_card() -> dict:
         names = {role: b.describe() for role, b in zip(("reasoner", "critic", "integrator"), worker.roles)}
-        return {"id": settings.model_id, "object": "model", "created": started, "owned_by": "preflexor-local",
-                "preflexor": {"models": names, "defaults": {"rounds": recursion.rounds, "mode": recursion.mode}}}
+        return {
+            "id": settings.model_id,
+            "object": "model",
+            "created": started,
+            "owned_by": "preflexor-local",
+            "preflexor": {"models": names, "defaults": {"rounds": recursion.rounds, "mode": recursion.mode}},
+        }
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", **worker.health()})
@@ -188,8 +192,9 @@ async def _api_error(request: Request, err: APIError) -> Response:
 
 async def _http_error(request: Request, err: HTTPException) -> Response:
     what = "no such endpoint" if err.status_code == 404 else err.detail
-    return JSONResponse(APIError(err.status_code, f"{what}: {request.method} {request.url.path}").body,
-                        status_code=err.status_code, headers=getattr(err, "headers", None))
+    return JSONResponse(
+        APIError(err.status_code, f"{what}: {request.method} {request.url.path}").body, status_code=err.status_code, headers=getattr(err, "headers", None)
+    )
 
 
 async def _internal_error(request: Request, err: Exception) -> Response:

@@ -42,5 +42,4 @@ def check_bearer(header: str | None, api_key: str | None) -> None:
         return
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise APIError(401, "missing or wrong API key: send `Authorization: Bearer KEY`", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(401, "missing or wrong API key: send `Authorization: Bearer KEY`", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

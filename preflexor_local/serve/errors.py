@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from ..errors import (
-    BackendUnavailableError, ContextOverflowError, GenerationError, PreflexorError, ServerError, UsageError,
+    BackendUnavailableError,
+    ContextOverflowError,
+    GenerationError,
+    PreflexorError,
+    ServerError,
+    UsageError,
 )
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 502: "upstream_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    502: "upstream_error",
+}
 
 
 class APIError(Exception):
     """An error answered to the client as an OpenAI error object with an HTTP status."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}

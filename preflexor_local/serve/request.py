@@ -96,7 +96,7 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
     if ext is None:
         ext = {}
     if not isinstance(ext, dict):
-        raise bad("preflexor must be an object like {\"rounds\": 2, \"mode\": \"reflect\"}", "preflexor")
+        raise bad('preflexor must be an object like {"rounds": 2, "mode": "reflect"}', "preflexor")
     unknown = sorted(set(ext) - set(_EXTENSION_KEYS))
     if unknown:
         raise bad(f"unknown preflexor setting {unknown[0]!r}; known: {', '.join(_EXTENSION_KEYS)}", f"preflexor.{unknown[0]}")
@@ -121,10 +121,15 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
             raise bad(f"preflexor.mode must be one of {', '.join(STRATEGIES)}; got {rec['mode'][1]!r}", "preflexor.mode")
 
     samp: dict[str, tuple[str, Any]] = {}
-    for names, field, kind in ((("temperature",), "temperature", float), (("top_p",), "top_p", float),
-                               (("top_k",), "top_k", int), (("min_p",), "min_p", float),
-                               (("repeat_penalty", "repetition_penalty"), "repeat_penalty", float),
-                               (("max_completion_tokens", "max_tokens"), "max_tokens", int), (("seed",), "seed", int)):
+    for names, field, kind in (
+        (("temperature",), "temperature", float),
+        (("top_p",), "top_p", float),
+        (("top_k",), "top_k", int),
+        (("min_p",), "min_p", float),
+        (("repeat_penalty", "repetition_penalty"), "repeat_penalty", float),
+        (("max_completion_tokens", "max_tokens"), "max_tokens", int),
+        (("seed",), "seed", int),
+    ):
         name = next((k for k in names if body.get(k) is not None), None)
         if name is not None:
             samp[field] = (name, _typed(body, name, kind, None))
@@ -133,9 +138,14 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
         raise bad(f"{name} is {value}; this server allows at most {settings.max_tokens_limit} per model call (--max-tokens-limit)", name)
 
     return Job(
-        question=question, sampling=_replace(sampling, samp), recursion=_replace(recursion, rec), stream=stream,
-        include_usage=include_usage, show_reasoning=show_reasoning,
-        transcript=_typed(ext, "transcript", bool, False, "preflexor.transcript"), stop=_stops(body.get("stop")),
+        question=question,
+        sampling=_replace(sampling, samp),
+        recursion=_replace(recursion, rec),
+        stream=stream,
+        include_usage=include_usage,
+        show_reasoning=show_reasoning,
+        transcript=_typed(ext, "transcript", bool, False, "preflexor.transcript"),
+        stop=_stops(body.get("stop")),
         system=system if system is not None else recursion.system,
     )
 

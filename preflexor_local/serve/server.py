@@ -26,10 +26,18 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve(model: str | None = None, critic: str | None = None, integrator: str | None = None, *,
-          settings: ServeSettings | None = None, sampling: Sampling | None = None, recursion: Recursion | None = None,
-          options: LoadOptions | None = None, fmt: ThinkingFormat | None = None,
-          log: Callable[[str], None] = _stderr) -> None:
+def serve(
+    model: str | None = None,
+    critic: str | None = None,
+    integrator: str | None = None,
+    *,
+    settings: ServeSettings | None = None,
+    sampling: Sampling | None = None,
+    recursion: Recursion | None = None,
+    options: LoadOptions | None = None,
+    fmt: ThinkingFormat | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> None:
     """Serve the recursive engine over an OpenAI-compatible API until interrupted."""
     settings, sampling, recursion = settings or ServeSettings(), sampling or Sampling(), recursion or Recursion()
     options = options or LoadOptions()
@@ -55,8 +63,10 @@ def serve(model: str | None = None, critic: str | None = None, integrator: str |
         server = _server_class()(config, on_exit=worker.stop_all)
         host, port = sock.getsockname()[:2]
         where = f"[{host}]" if ":" in host else host
-        log(f"serving {roles[0].name} as {settings.model_id!r} on http://{where}:{port}/v1 "
-            f"({recursion.rounds} round(s) by default, {settings.max_queue} may wait{', key required' if settings.api_key else ''}); Ctrl-C stops")
+        log(
+            f"serving {roles[0].name} as {settings.model_id!r} on http://{where}:{port}/v1 "
+            f"({recursion.rounds} round(s) by default, {settings.max_queue} may wait{', key required' if settings.api_key else ''}); Ctrl-C stops"
+        )
         server.run(sockets=[sock])
     finally:
         worker.close()
@@ -71,8 +81,12 @@ def check_defaults(settings: ServeSettings, sampling: Sampling, recursion: Recur
 
     if sampling.max_tokens > settings.max_tokens_limit:
         raise UsageError(f"--max-tokens {sampling.max_tokens} is over --max-tokens-limit {settings.max_tokens_limit}")
-    for flag, rounds in (("--recursive", recursion.rounds), ("--effort-low", settings.effort_low),
-                         ("--effort-medium", settings.effort_medium), ("--effort-high", settings.effort_high)):
+    for flag, rounds in (
+        ("--recursive", recursion.rounds),
+        ("--effort-low", settings.effort_low),
+        ("--effort-medium", settings.effort_medium),
+        ("--effort-high", settings.effort_high),
+    ):
         if rounds > settings.max_rounds:
             raise UsageError(f"{flag} {rounds} is over --max-rounds {settings.max_rounds}")
     if recursion.mode not in STRATEGIES:
@@ -118,4 +132,3 @@ def _server_class():
                 captured.clear()
 
     return Server
-

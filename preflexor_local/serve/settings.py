@@ -30,5 +30,4 @@ class ServeSettings(Settings):
 
     def effort_rounds(self, effort: str) -> int | None:
         """Rounds for a ``reasoning_effort`` value; ``None`` for an unknown one. ``none`` is one round."""
-        return {"none": 1, "minimal": self.effort_low, "low": self.effort_low, "medium": self.effort_medium,
-                "high": self.effort_high}.get(effort)
+        return {"none": 1, "minimal": self.effort_low, "low": self.effort_low, "medium": self.effort_medium, "high": self.effort_high}.get(effort)

@@ -18,8 +18,7 @@ from ..backends.base import StopScanner
 from ..reasoning.engine import Event
 from ..reasoning.transcript import Transcript
 
-_WHAT = {"thinking": "thinking", "reflection": "reflection", "answer": "answer", "critique": "critique",
-         "rewrite": "improved thinking"}
+_WHAT = {"thinking": "thinking", "reflection": "reflection", "answer": "answer", "critique": "critique", "rewrite": "improved thinking"}
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -95,7 +94,7 @@ class Translator:
             self._started = True
         body = text.rstrip()
         out = (self._pending_space + body) if body else ""
-        self._pending_space = (self._pending_space if not body else "") + text[len(body):]
+        self._pending_space = (self._pending_space if not body else "") + text[len(body) :]
         if not out:
             return []
         self.content += out
@@ -107,7 +106,7 @@ class Translator:
 
 
 def finish_reason(transcript: Transcript, stopped: bool) -> str:
-    """"length" when the call that wrote the final answer ran out of tokens, else "stop"."""
+    """ "length" when the call that wrote the final answer ran out of tokens, else "stop"."""
     if stopped:
         return "stop"
     call = transcript.integration if transcript.integrated else (transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None)
@@ -116,7 +115,9 @@ def finish_reason(transcript: Transcript, stopped: bool) -> str:
 
 def usage(transcript: Transcript) -> dict:
     """Every token of every call: the critic's and the integrator's count as completion tokens too."""
-    final = transcript.integration if transcript.integrated else (transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None)
+    final = (
+        transcript.integration if transcript.integrated else (transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None)
+    )
     completion = transcript.completion_tokens
     return {
         "prompt_tokens": transcript.prompt_tokens,
@@ -149,8 +150,11 @@ class ChunkMaker:
         return self._wrap({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def end(self, reason: str, extra: dict | None = None) -> dict:
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason} if self.chat else \
-                 {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
+        choice = (
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}
+            if self.chat
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
+        )
         out = self._wrap(choice)
         if extra:
             out.update(extra)

@@ -88,8 +88,9 @@ class Ticket:
 
 
 class Worker:
-    def __init__(self, roles: tuple[Backend, Backend, Backend], fmt: ThinkingFormat | None = None,
-                 max_queue: int = 16, log: Callable[[str], None] = lambda line: None):
+    def __init__(
+        self, roles: tuple[Backend, Backend, Backend], fmt: ThinkingFormat | None = None, max_queue: int = 16, log: Callable[[str], None] = lambda line: None
+    ):
         self.roles, self.fmt, self.max_queue, self.log = roles, fmt or ThinkingFormat(), max_queue, log
         self._cond = threading.Condition()  # an RLock inside: stop_all may run in a signal handler on the loop's thread
         self._waiting: deque[Ticket] = deque()
@@ -109,8 +110,12 @@ class Worker:
             if len(self._waiting) + (self._running is not None) > self.max_queue:
                 self._count("rejected")
                 retry = self._retry_after()
-                raise APIError(503, f"the server is busy ({len(self._waiting)} requests waiting); retry in {retry} s",
-                               code="queue_full", headers={"Retry-After": str(retry)})
+                raise APIError(
+                    503,
+                    f"the server is busy ({len(self._waiting)} requests waiting); retry in {retry} s",
+                    code="queue_full",
+                    headers={"Retry-After": str(retry)},
+                )
             ticket = Ticket(job, loop)
             ticket._on_cancel = self._withdraw
             self._waiting.append(ticket)
@@ -130,8 +135,12 @@ class Worker:
         messages = ([{"role": "system", "content": job.system}] if job.system else []) + [{"role": "user", "content": job.question}]
         n = reasoner.count_tokens(reasoner.render(GenerationRequest(messages=messages)))
         if n >= reasoner.context_length:
-            raise APIError(400, f"the messages are {n} tokens but the model's context window is {reasoner.context_length}",
-                           param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the messages are {n} tokens but the model's context window is {reasoner.context_length}",
+                param="messages",
+                code="context_length_exceeded",
+            )
 
     def health(self) -> dict:
         with self._cond:
@@ -209,6 +218,8 @@ class Worker:
         self._durations.append(seconds)
         self._count("served")
         rate = transcript.completion_tokens / seconds if seconds else 0.0
-        self.log(f"answered: {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''} · "
-                 f"{transcript.prompt_tokens} prompt + {transcript.completion_tokens} completion tokens · {seconds:.1f} s · {rate:.1f} tok/s")
+        self.log(
+            f"answered: {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''} · "
+            f"{transcript.prompt_tokens} prompt + {transcript.completion_tokens} completion tokens · {seconds:.1f} s · {rate:.1f} tok/s"
+        )
         ticket.post(Done(transcript))

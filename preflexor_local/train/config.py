@@ -41,7 +41,9 @@ class TrainConfig(Settings):
     steps_per_round: int = opt(50, "Optimizer steps per round.", "--steps-per-round", ge=1)
     batch_size: int = opt(1, "Pairs per device per step.", "--batch-size", ge=1)
     grad_accum: int = opt(2, "Gradient accumulation steps.", "--grad-accum", ge=1)
-    max_length: int = opt(2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length", ge=16)
+    max_length: int = opt(
+        2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length", ge=16
+    )
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm", gt=0)
     warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps", ge=0)
     # adapter
@@ -49,16 +51,36 @@ class TrainConfig(Settings):
     rank: int = opt(16, "LoRA/DoRA rank.", "--rank", ge=1)
     alpha: int | None = opt(None, "LoRA/DoRA alpha (default: rank).", "--alpha", gt=0)
     dropout: float = opt(0.05, "LoRA dropout.", "--lora-dropout", ge=0, le=0.99)
-    target_modules: str = opt("all-linear", "Modules the adapter wraps: all-linear, a comma list of name suffixes, or re:REGEX over full module names (e.g. only the top blocks).", "--target-modules")
-    train_embeddings: bool | None = opt(None, "Train the embedding and output rows (needed when the tags are new tokens; default on for ORPO/SFT).", "--train-embeddings/--freeze-embeddings")
+    target_modules: str = opt(
+        "all-linear",
+        "Modules the adapter wraps: all-linear, a comma list of name suffixes, or re:REGEX over full module names (e.g. only the top blocks).",
+        "--target-modules",
+    )
+    train_embeddings: bool | None = opt(
+        None, "Train the embedding and output rows (needed when the tags are new tokens; default on for ORPO/SFT).", "--train-embeddings/--freeze-embeddings"
+    )
     # masking
-    mask_thinking: bool | None = opt(None, "Ignore the loss before the last closing thinking tag, chosen and rejected (default on for DPO).", "--mask-thinking/--no-mask-thinking")
+    mask_thinking: bool | None = opt(
+        None, "Ignore the loss before the last closing thinking tag, chosen and rejected (default on for DPO).", "--mask-thinking/--no-mask-thinking"
+    )
     partial_mask_p: float = opt(1.0, "Fraction of thinking tokens ignored when masking (re-drawn every epoch); 1.0 = all.", "--partial-mask", gt=0, le=1)
     keep_close_tag: bool = opt(True, "Keep the closing thinking tag itself in the loss when masking.", "--keep-close-tag/--mask-close-tag")
-    on_missing_close: str = opt("score", "A reply without the closing tag: score (whole reply counts) or ignore (reply left out of the loss). Counted either way.", "--on-missing-close", choices=("score", "ignore"))
+    on_missing_close: str = opt(
+        "score",
+        "A reply without the closing tag: score (whole reply counts) or ignore (reply left out of the loss). Counted either way.",
+        "--on-missing-close",
+        choices=("score", "ignore"),
+    )
     tags: str = opt("preflexor", "Thinking tag preset (preflexor, think).", "--tags", choices=TAG_PRESETS)
-    tag_tokens: str = opt("add", "add: make the tags single special tokens (new embedding rows); plain: keep them as text (what a LoRA adapter for an existing vocabulary needs).", "--tag-tokens", choices=("add", "plain"))
-    chat_template: str | None = opt(None, "Chat template for training AND the saved model: auto, a known name (gemma, llama3, chatml, plain) or a .jinja file.", "--chat-template")
+    tag_tokens: str = opt(
+        "add",
+        "add: make the tags single special tokens (new embedding rows); plain: keep them as text (what a LoRA adapter for an existing vocabulary needs).",
+        "--tag-tokens",
+        choices=("add", "plain"),
+    )
+    chat_template: str | None = opt(
+        None, "Chat template for training AND the saved model: auto, a known name (gemma, llama3, chatml, plain) or a .jinja file.", "--chat-template"
+    )
     # runtime
     seed: int = opt(0, "Random seed (data order, masks, sampling).", "--seed", ge=0)
     device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu.", "--device")
@@ -142,8 +164,9 @@ class GenerationConfig(Settings):
     judge_model: str | None = opt(None, "Judge model spec (default: the teacher when --judge-pairs is on).", "--judge")
     judge: bool = opt(False, "Keep a pair only when the judge scores the student's answer below the teacher's.", "--judge-pairs/--no-judge-pairs")
     samples: int = opt(1, "Student candidates per question (the judge picks the hardest worse one).", "--samples", ge=1)
-    style: str = opt("sections", "Thinking layout: headed sections, or a knowledge graph (IS-A / RELATES-TO / INFLUENCES) first.", "--style",
-                     choices=("sections", "graph"))
+    style: str = opt(
+        "sections", "Thinking layout: headed sections, or a knowledge graph (IS-A / RELATES-TO / INFLUENCES) first.", "--style", choices=("sections", "graph")
+    )
     categories: tuple[str, ...] | str | None = opt(None, "Comma-separated thinking headings (default: the PRefLexOR set).", "--categories")
     k_random: int = opt(3, "Random chunks that seed each question.", "--k-random", ge=1)
     k_search: int = opt(3, "Chunks retrieved for each question.", "--k-search", ge=0)

@@ -49,8 +49,13 @@ class PreferencePair:
     prefill: str = ""
 
     def to_json(self) -> dict:
-        return {"prompt": self.messages, "chosen": self.chosen, "rejected": self.rejected,
-                **({"prefill": self.prefill} if self.prefill else {}), **({"meta": self.meta} if self.meta else {})}
+        return {
+            "prompt": self.messages,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            **({"prefill": self.prefill} if self.prefill else {}),
+            **({"meta": self.meta} if self.meta else {}),
+        }
 
 
 def _where(source: str, line: int) -> str:
@@ -59,11 +64,16 @@ def _where(source: str, line: int) -> str:
 
 def _messages(value, source: str, line: int, key: str) -> Messages:
     if not isinstance(value, list) or not value:
-        raise DataError(f"{_where(source, line)}: '{key}' must be a string or a non-empty list of messages", hint='messages look like {"role": "user", "content": "..."}')
+        raise DataError(
+            f"{_where(source, line)}: '{key}' must be a string or a non-empty list of messages", hint='messages look like {"role": "user", "content": "..."}'
+        )
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{_where(source, line)}: '{key}'[{i}] is not a message with role in {ROLES} and string content", hint='messages look like {"role": "user", "content": "..."}')
+            raise DataError(
+                f"{_where(source, line)}: '{key}'[{i}] is not a message with role in {ROLES} and string content",
+                hint='messages look like {"role": "user", "content": "..."}',
+            )
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -174,18 +184,24 @@ def render_pair(template: ChatTemplate, pair: PreferencePair) -> tuple[str, str,
     each completion is what the full conversation adds after it (the reply and end of turn).
     """
     prompt = render_prompt(template, pair.messages, pair.prefill, add_generation_prompt=True)
-    return (prompt, render_completion(template, pair.messages, prompt, pair.chosen, pair.prefill),
-            render_completion(template, pair.messages, prompt, pair.rejected, pair.prefill))
+    return (
+        prompt,
+        render_completion(template, pair.messages, prompt, pair.chosen, pair.prefill),
+        render_completion(template, pair.messages, prompt, pair.rejected, pair.prefill),
+    )
 
 
 def render_completion(template: ChatTemplate, messages: Messages, prompt: str, reply: str, prefill: str = "") -> str:
     full = render_prompt(template, [*messages, {"role": "assistant", "content": prefill + reply}], "", add_generation_prompt=False)
     if full.startswith(prompt):
-        return full[len(prompt):]
+        return full[len(prompt) :]
     if template.name not in _warned:
         import sys
 
         _warned.add(template.name)
-        print(f"warning: chat template {template.name!r} renders the prompt differently inside a full conversation; "
-              "training on prompt + reply + end-of-sequence instead", file=sys.stderr)
+        print(
+            f"warning: chat template {template.name!r} renders the prompt differently inside a full conversation; "
+            "training on prompt + reply + end-of-sequence instead",
+            file=sys.stderr,
+        )
     return reply + (template.eos_token or "")

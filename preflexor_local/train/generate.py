@@ -52,7 +52,7 @@ PROMPTS = {
     ),
     "section": (
         "Question: {question}\n\nBackground:\n{context}\n\n"
-        "Write the part of an expert's private notes headed \"{category}\" for answering this question. "
+        'Write the part of an expert\'s private notes headed "{category}" for answering this question. '
         "Be brief and concrete; reason step by step where it helps. Do not answer the question in full, do not mention the background text. "
         "If nothing fits this heading, reply with an empty line.\n\nReply with the notes only, without the heading."
     ),
@@ -91,9 +91,14 @@ class GenerationReport:
     output: str = ""
 
     def to_dict(self) -> dict:
-        return {"written": self.written, "attempted": self.attempted, "filtered": dict(self.filtered),
-                "seconds": round(self.seconds, 3), "pairs_per_minute": round(60 * self.written / self.seconds, 2) if self.seconds else None,
-                "output": self.output}
+        return {
+            "written": self.written,
+            "attempted": self.attempted,
+            "filtered": dict(self.filtered),
+            "seconds": round(self.seconds, 3),
+            "pairs_per_minute": round(60 * self.written / self.seconds, 2) if self.seconds else None,
+            "output": self.output,
+        }
 
 
 def scratchpad(sections: list[tuple[str, str]]) -> str:
@@ -153,7 +158,11 @@ class PairGenerator:
         last_err = None
         for attempt in range(self.cfg.retries):
             try:
-                gen = backend.generate(GenerationRequest(messages=messages, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed + attempt, repeat_penalty=1.0)))
+                gen = backend.generate(
+                    GenerationRequest(
+                        messages=messages, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed + attempt, repeat_penalty=1.0)
+                    )
+                )
                 text = self.fmt.strip_tags(gen.text).strip() if backend is not None else ""
                 if text:
                     return text
@@ -163,9 +172,11 @@ class PairGenerator:
             except PreflexorError as err:
                 last_err = str(err)
             if attempt + 1 < self.cfg.retries:
-                time.sleep(min(0.5 * 2 ** attempt, 4.0))
-        raise TeacherError(f"the teacher gave no {what} after {self.cfg.retries} tries (last: {last_err})",
-                           hint="check that the teacher model/server works: preflexor-local ask 'hello' --model TEACHER")
+                time.sleep(min(0.5 * 2**attempt, 4.0))
+        raise TeacherError(
+            f"the teacher gave no {what} after {self.cfg.retries} tries (last: {last_err})",
+            hint="check that the teacher model/server works: preflexor-local ask 'hello' --model TEACHER",
+        )
 
     def _context(self, seed: int) -> tuple[str, list]:
         hits = self.store.random_chunks(self.cfg.k_random, seed=seed)
@@ -179,7 +190,14 @@ class PairGenerator:
         messages = [{"role": "user", "content": self.fmt.question_with_cue(question)}]
         out = []
         for s in range(self.cfg.samples):
-            gen = student.generate(GenerationRequest(messages=messages, sampling=Sampling(temperature=self.cfg.student_temperature, top_p=0.95, max_tokens=self.cfg.student_max_tokens, seed=seed + s, repeat_penalty=1.0)))
+            gen = student.generate(
+                GenerationRequest(
+                    messages=messages,
+                    sampling=Sampling(
+                        temperature=self.cfg.student_temperature, top_p=0.95, max_tokens=self.cfg.student_max_tokens, seed=seed + s, repeat_penalty=1.0
+                    ),
+                )
+            )
             text = gen.text.strip()
             if self.cfg.phase == 1:
                 parsed = parse(text, self.fmt)
@@ -195,7 +213,9 @@ class PairGenerator:
     def make_pair(self, student, seed: int, filtered: Counter) -> dict | None:
         cfg, P = self.cfg, PROMPTS
         seed_context, hits = self._context(seed)
-        question = self._call(self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, min(128, cfg.teacher_max_tokens), seed, P["system"])
+        question = self._call(
+            self.teacher, "question", P["question"].format(context=seed_context), cfg.question_temperature, min(128, cfg.teacher_max_tokens), seed, P["system"]
+        )
         question = clean_question(question)
         if not question:
             filtered["no_question"] += 1
@@ -205,19 +225,45 @@ class PairGenerator:
         context = (seed_context + "".join("\n\n" + h.text.strip() for h in found if h.text not in seen))[: cfg.max_context_chars]
         sections: list[tuple[str, str]] = []
         if cfg.style == "graph":
-            edges = graph_lines(self._call(self.teacher, "knowledge graph", P["graph"].format(question=question, context=context), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"]))
+            edges = graph_lines(
+                self._call(
+                    self.teacher,
+                    "knowledge graph",
+                    P["graph"].format(question=question, context=context),
+                    cfg.teacher_temperature,
+                    cfg.teacher_max_tokens,
+                    seed,
+                    P["system"],
+                )
+            )
             if not edges:
                 filtered["no_graph"] += 1
                 return None
             sections.append(("Knowledge Graph", "\n".join(edges)))
         for category in cfg.categories:
-            body = self._call(self.teacher, f"'{category}' section", P["section"].format(question=question, context=context, category=category), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"])
+            body = self._call(
+                self.teacher,
+                f"'{category}' section",
+                P["section"].format(question=question, context=context, category=category),
+                cfg.teacher_temperature,
+                cfg.teacher_max_tokens,
+                seed,
+                P["system"],
+            )
             sections.append((category, body))
         thinking = scratchpad(sections)
         if not thinking:
             filtered["empty_thinking"] += 1
             return None
-        answer = self._call(self.teacher, "answer", P["answer"].format(question=question, context=context, thinking=thinking), cfg.teacher_temperature, cfg.teacher_max_tokens, seed, P["system"])
+        answer = self._call(
+            self.teacher,
+            "answer",
+            P["answer"].format(question=question, context=context, thinking=thinking),
+            cfg.teacher_temperature,
+            cfg.teacher_max_tokens,
+            seed,
+            P["system"],
+        )
         chosen = self.fmt.thinking_block(thinking) + answer.strip()
         candidates = [c for c in self._student(student, question, seed) if c]
         if not candidates:

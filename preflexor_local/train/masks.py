@@ -60,7 +60,9 @@ class MaskRule:
         if not 0.0 <= self.partial_p <= 1.0:
             raise UsageError(f"partial mask fraction must be within 0..1, got {self.partial_p}")
         if self.on_missing_close not in MISSING_CLOSE_RULES:
-            raise UsageError(f"unknown rule {self.on_missing_close!r} for a completion without the closing tag", hint=f"use one of: {', '.join(MISSING_CLOSE_RULES)}")
+            raise UsageError(
+                f"unknown rule {self.on_missing_close!r} for a completion without the closing tag", hint=f"use one of: {', '.join(MISSING_CLOSE_RULES)}"
+            )
 
 
 @dataclass
@@ -74,8 +76,12 @@ class MaskStats:
     details: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
-        return {"sequences": self.sequences, "scored_tokens": self.scored_tokens,
-                "ignored_thinking_tokens": self.ignored_thinking_tokens, "missing_close": self.missing_close}
+        return {
+            "sequences": self.sequences,
+            "scored_tokens": self.scored_tokens,
+            "ignored_thinking_tokens": self.ignored_thinking_tokens,
+            "missing_close": self.missing_close,
+        }
 
 
 def draw_rng(seed: int, epoch: int, row: int) -> random.Random:
@@ -88,7 +94,7 @@ def last_index(ids: Sequence[int], seq: Sequence[int], start: int = 0) -> int:
     m = len(seq)
     first = seq[0]
     for i in range(len(ids) - m, start - 1, -1):
-        if ids[i] == first and list(ids[i:i + m]) == list(seq):
+        if ids[i] == first and list(ids[i : i + m]) == list(seq):
             return i
     return -1
 

@@ -35,12 +35,17 @@ def _read(path: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def _png(width: int, height: int, pixels: bytearray) -> bytes:
-    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3:(y + 1) * width * 3]) for y in range(height))
+    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height: int = 360) -> Path:
@@ -72,7 +77,7 @@ def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height:
     def put(x: int, y: int, c) -> None:
         if 0 <= x < width and 0 <= y < height:
             i = (y * width + x) * 3
-            pix[i:i + 3] = bytes(c)
+            pix[i : i + 3] = bytes(c)
 
     for x in range(m, width - m):
         put(x, height - m, (0, 0, 0))
@@ -86,8 +91,10 @@ def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height:
             if not pts:
                 continue
             v0, v1 = min(p[1] for p in pts), max(p[1] for p in pts)
-            xy = [(m + int((s - s0) / ((s1 - s0) or 1) * (width - 2 * m - 1)),
-                   height - m - int((v - v0) / ((v1 - v0) or 1) * (height - 2 * m - 1))) for s, v in pts]
+            xy = [
+                (m + int((s - s0) / ((s1 - s0) or 1) * (width - 2 * m - 1)), height - m - int((v - v0) / ((v1 - v0) or 1) * (height - 2 * m - 1)))
+                for s, v in pts
+            ]
             for (x0, y0), (x1, y1) in zip(xy, xy[1:] or xy):
                 n = max(abs(x1 - x0), abs(y1 - y0), 1)
                 for t in range(n + 1):

@@ -138,8 +138,10 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
     elif isinstance(source, GenerationConfig):
         source = GeneratedPairs.for_run(cfg, source, quiet=quiet)
     if isinstance(source, GeneratedPairs) and source.generator.fmt != fmt:  # the masks would never find the closing tag
-        raise UsageError(f"the pair generator writes {source.generator.fmt.think_end} but this run masks on {fmt.think_end}",
-                         hint="build the generator with the run's tags: GeneratedPairs.for_run(cfg, generation)")
+        raise UsageError(
+            f"the pair generator writes {source.generator.fmt.think_end} but this run masks on {fmt.think_end}",
+            hint="build the generator with the run's tags: GeneratedPairs.for_run(cfg, generation)",
+        )
     engine = get_engine(cfg.engine, cfg.method)
     out = Path(cfg.output).expanduser()
     rounds_dir = out / "rounds"
@@ -156,7 +158,13 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
         resume_from = rounds_dir / ROUND_DIR.format(state["round"])
     if is_main:
         rounds_dir.mkdir(parents=True, exist_ok=True)
-        run_info = {"config": cfg.to_dict(), "engine": cfg.engine, "processes": processes, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_round": start if resume_from else None}
+        run_info = {
+            "config": cfg.to_dict(),
+            "engine": cfg.engine,
+            "processes": processes,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "resumed_at_round": start if resume_from else None,
+        }
         write_json(out / "run.json", run_info)
     barrier()
     metrics_path = out / "metrics.jsonl"
@@ -178,12 +186,17 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
                 pairs = source.pairs_for_round(r, session.student, rounds_dir)
             barrier()
             if not is_main:
-                pairs = source.pairs_for_round(r, lambda: None, rounds_dir) if isinstance(source, FixedPairs) else \
-                    [pair_from_obj(o, "pairs", n) for n, o in iter_jsonl(rounds_dir / PAIRS_FILE.format(r))]
+                pairs = (
+                    source.pairs_for_round(r, lambda: None, rounds_dir)
+                    if isinstance(source, FixedPairs)
+                    else [pair_from_obj(o, "pairs", n) for n, o in iter_jsonl(rounds_dir / PAIRS_FILE.format(r))]
+                )
             if not pairs:
                 filtered = source.reports[-1]["filtered"] if isinstance(source, GeneratedPairs) and source.reports else {}
-                raise UsageError(f"round {r + 1}: no preference pairs to train on (filtered: {filtered or 'none'})",
-                                 hint="check the teacher's output (data generate -n 2) or drop --judge-pairs")
+                raise UsageError(
+                    f"round {r + 1}: no preference pairs to train on (filtered: {filtered or 'none'})",
+                    hint="check the teacher's output (data generate -n 2) or drop --judge-pairs",
+                )
             summary = session.train_round(pairs, steps_per_round, r)
             if isinstance(source, GeneratedPairs) and source.reports:
                 summary["generation"] = source.reports[-1]
@@ -216,8 +229,13 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
     return result
 
 
-def train_preflexor(base: TrainConfig, generation: GenerationConfig, phases: PreflexorPhases | None = None, quiet: bool = False,
-                    on_phase: Callable[[int, TrainConfig], None] | None = None) -> dict[str, TrainResult]:
+def train_preflexor(
+    base: TrainConfig,
+    generation: GenerationConfig,
+    phases: PreflexorPhases | None = None,
+    quiet: bool = False,
+    on_phase: Callable[[int, TrainConfig], None] | None = None,
+) -> dict[str, TrainResult]:
     """Both PRefLexOR phases in one run, pairs generated each round: Phase I (ORPO) into ``OUTPUT/phase1``, merged;
     then Phase II (DPO-family, thinking masked) into ``OUTPUT/phase2`` on that run folder, i.e. its merged model
     (``resolve.model_dir``). Returns ``{"phase1": …, "phase2": …}``; ``phase2/merged`` is the final model.
@@ -228,8 +246,18 @@ def train_preflexor(base: TrainConfig, generation: GenerationConfig, phases: Pre
     out = Path(base.output).expanduser()
     plan = (
         (1, dataclasses.replace(base, method="orpo", rounds=phases.phase1_rounds, output=str(out / "phase1"))),
-        (2, dataclasses.replace(base, method="dpo", rounds=phases.phase2_rounds, model=str(out / "phase1"), output=str(out / "phase2"),
-                                loss=phases.phase2_loss, mask_thinking=True)),
+        (
+            2,
+            dataclasses.replace(
+                base,
+                method="dpo",
+                rounds=phases.phase2_rounds,
+                model=str(out / "phase1"),
+                output=str(out / "phase2"),
+                loss=phases.phase2_loss,
+                mask_thinking=True,
+            ),
+        ),
     )
     results = {}
     for phase, cfg in plan:

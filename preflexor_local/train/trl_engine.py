@@ -54,6 +54,7 @@ def add_tags(model, tokenizer, fmt: ThinkingFormat) -> list[int]:
 
 # -- trainers (subclasses built lazily, after TRL is imported) -----------------
 
+
 def _pad(seqs, value, torch):
     width = max(len(s) for s in seqs)
     return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -154,13 +155,11 @@ def orpo_trainer_class():
                 """
                 import torch
 
-                cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
-                                              device=self.accelerator.device)
+                cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value, device=self.accelerator.device)
                 n_chosen = batch["chosen_labels"].shape[0]
                 target = cb["concatenated_labels"][:, 1:]
                 keep = (target != IGNORE).any(0).nonzero().squeeze(-1)
-                out = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"],
-                            use_cache=False, logits_to_keep=keep)
+                out = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"], use_cache=False, logits_to_keep=keep)
                 logits = out.logits
                 target = target[:, keep]
                 scored = target != IGNORE
@@ -215,6 +214,7 @@ def _metrics_callback(ctx: RunContext, offset: int, sink: list, label: str):
 
 # -- the session ----------------------------------------------------------------
 
+
 class TRLSession:
     def __init__(self, cfg: TrainConfig, ctx: RunContext):
         import torch
@@ -248,8 +248,13 @@ class TRLSession:
         self.tokenizer.chat_template = self.template.source  # the saved model renders as it was trained
         self.encoder = Encoder(self.tokenizer, self.template, cfg.max_length)
         close = (ids[1],) if ids else tuple(self.tokenizer.encode(self.fmt.think_end, add_special_tokens=False))
-        self.rule = MaskRule(mask_thinking=bool(cfg.mask_thinking), close_ids=close, keep_close_tag=cfg.keep_close_tag,
-                             partial_p=cfg.partial_mask_p, on_missing_close=cfg.on_missing_close)
+        self.rule = MaskRule(
+            mask_thinking=bool(cfg.mask_thinking),
+            close_ids=close,
+            keep_close_tag=cfg.keep_close_tag,
+            partial_p=cfg.partial_mask_p,
+            on_missing_close=cfg.on_missing_close,
+        )
         self.mask_stats = MaskStats()
         self.model = wrap_model(model, cfg, self.tag_ids, resume, self.dtype)
         self.ref_model = None
@@ -272,18 +277,36 @@ class TRLSession:
                 hint="raise --max-length or shorten the teacher's thinking/answer (--max-tokens)",
             )
         if enc.dropped_long and not self.ctx.quiet:
-            print(f"round {round_index}: {enc.dropped_long} of {enc.pairs} pairs dropped: prompt + chosen longer than --max-length {cfg.max_length}", file=sys.stderr)
+            print(
+                f"round {round_index}: {enc.dropped_long} of {enc.pairs} pairs dropped: prompt + chosen longer than --max-length {cfg.max_length}",
+                file=sys.stderr,
+            )
         dataset = Dataset.from_list(enc.rows)
         logs: list[dict] = []
         out_dir = self.ctx.output / ".trainer"
         common = dict(
-            output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="constant" if not cfg.warmup_steps else "constant_with_warmup",
-            warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.log_every, save_strategy="no",
-            report_to=[], seed=cfg.seed + round_index, data_seed=cfg.seed + round_index, use_cpu=self.device == "cpu",
-            bf16=str(self.dtype) == "torch.bfloat16", fp16=str(self.dtype) == "torch.float16",
-            gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
-            disable_tqdm=True, dataloader_num_workers=0, max_length=cfg.max_length, beta=cfg.beta,
+            output_dir=str(out_dir),
+            max_steps=steps,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr,
+            lr_scheduler_type="constant" if not cfg.warmup_steps else "constant_with_warmup",
+            warmup_steps=cfg.warmup_steps,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.log_every,
+            save_strategy="no",
+            report_to=[],
+            seed=cfg.seed + round_index,
+            data_seed=cfg.seed + round_index,
+            use_cpu=self.device == "cpu",
+            bf16=str(self.dtype) == "torch.bfloat16",
+            fp16=str(self.dtype) == "torch.float16",
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            max_length=cfg.max_length,
+            beta=cfg.beta,
         )
         callback = _metrics_callback(self.ctx, self.ctx.global_step, logs, f"{cfg.method} round {round_index + 1}")
         if cfg.is_dpo:
@@ -291,8 +314,15 @@ class TRLSession:
             args = DPOConfig(loss_type=trl_compat.loss_list(cfg.loss), label_smoothing=cfg.label_smoothing, **common)
             collator = MaskingPreferenceCollator(self.tokenizer.pad_token_id, self.rule, cfg.seed + 1000 * round_index)
             cls = dpo_trainer_class()
-            trainer = cls(model=self.model, ref_model=self.ref_model, args=args, train_dataset=dataset,
-                          processing_class=self.tokenizer, data_collator=collator, callbacks=[callback])
+            trainer = cls(
+                model=self.model,
+                ref_model=self.ref_model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=self.tokenizer,
+                data_collator=collator,
+                callbacks=[callback],
+            )
             stats = collator.stats
         else:
             ORPOConfig, _ = trl_compat.orpo()
@@ -316,9 +346,17 @@ class TRLSession:
         self.ctx.global_step += steps
         for k, v in stats.as_dict().items():
             self.mask_stats.__dict__[k] = self.mask_stats.__dict__.get(k, 0) + v
-        summary = {"round": round_index, "steps": steps, "global_step": self.ctx.global_step, "seconds": round(seconds, 3),
-                   "seconds_per_step": round(seconds / steps, 4), "train_loss": float(result.training_loss),
-                   **counts, "missing_close": stats.missing_close, "ignored_thinking_tokens": stats.ignored_thinking_tokens}
+        summary = {
+            "round": round_index,
+            "steps": steps,
+            "global_step": self.ctx.global_step,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / steps, 4),
+            "train_loss": float(result.training_loss),
+            **counts,
+            "missing_close": stats.missing_close,
+            "ignored_thinking_tokens": stats.ignored_thinking_tokens,
+        }
         for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
             vals = [r[key] for r in logs if key in r]
             if vals:
@@ -357,8 +395,7 @@ class TRLSession:
         from ..backends.transformers import TransformersBackend
 
         self.model.eval()
-        return TransformersBackend.from_loaded(self.model, self.tokenizer, self.template, self.base_path,
-                                               name=f"{model_name(self.base_path)} (training)")
+        return TransformersBackend.from_loaded(self.model, self.tokenizer, self.template, self.base_path, name=f"{model_name(self.base_path)} (training)")
 
     def close(self) -> None:
         self.model = None
@@ -369,4 +406,3 @@ class TRLSession:
 def open_session(cfg: TrainConfig, ctx: RunContext) -> TRLSession:
     """The ``trl`` engine's runner (see ``engines/__init__.py``)."""
     return TRLSession(cfg, ctx)
-

@@ -34,8 +34,9 @@ class Tokenized:
     stats: MaskStats = field(default_factory=MaskStats)
 
 
-def tokenize_pairs(pairs: list[PreferencePair], tokenizer, template, rule: MaskRule, max_length: int,
-                   seed: int = 0, epoch: int = 0, sft: bool = False) -> Tokenized:
+def tokenize_pairs(
+    pairs: list[PreferencePair], tokenizer, template, rule: MaskRule, max_length: int, seed: int = 0, epoch: int = 0, sft: bool = False
+) -> Tokenized:
     """Tokenise with the shared ``Encoder`` (the TRL engine's ids and length policy), then label with ``masks``.
 
     Length policy (shared): a pair whose prompt + chosen reply exceeds ``max_length`` is dropped and

@@ -52,8 +52,7 @@ def fuse_model(model, dequantize: bool = False):
     return model
 
 
-def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: bool = False, dequantize: bool = False,
-                 quiet: bool = False) -> Path:
+def fuse_adapter(base: str | Path, adapter: str | Path, out: str | Path, force: bool = False, dequantize: bool = False, quiet: bool = False) -> Path:
     """Write ``out``: the MLX model ``base`` with the MLX adapter ``adapter`` fused in."""
     import mlx.core as mx
     from mlx_lm.utils import load as mlx_load

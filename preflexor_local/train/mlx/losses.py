@@ -81,16 +81,22 @@ def orpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.arr
     ratio = nn.log_sigmoid(log_odds)
     loss = nll - beta * ratio.mean()
     return loss, {
-        "nll_loss": nll, "log_odds_ratio": ratio.mean(), "log_odds_chosen": log_odds.mean(),
-        "logps/chosen": chosen.mean(), "logps/rejected": rejected.mean(),
-        "rewards/chosen": beta * chosen.mean(), "rewards/rejected": beta * rejected.mean(),
+        "nll_loss": nll,
+        "log_odds_ratio": ratio.mean(),
+        "log_odds_chosen": log_odds.mean(),
+        "logps/chosen": chosen.mean(),
+        "logps/rejected": rejected.mean(),
+        "rewards/chosen": beta * chosen.mean(),
+        "rewards/rejected": beta * rejected.mean(),
         "rewards/margins": beta * (chosen - rejected).mean(),
-        "rewards/accuracies": (chosen > rejected).astype(mx.float32).mean(), "tokens": mask.sum(),
+        "rewards/accuracies": (chosen > rejected).astype(mx.float32).mean(),
+        "tokens": mask.sum(),
     }
 
 
-def dpo_from_logps(chosen: mx.array, rejected: mx.array, ref_chosen: mx.array, ref_rejected: mx.array,
-                   beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[mx.array, dict]:
+def dpo_from_logps(
+    chosen: mx.array, rejected: mx.array, ref_chosen: mx.array, ref_rejected: mx.array, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0
+) -> tuple[mx.array, dict]:
     z = (chosen - ref_chosen) - (rejected - ref_rejected)
     bz = beta * z
     if loss_type == "sigmoid":
@@ -98,21 +104,31 @@ def dpo_from_logps(chosen: mx.array, rejected: mx.array, ref_chosen: mx.array, r
     elif loss_type == "exo_pair":
         if not 0.0 < label_smoothing < 1.0:
             raise ValueError("exo_pair needs 0 < label_smoothing < 1")
-        per = mx.sigmoid(bz) * (nn.log_sigmoid(bz) - math.log1p(-label_smoothing)) + mx.sigmoid(-bz) * (
-            nn.log_sigmoid(-bz) - math.log(label_smoothing))
+        per = mx.sigmoid(bz) * (nn.log_sigmoid(bz) - math.log1p(-label_smoothing)) + mx.sigmoid(-bz) * (nn.log_sigmoid(-bz) - math.log(label_smoothing))
     else:
         raise ValueError(f"unsupported DPO loss {loss_type!r} on the MLX engine (sigmoid, exo_pair)")
     reward_c = beta * (chosen - ref_chosen)
     reward_r = beta * (rejected - ref_rejected)
     return per.mean(), {
-        "rewards/chosen": reward_c.mean(), "rewards/rejected": reward_r.mean(), "rewards/margins": (reward_c - reward_r).mean(),
+        "rewards/chosen": reward_c.mean(),
+        "rewards/rejected": reward_r.mean(),
+        "rewards/margins": (reward_c - reward_r).mean(),
         "rewards/accuracies": (reward_c > reward_r).astype(mx.float32).mean(),
-        "logps/chosen": chosen.mean(), "logps/rejected": rejected.mean(),
+        "logps/chosen": chosen.mean(),
+        "logps/rejected": rejected.mean(),
     }
 
 
-def dpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array, ref_logps: mx.array,
-             beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[mx.array, dict]:
+def dpo_loss(
+    model: nn.Module,
+    ids: mx.array,
+    labels: mx.array,
+    lengths: mx.array,
+    ref_logps: mx.array,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[mx.array, dict]:
     """``ref_logps``: the reference model's summed log-probs of the same rows, computed once per batch."""
     half = ids.shape[0] // 2
     logps, _ = sequence_logps(model, ids, labels)

@@ -55,8 +55,7 @@ def _grow(layer, n_new: int):
     raise InvalidModelError(f"cannot grow a layer of type {type(layer).__name__}")
 
 
-def add_tokens(model_dir: str | Path, out_dir: str | Path, tokens: list[str] | tuple[str, ...] | None = None,
-               force: bool = False) -> dict:
+def add_tokens(model_dir: str | Path, out_dir: str | Path, tokens: list[str] | tuple[str, ...] | None = None, force: bool = False) -> dict:
     """Write ``out_dir``: the model of ``model_dir`` with ``tokens`` (default: the PRefLexOR tags) as special tokens.
 
     Returns ``{"output", "added": [...], "ids": {token: id}, "vocab_size"}``. Tokens already single
@@ -85,7 +84,9 @@ def add_tokens(model_dir: str | Path, out_dir: str | Path, tokens: list[str] | t
         tok.add_tokens(added, special_tokens=True)
     for t in tokens:
         if len(tok.encode(t, add_special_tokens=False)) != 1:
-            raise InvalidModelError(f"{t!r} is in the vocabulary but does not encode to one token", hint="it is probably a normal (non-special) token; pick other tags with --tags")
+            raise InvalidModelError(
+                f"{t!r} is in the vocabulary but does not encode to one token", hint="it is probably a normal (non-special) token; pick other tags with --tags"
+            )
     modules = dict(model.named_modules())
     emb_name = embedding_name(model)
     rows = int(modules[emb_name].weight.shape[0])

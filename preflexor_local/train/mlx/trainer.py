@@ -82,8 +82,10 @@ def lora_keys(model, target_modules: str) -> list[str] | None:
                 keys.append(path)
     missing = wanted - names
     if missing:
-        raise UsageError(f"--target-modules names {', '.join(sorted(missing))}, which this model's blocks do not have",
-                         hint=f"choose among: {', '.join(sorted(names))} (or all-linear)")
+        raise UsageError(
+            f"--target-modules names {', '.join(sorted(missing))}, which this model's blocks do not have",
+            hint=f"choose among: {', '.join(sorted(names))} (or all-linear)",
+        )
     return keys
 
 
@@ -100,10 +102,15 @@ class MLXTrainer:
 
         c = config.resolved()
         if c.adapter == "none":
-            raise UsageError("the MLX engine trains adapters only (lora or dora; QLoRA = lora on a quantized MLX model)",
-                             hint="use --adapter lora|dora, or --engine trl for a full fine-tune")
+            raise UsageError(
+                "the MLX engine trains adapters only (lora or dora; QLoRA = lora on a quantized MLX model)",
+                hint="use --adapter lora|dora, or --engine trl for a full fine-tune",
+            )
         if c.is_dpo and c.loss not in MLX_LOSSES:
-            raise UsageError(f"the MLX engine implements the DPO losses {', '.join(MLX_LOSSES)}, not {c.loss!r}", hint="use --loss exo_pair or --loss sigmoid, or --engine trl")
+            raise UsageError(
+                f"the MLX engine implements the DPO losses {', '.join(MLX_LOSSES)}, not {c.loss!r}",
+                hint="use --loss exo_pair or --loss sigmoid, or --engine trl",
+            )
         self.c, self.ctx = c, ctx or RunContext(output=Path(c.output))
         self.mx, self.nn = mx, nn
         path = model_dir(c.model)  # a run folder means its merged model, as for the TRL engine
@@ -137,13 +144,19 @@ class MLXTrainer:
                 if len(pieces) == 1:
                     self.row_ids.append(pieces[0])
             if not self.row_ids:
-                raise UsageError(f"--train-embeddings: none of the tags {self.fmt.tags} is a single token of this tokenizer",
-                                 hint="add them first (preflexor_local.train.mlx.add_tokens on the MLX model, or `convert add-tokens` on the HF model before `convert mlx`), or pass --freeze-embeddings")
+                raise UsageError(
+                    f"--train-embeddings: none of the tags {self.fmt.tags} is a single token of this tokenizer",
+                    hint="add them first (preflexor_local.train.mlx.add_tokens on the MLX model, or `convert add-tokens` on the HF model before `convert mlx`), or pass --freeze-embeddings",
+                )
             add_token_rows(self.model, self.row_ids)
         close = self.tok.encode(self.fmt.think_end, add_special_tokens=False)
-        self.rule = MaskRule(mask_thinking=c.mask_thinking, close_ids=tuple(close),
-                             keep_close_tag=c.keep_close_tag, on_missing_close=c.on_missing_close,
-                             partial_p=c.partial_mask_p if c.mask_thinking else 1.0)
+        self.rule = MaskRule(
+            mask_thinking=c.mask_thinking,
+            close_ids=tuple(close),
+            keep_close_tag=c.keep_close_tag,
+            on_missing_close=c.on_missing_close,
+            partial_p=c.partial_mask_p if c.mask_thinking else 1.0,
+        )
         self.template = training_template(c, self.tok, self.model_config.get("model_type"), model_name(path))
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.global_step = 0
@@ -174,7 +187,10 @@ class MLXTrainer:
         known = self.trainable()
         bad = [k for k, v in weights.items() if k not in known or known[k].shape != v.shape]
         if bad:
-            raise UsageError(f"adapter {path} does not fit this model/adapter shape ({', '.join(bad[:3])}…)", hint="use the same --adapter, --rank and --target-modules as the run that wrote it")
+            raise UsageError(
+                f"adapter {path} does not fit this model/adapter shape ({', '.join(bad[:3])}…)",
+                hint="use the same --adapter, --rank and --target-modules as the run that wrote it",
+            )
         self.model.load_weights(list(weights.items()), strict=False)
 
     # -- the objective ------------------------------------------------------------
@@ -222,8 +238,7 @@ class MLXTrainer:
     def tokenize(self, pairs: list[PreferencePair]):
         from .batches import tokenize_pairs
 
-        return tokenize_pairs(pairs, self.tok, self.template, self.rule, self.c.max_length, self.c.seed, self.epoch,
-                              sft=self.c.method == "sft")
+        return tokenize_pairs(pairs, self.tok, self.template, self.rule, self.c.max_length, self.c.seed, self.epoch, sft=self.c.method == "sft")
 
     def train_round(self, pairs: list[PreferencePair], steps: int, round_index: int = 0) -> dict:
         import mlx.core as mx
@@ -269,8 +284,15 @@ class MLXTrainer:
                 self.global_step += 1
                 self.ctx.global_step = self.global_step
                 losses.append(step_loss)
-                last = {"step": self.global_step, "round": round_index, "loss": step_loss, "grad_norm": norm.item(),
-                        "lr": float(self.optimizer.learning_rate.item()), "seconds": time.perf_counter() - t0, **agg}
+                last = {
+                    "step": self.global_step,
+                    "round": round_index,
+                    "loss": step_loss,
+                    "grad_norm": norm.item(),
+                    "lr": float(self.optimizer.learning_rate.item()),
+                    "seconds": time.perf_counter() - t0,
+                    **agg,
+                }
                 if self.global_step % c.log_every == 0:
                     self.ctx.log(last)
                 if bar is not None:
@@ -282,11 +304,21 @@ class MLXTrainer:
             self._checkpointing(False)
             self.model.eval()
         seconds = time.perf_counter() - t_round
-        summary = {"round": round_index, "steps": steps, "global_step": self.global_step, "seconds": round(seconds, 3),
-                   "seconds_per_step": round(seconds / steps, 4), "train_loss": sum(losses) / len(losses),
-                   "first_loss": losses[0], "last_loss": losses[-1], "pairs_used": len(data.examples),
-                   "dropped_long": data.dropped_long, "truncated_rejected": data.truncated_rejected, "missing_close": data.stats.missing_close,
-                   "ignored_thinking_tokens": data.stats.ignored_thinking_tokens}
+        summary = {
+            "round": round_index,
+            "steps": steps,
+            "global_step": self.global_step,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / steps, 4),
+            "train_loss": sum(losses) / len(losses),
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "pairs_used": len(data.examples),
+            "dropped_long": data.dropped_long,
+            "truncated_rejected": data.truncated_rejected,
+            "missing_close": data.stats.missing_close,
+            "ignored_thinking_tokens": data.stats.ignored_thinking_tokens,
+        }
         for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
             if key in last:
                 summary[key] = last[key]
@@ -311,8 +343,14 @@ class MLXTrainer:
             "num_layers": self.num_layers,
             "lora_parameters": self.lora_parameters,
             "preflexor": {
-                "engine": "mlx", "method": c.method, "loss": c.loss, "beta": c.beta, "tags": list(self.fmt.tags),
-                "alpha": c.alpha, "rank": c.rank, "target_modules": c.target_modules,
+                "engine": "mlx",
+                "method": c.method,
+                "loss": c.loss,
+                "beta": c.beta,
+                "tags": list(self.fmt.tags),
+                "alpha": c.alpha,
+                "rank": c.rank,
+                "target_modules": c.target_modules,
                 "chat_template": self.template.source if self.template.name != "model" else None,
                 "chat_template_name": self.template.name,
                 "token_rows": {"ids": self.row_ids} if self.row_ids else None,
@@ -373,9 +411,15 @@ class MLXTrainer:
         from ...config import LoadOptions
 
         self.model.eval()
-        return MLXBackend.from_loaded(self.model, self.tokenizer, self.model_config, self.base_path,
-                                      LoadOptions(chat_template=self.c.chat_template), name=f"{self.base_path.name} (training)",
-                                      template=self.template)
+        return MLXBackend.from_loaded(
+            self.model,
+            self.tokenizer,
+            self.model_config,
+            self.base_path,
+            LoadOptions(chat_template=self.c.chat_template),
+            name=f"{self.base_path.name} (training)",
+            template=self.template,
+        )
 
     def close(self) -> None:
         self._checkpointing(False)
