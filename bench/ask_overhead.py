@@ -54,8 +54,7 @@ def replay_raw(llm, backend, calls, repeat_penalty: float) -> float:
     t0 = time.perf_counter()
     for prompt, gen in calls:
         ids = backend.encode(prompt)
-        llm.create_completion(ids, max_tokens=max(1, gen.completion_tokens), temperature=0.0, top_k=1,
-                              repeat_penalty=repeat_penalty, seed=0)
+        llm.create_completion(ids, max_tokens=max(1, gen.completion_tokens), temperature=0.0, top_k=1, repeat_penalty=repeat_penalty, seed=0)
     return time.perf_counter() - t0
 
 

@@ -80,7 +80,7 @@ def leak_grams() -> set[tuple[str, ...]]:
     return out
 
 
-def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int) -> dict:
+def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False) -> dict:
     from preflexor_local.backends import load
     from preflexor_local.config import LoadOptions, Recursion, Sampling
     from preflexor_local.reasoning.engine import Engine
@@ -94,6 +94,8 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
                 done[rec["id"]] = rec
             except (ValueError, KeyError):
                 pass
+    if report_only:  # figures from the transcripts already written (e.g. by several processes with --start)
+        return {"load_s": None, "records": [done[q["id"]] for q in questions if q["id"] in done]}
     t0 = time.perf_counter()
     backend = load(spec, LoadOptions())
     load_s = time.perf_counter() - t0
@@ -157,6 +159,30 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
     }
 
 
+def speed(repeats: int = 3, tokens: int = 128) -> dict:
+    """Load time and generation tok/s of base vs base + adapter: same prompt, greedy, same token count."""
+    from preflexor_local.backends import GenerationRequest, load
+    from preflexor_local.config import LoadOptions, Sampling
+
+    req = GenerationRequest(
+        messages=[{"role": "user", "content": "Describe how nacre stops cracks."}],
+        sampling=Sampling(temperature=0, max_tokens=tokens, seed=0, stop_repeats=False),
+    )
+    out = {}
+    for label, spec in MODELS.items():
+        loads, rates = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            b = load(spec, LoadOptions(chat_template="plain"))  # one format for both: the comparison is the adapter's cost
+            loads.append(time.perf_counter() - t0)
+            gen = b.generate(req)
+            rates.append(gen.tokens_per_second)
+            b.close()
+        out[label] = {"load_s": min(loads), "gen_tokens_per_s": max(rates)}
+    out["adapter_cost"] = 1 - out["adapter"]["gen_tokens_per_s"] / out["base"]["gen_tokens_per_s"]
+    return out
+
+
 def embedder():
     from preflexor_local.rag.embed import load_embedder
 
@@ -167,16 +193,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "bench-out" / "quality")
     ap.add_argument("--limit", type=int, default=None, help="first N held-out questions")
+    ap.add_argument("--start", type=int, default=0, help="skip the first K (to split the work across processes)")
     ap.add_argument("--models", default="base,adapter")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
+    ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    questions = held_out()[: args.limit]
+    if args.speed:
+        print(json.dumps(speed(), indent=2))
+        return
+    questions = held_out()[args.start : args.limit]
     leaks, embed = leak_grams(), embedder()
     report = {}
     for label in args.models.split(","):
-        res = run_model(label, MODELS[label], questions, args.out, args.rounds)
-        report[label] = {**measure(res["records"], leaks, embed), "load_s": round(res["load_s"], 3)}
+        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only)
+        report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [
         "questions",

@@ -96,11 +96,19 @@ def bench_ingest(files: int, words: int, batch: int, rounds: int = 2) -> dict:
         assert again.unchanged == files
     n = len(texts)
     return {
-        "files": files, "chunks": n, "chunking_s": chunk_s, "raw_encode_s": raw_s, "raw_chunks_per_s": n / raw_s,
-        "store_s": store_s, "store_chunks_per_s": n / store_s, "ratio": (n / store_s) / (n / raw_s),
-        "overhead_s": overhead_s, "overhead_ms_per_chunk": overhead_s / n * 1000,
+        "files": files,
+        "chunks": n,
+        "chunking_s": chunk_s,
+        "raw_encode_s": raw_s,
+        "raw_chunks_per_s": n / raw_s,
+        "store_s": store_s,
+        "store_chunks_per_s": n / store_s,
+        "ratio": (n / store_s) / (n / raw_s),
+        "overhead_s": overhead_s,
+        "overhead_ms_per_chunk": overhead_s / n * 1000,
         "store_bytes": size,
-        "bytes_per_100k_chunks": (other / n + 4 * dim) * 100_000 if other else size / n * 100_000, "rerun_unchanged_s": rerun_s,
+        "bytes_per_100k_chunks": (other / n + 4 * dim) * 100_000 if other else size / n * 100_000,
+        "rerun_unchanged_s": rerun_s,
     }
 
 
@@ -164,8 +172,16 @@ def bench_knn(n: int, dim: int, queries: int, k: int, tmp: Path) -> dict:
     path.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return {"n": n, "insert_s": insert_s, "insert_per_s": n / insert_s, "sqlite_vec_ms": vec_ms, "numpy_ms": np_ms,
-            "ratio": vec_ms / np_ms, "recall": recall, "bytes_per_100k": size / n * 100_000}
+    return {
+        "n": n,
+        "insert_s": insert_s,
+        "insert_per_s": n / insert_s,
+        "sqlite_vec_ms": vec_ms,
+        "numpy_ms": np_ms,
+        "ratio": vec_ms / np_ms,
+        "recall": recall,
+        "bytes_per_100k": size / n * 100_000,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
                 r = bench_knn(n, args.dim, args.queries, args.k, Path(tmp))
-                print(f"  {n:>9} {r['insert_per_s']:>10.0f} {r['sqlite_vec_ms']:>14.2f} {r['numpy_ms']:>9.2f} {r['ratio']:>6.1f} {r['recall']:>7.3f} {r['bytes_per_100k'] / 2**20:>9.1f}", flush=True)
+                print(
+                    f"  {n:>9} {r['insert_per_s']:>10.0f} {r['sqlite_vec_ms']:>14.2f} {r['numpy_ms']:>9.2f} {r['ratio']:>6.1f} {r['recall']:>7.3f} {r['bytes_per_100k'] / 2**20:>9.1f}",
+                    flush=True,
+                )
     if args.files:
         r = bench_ingest(args.files, args.words, args.batch, args.rounds)
         print(

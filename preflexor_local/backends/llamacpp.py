@@ -117,8 +117,12 @@ class LlamaCppBackend(LocalBackend):
         _LOG.clear()
         try:
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=options.gpu_layers, verbose=False,
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=options.gpu_layers,
+                verbose=False,
             )
         except ValueError:
             arch = info.architecture or "unknown"
@@ -138,9 +142,12 @@ class LlamaCppBackend(LocalBackend):
         # An adapter that records its training chat format wins over the base's (a base model has none).
         trained = next((a["chat_template"] for a in self.adapters if a.get("chat_template")), None)
         self.template = choose_template(
-            options.chat_template, trained or meta.get("tokenizer.chat_template"), info.architecture,
+            options.chat_template,
+            trained or meta.get("tokenizer.chat_template"),
+            info.architecture,
             instruct=looks_instruct(meta.get("general.name"), meta.get("general.finetune"), path.name),
-            bos_token=self.bos_token, eos_token=eos_token,
+            bos_token=self.bos_token,
+            eos_token=eos_token,
             vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if self._single_token(t)),
         )
 
@@ -166,8 +173,12 @@ class LlamaCppBackend(LocalBackend):
         self.llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         greedy = sampling.temperature <= 0
         return self.llm.generate(
-            ids, temp=0.0 if greedy else sampling.temperature, top_k=1 if greedy else sampling.top_k,
-            top_p=sampling.top_p, min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
+            ids,
+            temp=0.0 if greedy else sampling.temperature,
+            top_k=1 if greedy else sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
         )
 
     def is_end(self, token: int) -> bool:
@@ -218,19 +229,21 @@ def _apply_adapters(llm, base: GGUFInfo, texts: tuple[str, ...]) -> list[dict]:
         path, scale = parse_adapter(text)
         info = read_gguf(path)
         if info.get("general.type") != "adapter" or info.get("adapter.type") != "lora":
-            raise InvalidModelError(f"{path} is not a LoRA adapter GGUF (general.type {info.get('general.type')!r})",
-                                    hint="write one with `preflexor-local convert lora-gguf ADAPTER --base BASE.gguf -o adapter.gguf`")
+            raise InvalidModelError(
+                f"{path} is not a LoRA adapter GGUF (general.type {info.get('general.type')!r})",
+                hint="write one with `preflexor-local convert lora-gguf ADAPTER --base BASE.gguf -o adapter.gguf`",
+            )
         if info.architecture != base.architecture:
-            raise InvalidModelError(f"adapter {path.name} is for {info.architecture!r}, the model is {base.architecture!r}",
-                                    hint="pass the base model the adapter was trained on")
+            raise InvalidModelError(
+                f"adapter {path.name} is for {info.architecture!r}, the model is {base.architecture!r}", hint="pass the base model the adapter was trained on"
+            )
         _LOG.clear()
         handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode("utf-8"))
         if not handle:
             reason = next((line for line in reversed(_LOG) if line), "no reason given")
             raise InvalidModelError(f"llama.cpp could not apply adapter {path}: {reason}", hint="the adapter must come from this base model")
         llm._stack.callback(llama_cpp.llama_adapter_lora_free, handle)  # freed with the model
-        loaded.append({"path": str(path), "scale": scale, "handle": handle,
-                       "chat_template": info.get("tokenizer.chat_template")})
+        loaded.append({"path": str(path), "scale": scale, "handle": handle, "chat_template": info.get("tokenizer.chat_template")})
     arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(loaded))(*[a["handle"] for a in loaded])
     scales = (ctypes.c_float * len(loaded))(*[a["scale"] for a in loaded])
     if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, arr, len(loaded), scales):

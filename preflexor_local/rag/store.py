@@ -88,11 +88,15 @@ class Store:
         try:
             names = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except Exception as err:
-            raise StoreError(f"{self.path} is not a SQLite database ({err})", hint="pass a store made by `preflexor-local index add`, or a new file name") from None
+            raise StoreError(
+                f"{self.path} is not a SQLite database ({err})", hint="pass a store made by `preflexor-local index add`, or a new file name"
+            ) from None
         if not names:
             return {}
         if "meta" not in names:
-            raise StoreError(f"{self.path} is a SQLite database but not a preflexor-local store", hint="pass a store made by `preflexor-local index add`, or a new file name")
+            raise StoreError(
+                f"{self.path} is a SQLite database but not a preflexor-local store", hint="pass a store made by `preflexor-local index add`, or a new file name"
+            )
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         if int(meta.get("schema", SCHEMA)) > SCHEMA:
             raise StoreError(f"{self.path} was written by a newer preflexor-local (schema {meta['schema']})", hint="upgrade preflexor-local")
@@ -182,7 +186,10 @@ class Store:
         tokens = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, emb.max_tokens - 2)
         over = DEFAULT_OVERLAP if overlap is None else overlap
         if not 8 <= tokens <= emb.max_tokens - 2:
-            raise UsageError(f"--chunk-tokens must be between 8 and {emb.max_tokens - 2} for {emb.name}, got {tokens}", hint=f"{emb.name} reads at most {emb.max_tokens} tokens per chunk")
+            raise UsageError(
+                f"--chunk-tokens must be between 8 and {emb.max_tokens - 2} for {emb.name}, got {tokens}",
+                hint=f"{emb.name} reads at most {emb.max_tokens} tokens per chunk",
+            )
         if not 0 <= over < tokens // 2:
             raise UsageError(f"--overlap must be between 0 and {tokens // 2 - 1} for chunks of {tokens} tokens, got {over}")
         meta = {

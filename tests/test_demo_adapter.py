@@ -1,0 +1,60 @@
+"""The shipped demo adapter: a valid LoRA GGUF for the embedded base, loaded by default, with its chat format."""
+
+from __future__ import annotations
+
+import json
+
+from preflexor_local.config import LoadOptions, Sampling
+from preflexor_local.gguf_meta import read_gguf
+from preflexor_local.models import BASE_ALIAS, DEMO_ADAPTER, demo_adapter_path
+
+
+def test_shipped_adapter_is_a_small_lora_gguf_for_gemma3():
+    assert demo_adapter_path() == DEMO_ADAPTER, "the package must ship preflexor_local/data/demo-adapter.gguf"
+    info = read_gguf(DEMO_ADAPTER)  # also proves the file is whole
+    assert info.get("general.type") == "adapter" and info.get("adapter.type") == "lora"
+    assert info.architecture == "gemma3" and info.get("preflexor.chat_template") == "gemma"
+    assert DEMO_ADAPTER.stat().st_size < 20 * 2**20
+
+
+def test_default_is_base_plus_adapter_and_the_base_stays_reachable(gemma_gguf, monkeypatch, tmp_path):
+    import numpy as np
+
+    from preflexor_local.backends import load
+
+    monkeypatch.setenv("PREFLEXOR_HOME", str(tmp_path))
+    monkeypatch.setattr("preflexor_local.models.default_model_path", lambda quiet=False: gemma_gguf)
+    monkeypatch.setattr("preflexor_local.backends.llamacpp.default_model_path", lambda quiet=False: gemma_gguf)
+    adapted, base = load(None, LoadOptions(ctx=512)), load(BASE_ALIAS, LoadOptions(ctx=512))
+    try:
+        assert [a["path"] for a in adapted.describe()["adapters"]] == [str(DEMO_ADAPTER)]
+        assert adapted.template.name == "gemma" and "adapters" not in base.describe()
+        assert base.template.name == "plain"  # a base model: plain completion format, one-shot examples in the engine
+        ids = adapted.encode("Why is spider silk tough?")
+        logits = []
+        for b in (adapted, base):
+            b.llm.reset()
+            b.llm.eval(ids)
+            logits.append(np.ctypeslib.as_array(b.llm._ctx.get_logits(), shape=(b.llm.n_vocab(),)).copy())
+        assert np.abs(logits[0] - logits[1]).max() > 0.1  # the adapter is applied
+    finally:
+        adapted.close()
+        base.close()
+
+
+def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, tmp_path):
+    """Greedy, one round: the adapter's reasoner closes its own thinking and answers (the base never learnt to)."""
+    from preflexor_local.backends import load
+    from preflexor_local.config import Recursion
+    from preflexor_local.reasoning.engine import Engine
+
+    monkeypatch.setattr("preflexor_local.backends.llamacpp.default_model_path", lambda quiet=False: gemma_gguf)
+    b = load(None, LoadOptions(ctx=1024))
+    try:
+        t = Engine(b, sampling=Sampling(temperature=0, max_tokens=320, seed=0), recursion=Recursion(rounds=1)).run(
+            "What role does the dentin-enamel junction play in stopping cracks that start in the outer enamel of a tooth?"
+        )
+    finally:
+        b.close()
+    r = t.rounds[0]
+    assert r.thinking_closed and len(r.thinking.split()) >= 15 and len(t.final_answer.split()) >= 10, json.dumps(t.to_dict())[:2000]
