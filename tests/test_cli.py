@@ -90,7 +90,7 @@ BAD = {
     "unreachable server": (["q", "--model", "http://127.0.0.1:9/v1"], "cannot reach the server"),
     "unknown mode": (["q", "--mode", "dream", "--model", "{tiny}"], "unknown mode"),
     "unknown template": (["q", "--chat-template", "nope", "--model", "{tiny}"], "neither a known name nor a file"),
-    "prompt too long": (["q " * 50, "--model", "{tiny}", "--ctx", "16"], "context window is 16"),
+    "prompt too long": (["q " * 120, "--model", "{tiny}", "--ctx", "64"], "context window is 64"),
     "not a gguf": (["q", "--model", "{notgguf}"], "not a GGUF file"),
     "truncated gguf": (["q", "--model", "{truncated}"], "truncated"),
     "unknown gguf arch": (["q", "--model", "{oddarch}"], "frobnicator"),
