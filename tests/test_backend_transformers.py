@@ -82,12 +82,14 @@ def test_seeded_sampling_is_reproducible(backend):
 
 
 def test_prompt_longer_than_context_is_an_error(tiny_llama):
-    b = load(str(tiny_llama), LoadOptions(ctx=8))
-    with pytest.raises(ContextOverflowError, match="context window is 8"):
-        b.generate(GenerationRequest(messages=MSGS, sampling=GREEDY))
+    b = load(str(tiny_llama), LoadOptions(ctx=64))  # the smallest context the settings allow
+    long = [{"role": "user", "content": "Spider silk is tough. " * 40}]
+    with pytest.raises(ContextOverflowError, match="context window is 64"):
+        b.generate(GenerationRequest(messages=long, sampling=GREEDY))
 
 
 def test_generation_budget_shrinks_to_the_room_left(tiny_llama):
-    b = load(str(tiny_llama), LoadOptions(ctx=20))
-    gen = b.generate(GenerationRequest(messages=MSGS, sampling=Sampling(temperature=0, max_tokens=100)))
-    assert gen.prompt_tokens + gen.completion_tokens <= 20
+    b = load(str(tiny_llama), LoadOptions(ctx=64))
+    msgs = [{"role": "user", "content": "Spider silk is tough. " * 5}]
+    gen = b.generate(GenerationRequest(messages=msgs, sampling=Sampling(temperature=0, max_tokens=100, stop_repeats=False)))
+    assert gen.prompt_tokens > 20 and gen.prompt_tokens + gen.completion_tokens <= 64
