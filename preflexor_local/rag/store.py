@@ -8,11 +8,19 @@ Layout (schema 1)::
     texts(id, hash UNIQUE, text) every distinct chunk text, embedded once
     chunks(id, doc_id, seq, text_id, span, start_char, end_char)
     vectors  vec0(embedding float[dim] distance_metric=cosine), rowid = texts.id
+    vec_log(seq, text_id, op)   +1/-1 per vector added/removed, written by triggers on texts
 
 A document and all of its chunks are written in one transaction (with WAL), so
 a killed indexer leaves whole documents or nothing. Readers take a snapshot per
 call and are never blocked by a writer. Scores are cosine similarities (1 = same
 direction).
+
+Searches run in process (``index.VectorIndex``: exact numpy scan, or IVF lists
+above 200k vectors, optionally saved as ``<store>.knn``), kept in step with
+SQLite through ``vec_log``; SQLite stays the only source of truth, and
+sqlite-vec's own KNN answers whenever the index cannot follow a snapshot.
+``vec_log`` and ``meta.store_id`` are added to older stores by the next
+``index add`` (no schema change: older versions just keep the log filled).
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import os
 import random
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .db import StoreError, connect, driver_name
@@ -33,6 +43,9 @@ SCHEMA = 1
 DEFAULT_CHUNK_TOKENS = 200
 DEFAULT_OVERLAP = 32
 MAX_K = 4096  # sqlite-vec's limit for one KNN query
+
+if TYPE_CHECKING:  # numpy is imported on the first search, not with the store
+    from .index import KnnSettings, VectorIndex
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +61,16 @@ CREATE TABLE IF NOT EXISTS chunks(
     UNIQUE(doc_id, seq));
 CREATE INDEX IF NOT EXISTS chunks_text ON chunks(text_id);
 """
+
+# Every vector added or removed, in commit order, for in-process indexes to follow (texts.id = vectors.rowid,
+# and both tables gain and lose rows in the same transactions). Its last seq is the store's "generation".
+_LOG = (
+    "CREATE TABLE IF NOT EXISTS vec_log(seq INTEGER PRIMARY KEY, text_id INTEGER NOT NULL, op INTEGER NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS texts_log_insert AFTER INSERT ON texts BEGIN INSERT INTO vec_log(text_id, op) VALUES (new.id, 1); END",
+    "CREATE TRIGGER IF NOT EXISTS texts_log_delete AFTER DELETE ON texts BEGIN INSERT INTO vec_log(text_id, op) VALUES (old.id, -1); END",
+    "CREATE TRIGGER IF NOT EXISTS texts_log_update AFTER UPDATE OF id ON texts "
+    "BEGIN INSERT INTO vec_log(text_id, op) VALUES (old.id, -1); INSERT INTO vec_log(text_id, op) VALUES (new.id, 1); END",
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,8 @@ class Store:
         self._lock = threading.RLock()
         self._embedder: Embedder | None = None
         self._requested = embed_model
+        self.knn_settings: KnnSettings | None = None  # index.KnnSettings for the in-process index (None: defaults); set before the first search
+        self._knn: VectorIndex | None = None
         self.meta = self._read_meta()
         if embed_model is not None and "embed_model" in self.meta:
             self._check_model(resolve_model(embed_model))
@@ -170,6 +195,8 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if self._knn is not None:
+                self._knn.stale = True  # PRAGMA data_version does not count this connection's own commits
 
     def initialise(self, chunk_tokens: int | None = None, overlap: int | None = None) -> tuple[int, int]:
         """Create the tables and record the model and chunking the first time; check them later."""
@@ -181,6 +208,10 @@ class Store:
                     f"{self.path} was chunked with --chunk-tokens {tokens} --overlap {over}; mixing chunk sizes in one store is refused",
                     hint="leave --chunk-tokens/--overlap out to keep the store's, or index into a new store",
                 )
+            if "store_id" not in self.meta:  # a store from before vec_log: start logging now
+                with self.write() as db:
+                    self._create_log(db)
+                self.meta = self._read_meta()
             return tokens, over
         emb = self.embedder()
         tokens = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, emb.max_tokens - 2)
@@ -202,15 +233,26 @@ class Store:
             "chunk_overlap": str(over),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        self._create(meta)
+        return tokens, over
+
+    def _create(self, meta: dict[str, str]) -> None:
+        """Create the tables and record ``meta`` (``embed_dim`` sizes the vectors); bench/ and tests call it without a model."""
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL").fetchall()  # persistent; not allowed inside a transaction
         with self.write() as db:
             for stmt in _TABLES.strip().split(";\n"):
                 db.execute(stmt)
-            db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS vectors USING vec0(embedding float[{emb.dim}] distance_metric=cosine)")
+            db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS vectors USING vec0(embedding float[{int(meta['embed_dim'])}] distance_metric=cosine)")
             db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
+            self._create_log(db)
         self.meta = self._read_meta()
-        return tokens, over
+
+    @staticmethod
+    def _create_log(db) -> None:
+        for stmt in _LOG:
+            db.execute(stmt)
+        db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
 
     # ---- retrieval ------------------------------------------------------------------------
     def _require_index(self) -> None:
@@ -218,21 +260,45 @@ class Store:
             raise StoreError(f"{self.path} is empty", hint=f"add documents first: preflexor-local index add FOLDER --store {self.path}")
 
     def _hits(self, db, rows: list[tuple[int, float]]) -> list[Hit]:
+        """Hits for (text id, score) rows; a text shared by several chunks is cited by its first chunk."""
         hits = []
-        for text_id, distance in rows:
+        for text_id, score in rows:
             row = db.execute(
                 "SELECT c.id, t.text, d.path, c.span FROM chunks c JOIN texts t ON t.id = c.text_id "
                 "JOIN documents d ON d.id = c.doc_id WHERE c.text_id = ? ORDER BY c.id LIMIT 1",
                 (text_id,),
             ).fetchone()
             if row is not None:
-                hits.append(Hit(row[0], row[1], row[2], row[3], 1.0 - float(distance)))
+                hits.append(Hit(row[0], row[1], row[2], row[3], float(score)))
         return hits
 
-    def _knn(self, db, vector, k: int) -> list[tuple[int, float]]:
-        blob = vector.astype("float32").tobytes() if hasattr(vector, "astype") else vector
-        k = min(int(k), MAX_K)
-        return db.execute("SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance", (blob, k)).fetchall()
+    def _index(self) -> VectorIndex:
+        """The in-process index, brought up to the store's latest commit (built or loaded on first use)."""
+        from .index import VectorIndex
+
+        with self._lock:
+            if self._knn is None:
+                store_id = self.meta.get("store_id")
+                identity = {"store_id": store_id, "embed_model": self.meta.get("embed_model"), "embed_fingerprint": self.meta.get("embed_fingerprint")}
+                self._knn = VectorIndex(Path(f"{self.path}.knn") if store_id else None, identity, self.dim, self.knn_settings)
+            self._knn.prepare(self.read)
+            return self._knn
+
+    def _knn_sqlite(self, db, blob: bytes, k: int) -> list[tuple[int, float]]:
+        """sqlite-vec's own exact KNN (brute force inside SQLite): the fallback."""
+        rows = db.execute("SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance", (blob, min(int(k), MAX_K))).fetchall()
+        return [(rowid, 1.0 - float(distance)) for rowid, distance in rows]
+
+    def _nearest(self, db, index: VectorIndex, vector, k: int) -> list[tuple[int, float]]:
+        """(text id, cosine) of the ``k`` nearest vectors in this snapshot, best first."""
+        import numpy as np
+
+        vec = np.frombuffer(vector, np.float32) if isinstance(vector, (bytes, bytearray, memoryview)) else np.asarray(vector, np.float32).reshape(-1)
+        if len(vec) != self.dim:
+            raise UsageError(f"the query vector has {len(vec)} dimensions; {self.path} holds {self.dim}-d vectors")
+        if index.catch_up(db):  # replays what landed since prepare(), in this snapshot
+            return index.search(vec, min(int(k), MAX_K))
+        return self._knn_sqlite(db, vec.tobytes(), k)
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` chunks most similar to ``query`` (distinct texts), best first."""
@@ -244,8 +310,15 @@ class Store:
 
     def search_vector(self, vector, k: int = 5) -> list[Hit]:
         self._require_index()
-        with self.read() as db:
-            return self._hits(db, self._knn(db, vector, k))
+        with self._lock:
+            index = self._index()
+            with self.read() as db:
+                return self._hits(db, self._nearest(db, index, vector, k))
+
+    def sync_index(self) -> dict:
+        """Build, load or catch up the in-process index now (``index add`` can call this so the first search is fast)."""
+        self._require_index()
+        return self._index().describe()
 
     def random_chunks(self, k: int, seed: int | None = None) -> list[Hit]:
         """``k`` distinct chunks drawn uniformly (reproducible for a given ``seed`` and store); score 0."""
@@ -254,18 +327,20 @@ class Store:
         with self.read() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM texts ORDER BY id")]
             picked = random.Random(seed).sample(ids, min(k, len(ids)))
-            return [Hit(h.chunk_id, h.text, h.path, h.span, 0.0) for h in self._hits(db, [(i, 1.0) for i in picked])]
+            return self._hits(db, [(i, 0.0) for i in picked])
 
     def neighbours(self, chunk_id: int, k: int = 5) -> list[Hit]:
         """The ``k`` chunks nearest to chunk ``chunk_id`` in embedding space (itself excluded)."""
         self._require_index()
-        with self.read() as db:
-            row = db.execute("SELECT text_id FROM chunks WHERE id = ?", (int(chunk_id),)).fetchone()
-            if row is None:
-                raise UsageError(f"no chunk with id {chunk_id} in {self.path}", hint="take chunk ids from search() or random_chunks()")
-            vec = db.execute("SELECT embedding FROM vectors WHERE rowid = ?", (row[0],)).fetchone()[0]
-            rows = [r for r in self._knn(db, vec, k + 1) if r[0] != row[0]][:k]
-            return self._hits(db, rows)
+        with self._lock:
+            index = self._index()
+            with self.read() as db:
+                row = db.execute("SELECT text_id FROM chunks WHERE id = ?", (int(chunk_id),)).fetchone()
+                if row is None:
+                    raise UsageError(f"no chunk with id {chunk_id} in {self.path}", hint="take chunk ids from search() or random_chunks()")
+                vec = db.execute("SELECT embedding FROM vectors WHERE rowid = ?", (row[0],)).fetchone()[0]
+                rows = [r for r in self._nearest(db, index, vec, k + 1) if r[0] != row[0]][:k]
+                return self._hits(db, rows)
 
     def get_chunk(self, chunk_id: int) -> Hit | None:
         with self.read() as db:
@@ -291,6 +366,9 @@ class Store:
                 out["chunks"] = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
                 out["unique_chunks"] = db.execute("SELECT count(*) FROM texts").fetchone()[0]
                 out["vec_version"] = db.execute("SELECT vec_version()").fetchone()[0]
+            from .index import knn_file_summary
+
+            out["knn"] = self._knn.describe() if self._knn is not None else knn_file_summary(Path(f"{self.path}.knn"))
         out.update(
             embed_model=self.meta.get("embed_model"),
             embed_ref=self.meta.get("embed_ref"),
