@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-import struct
-import zlib
+
+from ..png import encode_png
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75), (227, 119, 194)]
 
@@ -109,20 +109,6 @@ _GLYPHS = {
 SCALE = 2
 
 
-def _png(width: int, height: int, pixels: bytearray) -> bytes:
-    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 class _Canvas:
     def __init__(self, width: int, height: int):
         self.w, self.h = width, height
@@ -215,4 +201,4 @@ def _raster(points, title: str, width: int = 720, height: int = 460) -> bytes:
         cv.text(tx, ty, name, colour)
     if not points:
         cv.text(x0 + 20, (y0 + y1) // 2, "no keyed items scored")
-    return _png(width, height, cv.pix)
+    return encode_png(width, height, cv.pix)

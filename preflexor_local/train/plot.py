@@ -8,11 +8,10 @@ when it is installed, else a small built-in rasteriser (stdlib zlib only).
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 from ..atomic import atomic_file
+from ..png import encode_png
 
 SERIES = (("loss", (31, 119, 180)), ("rewards/margins", (214, 39, 40)), ("rewards/accuracies", (44, 160, 44)))
 
@@ -32,20 +31,6 @@ def _read(path: Path) -> dict[str, list[tuple[float, float]]]:
             if isinstance(row.get(key), (int, float)):
                 out[key].append((float(row["step"]), float(row[key])))
     return out
-
-
-def _png(width: int, height: int, pixels: bytearray) -> bytes:
-    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
 
 
 def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height: int = 360) -> Path:
@@ -103,5 +88,5 @@ def plot_metrics(metrics: str | Path, png: str | Path, width: int = 640, height:
                         for dy in (0, 1):
                             put(x + dx, y + dy, colour)
     with atomic_file(png) as tmp:
-        tmp.write_bytes(_png(width, height, pix))
+        tmp.write_bytes(encode_png(width, height, pix))
     return png
