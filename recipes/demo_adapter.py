@@ -134,6 +134,8 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
             }
             if prefill:
                 row["prefill"] = prefill
+            if gen.finish_reason == "length":
+                row["rejected_cut"] = True  # cut by the token limit: trained without an end of turn
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

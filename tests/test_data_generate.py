@@ -34,7 +34,7 @@ def test_tiny_teacher_and_student_write_valid_pairs(tiny_backend, tmp_path, phas
     assert report.written == len(rows) == 2 and report.attempted >= 2
     assert sum(report.filtered.values()) == report.attempted - report.written
     for row in rows:
-        assert set(row) == {"prompt", "chosen", "rejected", "meta"}
+        assert set(row) - {"rejected_cut"} == {"prompt", "chosen", "rejected", "meta"}
         assert row["prompt"].endswith(" Use <|thinking|>.")
         parsed = parse(row["chosen"])
         assert parsed.thinking_closed and "**Reasoning Steps**:" in parsed.thinking and parsed.answer
@@ -78,6 +78,27 @@ def test_judge_keeps_hardest_worse_candidate_and_counts_filtered(tmp_path):
     report2 = gen.generate(1, out, student=student, seed_offset=10)  # every later candidate scores 9 >= 8: nothing kept
     assert report2.written == 0 and report2.filtered["student_not_worse"] == 3 * report2.attempted == 18
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_a_student_reply_cut_by_its_token_limit_is_marked_and_trained_without_end_of_turn(tmp_path, tiny_llama):
+    """Before the fix a cut reply was scored as if the student had ended its turn there, teaching ORPO that ending is rejected."""
+    from transformers import AutoTokenizer
+
+    from preflexor_local.prompt import ChatTemplate
+    from preflexor_local.train.encode import Encoder
+
+    replies = itertools.cycle(["Nacre is soft because", "Nacre is weak."])
+    student = ScriptedBackend(lambda p: next(replies), finish=lambda text: "eos" if text.endswith(".") else "length")
+    out = tmp_path / "p.jsonl"
+    PairGenerator(_scripted_teacher(), TextCorpus(CORPUS), GenerationConfig(k_search=1), quiet=True).generate(2, out, student=student)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["rejected"], r.get("rejected_cut", False)) for r in rows] == [("Nacre is soft because", True), ("Nacre is weak.", False)]
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    enc = Encoder(tok, ChatTemplate("model", tok.chat_template, tok.bos_token, tok.eos_token), 4096).encode(load_pairs(out))
+    end = tok.convert_tokens_to_ids("<|end|>")
+    assert [r["rejected_ids"][-1] == end for r in enc.rows] == [False, True]
+    assert all(r["chosen_ids"][-1] == end for r in enc.rows)
+    assert tok.decode(enc.rows[0]["rejected_ids"]).strip() == "Nacre is soft because"
 
 
 def test_graph_style_keeps_only_wellformed_relations(tmp_path):

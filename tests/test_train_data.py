@@ -56,6 +56,15 @@ def test_tags_missing_from_fixed_dataset(tmp_path):
         load_pairs(write_pairs(tmp_path / "p.jsonl", rows), require_thinking=True)
 
 
+def test_rejected_cut_round_trips_and_must_be_a_boolean():
+    row = {"prompt": "q", "chosen": "a", "rejected": "b", "rejected_cut": True}
+    pair = pair_from_obj(row)
+    assert pair.rejected_cut and pair.to_json()["rejected_cut"] is True and "rejected_cut" not in pair.meta
+    assert "rejected_cut" not in pair_from_obj({**row, "rejected_cut": False}).to_json()
+    with pytest.raises(DataError, match="'rejected_cut' must be true or false"):
+        pair_from_obj({**row, "rejected_cut": "yes"})
+
+
 def test_bad_messages():
     with pytest.raises(DataError, match="last message must be a user turn"):
         pair_from_obj({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"})

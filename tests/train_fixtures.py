@@ -28,13 +28,17 @@ def write_pairs(path: Path, rows: list[dict]) -> Path:
 
 
 class ScriptedBackend(Backend):
-    """A backend that answers from a script: ``reply(messages) -> str`` (for the judge step)."""
+    """A backend that answers from a script: ``reply(messages) -> str`` (for the judge step).
+
+    ``finish(text) -> str`` gives each reply's finish reason (default ``eos``), e.g. ``length`` to act a token limit.
+    """
 
     kind = "scripted"
 
-    def __init__(self, reply):
+    def __init__(self, reply, finish=lambda text: "eos"):
         super().__init__("scripted")
         self.reply = reply
+        self.finish = finish
         self.calls: list[str] = []
 
     def stream(self, request: GenerationRequest) -> Iterator[str | Generation]:
@@ -42,4 +46,4 @@ class ScriptedBackend(Backend):
         self.calls.append(prompt)
         text = self.reply(prompt)
         yield text
-        yield Generation(text=text, finish_reason="eos", completion_tokens=1)
+        yield Generation(text=text, finish_reason=self.finish(text), completion_tokens=1)

@@ -6,8 +6,12 @@ One row per line, a JSON object with
   (``{"role": "system"|"user"|"assistant", "content": str}``) ending with a user turn;
 * ``chosen`` and ``rejected``: a string (the assistant's reply) or a list with
   one assistant message;
-* optional ``system`` (a string, used when ``prompt`` is a string), and any
-  other fields (``meta`` …), which are kept but not trained on.
+* optional ``system`` (a string, used when ``prompt`` is a string);
+* optional ``rejected_cut`` (``true`` when the rejected reply was stopped by a
+  token limit): that reply is trained without an end-of-turn marker, since the
+  model never ended it — scoring one would teach the preference loss that
+  ending a turn is the rejected behaviour;
+* any other fields (``meta`` …), which are kept but not trained on.
 
 Rendering goes through ``preflexor_local.prompt.render_prompt`` — the same
 function every backend uses at inference — so the trained prompt is the served
@@ -47,6 +51,7 @@ class PreferencePair:
     # Assistant text already in the prompt, as the engine pre-fills it (e.g. the thinking
     # before a reflection): part of the prompt, never scored; both replies continue it.
     prefill: str = ""
+    rejected_cut: bool = False  # the rejected reply hit a token limit: no end of turn after it
 
     def to_json(self) -> dict:
         return {
@@ -54,6 +59,7 @@ class PreferencePair:
             "chosen": self.chosen,
             "rejected": self.rejected,
             **({"prefill": self.prefill} if self.prefill else {}),
+            **({"rejected_cut": True} if self.rejected_cut else {}),
             **({"meta": self.meta} if self.meta else {}),
         }
 
@@ -114,8 +120,11 @@ def pair_from_obj(obj, source: str = "<data>", line: int = 0) -> PreferencePair:
     prefill = obj.get("prefill", "")
     if not isinstance(prefill, str):
         raise DataError(f"{_where(source, line)}: 'prefill' must be a string (assistant text the replies continue)")
-    meta = obj["meta"] if isinstance(obj.get("meta"), dict) else {k: v for k, v in obj.items() if k not in (*REQUIRED, "system", "prefill")}
-    return PreferencePair(messages, chosen, rejected, meta=meta, line=line, prefill=prefill)
+    cut = obj.get("rejected_cut", False)
+    if not isinstance(cut, bool):
+        raise DataError(f"{_where(source, line)}: 'rejected_cut' must be true or false (whether a token limit stopped the rejected reply)")
+    meta = obj["meta"] if isinstance(obj.get("meta"), dict) else {k: v for k, v in obj.items() if k not in (*REQUIRED, "system", "prefill", "rejected_cut")}
+    return PreferencePair(messages, chosen, rejected, meta=meta, line=line, prefill=prefill, rejected_cut=cut)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -181,13 +190,14 @@ def render_pair(template: ChatTemplate, pair: PreferencePair) -> tuple[str, str,
     """(prompt text, chosen completion text, rejected completion text) under ``template``.
 
     The prompt is what inference renders for the same messages and prefill (``render_prompt``);
-    each completion is what the full conversation adds after it (the reply and end of turn).
+    each completion is what the full conversation adds after it (the reply and end of turn). A
+    rejected reply cut by a token limit is the prompt's continuation only: no end of turn.
     """
     prompt = render_prompt(template, pair.messages, pair.prefill, add_generation_prompt=True)
     return (
         prompt,
         render_completion(template, pair.messages, prompt, pair.chosen, pair.prefill),
-        render_completion(template, pair.messages, prompt, pair.rejected, pair.prefill),
+        pair.rejected if pair.rejected_cut else render_completion(template, pair.messages, prompt, pair.rejected, pair.prefill),
     )
 
 

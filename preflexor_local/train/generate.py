@@ -184,7 +184,8 @@ class PairGenerator:
             raise UsageError("the store has no chunks to build questions from", hint="index documents first: preflexor-local index add FOLDER --store DB")
         return "\n\n".join(h.text.strip() for h in hits)[: self.cfg.max_context_chars], hits
 
-    def _student(self, student, question: str, seed: int) -> list[str]:
+    def _student(self, student, question: str, seed: int) -> list[tuple[str, bool]]:
+        """The student's replies, each with whether a token limit cut it (then it is trained without an end of turn)."""
         from ..backends.base import GenerationRequest
 
         messages = [{"role": "user", "content": self.fmt.question_with_cue(question)}]
@@ -202,7 +203,7 @@ class PairGenerator:
             if self.cfg.phase == 1:
                 parsed = parse(text, self.fmt)
                 text = (parsed.answer if parsed.thinking is not None and parsed.answer else self.fmt.strip_tags(text)).strip()
-            out.append(text)
+            out.append((text, gen.finish_reason == "length"))
         return out
 
     def _score(self, question: str, reference: str, candidate: str, seed: int) -> float | None:
@@ -265,7 +266,9 @@ class PairGenerator:
             P["system"],
         )
         chosen = self.fmt.thinking_block(thinking) + answer.strip()
-        candidates = [c for c in self._student(student, question, seed) if c]
+        students = [(t, cut) for t, cut in self._student(student, question, seed) if t]
+        was_cut = dict(students)
+        candidates = [t for t, _ in students]
         if not candidates:
             filtered["empty_rejected"] += 1
             return None
@@ -291,7 +294,10 @@ class PairGenerator:
         meta = {"phase": cfg.phase, "chunks": [h.chunk_id for h in hits], "style": cfg.style}
         if judge:
             meta["judge"] = judge
-        return {"prompt": self.fmt.question_with_cue(question), "chosen": chosen, "rejected": rejected, "meta": meta}
+        row = {"prompt": self.fmt.question_with_cue(question), "chosen": chosen, "rejected": rejected, "meta": meta}
+        if was_cut[rejected]:
+            row["rejected_cut"] = True
+        return row
 
     def generate(self, n: int, output: str | Path, student, seed_offset: int = 0) -> GenerationReport:
         """Append up to ``n`` pairs to ``output`` (tries at most 3n questions); returns the counts."""
