@@ -99,6 +99,9 @@ class LoadOptions(Settings):
     backend: str | None = opt(None, "Force a backend by name instead of choosing from the model spec.", "--backend")
     api_key: str | None = opt(None, "API key for an OpenAI-compatible server (default: $OPENAI_API_KEY).", "--api-key")
     timeout: float = opt(600.0, "Seconds to wait for an OpenAI-compatible server.", "--timeout", gt=0)
+    # Calls a llama.cpp model decodes together in one batch, from as many threads (``serve --parallel``).
+    # The KV cache holds ``parallel`` windows of ``ctx`` tokens; 1 = calls run one at a time, no decode thread.
+    parallel: int = 1
 
 
 @dataclass

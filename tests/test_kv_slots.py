@@ -14,7 +14,8 @@ from convert_fixtures import build_tiny
 from tiny_model import CORPUS
 
 from preflexor_local.backends import GenerationRequest, load
-from preflexor_local.backends.llamacpp import LlamaCppBackend, _common
+from preflexor_local.backends.kv_slots import _common
+from preflexor_local.backends.llamacpp import LlamaCppBackend
 from preflexor_local.config import LoadOptions, Recursion, Sampling
 from preflexor_local.errors import UsageError
 

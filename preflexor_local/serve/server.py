@@ -10,6 +10,7 @@ models are freed, and ``serve()`` returns.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 from collections.abc import Callable
@@ -51,12 +52,16 @@ def serve(
     from .worker import Worker
 
     sock = bind(settings.host, settings.port)  # before loading: a taken port fails in a second, not after a minute
+    roles: tuple = ()
     try:
-        roles = load_roles(model, critic, integrator, options)
+        roles = load_roles(model, critic, integrator, dataclasses.replace(options, parallel=settings.parallel))
+        check_parallel(roles, settings.parallel)
     except BaseException:
         sock.close()
+        for backend in {id(b): b for b in roles}.values():
+            backend.close()
         raise
-    worker = Worker(roles, fmt, settings.max_queue, log)
+    worker = Worker(roles, fmt, settings.max_queue, log, parallel=settings.parallel)
     try:
         app = create_app(worker, settings, sampling, recursion)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
@@ -65,7 +70,8 @@ def serve(
         where = f"[{host}]" if ":" in host else host
         log(
             f"serving {roles[0].name} as {settings.model_id!r} on http://{where}:{port}/v1 "
-            f"({recursion.rounds} round(s) by default, {settings.max_queue} may wait{', key required' if settings.api_key else ''}); Ctrl-C stops"
+            f"({recursion.rounds} round(s) by default, {settings.parallel} at once, {settings.max_queue} may wait"
+            f"{', key required' if settings.api_key else ''}); Ctrl-C stops"
         )
         server.run(sockets=[sock])
     finally:
@@ -92,6 +98,21 @@ def check_defaults(settings: ServeSettings, sampling: Sampling, recursion: Recur
     if recursion.mode not in STRATEGIES:
         raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
     check_template_option(options.chat_template)
+
+
+PARALLEL_KINDS = ("llamacpp", "openai")  # backends whose calls may run at once: batched in llama.cpp, concurrent HTTP upstream
+
+
+def check_parallel(roles, parallel: int) -> None:
+    """``--parallel`` above 1 needs every model to take concurrent calls."""
+    if parallel <= 1:
+        return
+    for backend in roles:
+        if backend.kind not in PARALLEL_KINDS:
+            raise UsageError(
+                f"--parallel {parallel} needs GGUF (llama.cpp) or OpenAI-compatible models; {backend.name} runs on {backend.kind}",
+                hint="drop --parallel (requests then take turns), or serve a GGUF file",
+            )
 
 
 def bind(host: str, port: int) -> socket.socket:

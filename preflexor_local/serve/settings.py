@@ -18,7 +18,15 @@ class ServeSettings(Settings):
     port: int = opt(8000, "Port to listen on (0 = any free port; the one chosen is printed).", "--port", ge=0, le=65535)
     api_key: str | None = opt(None, "Require `Authorization: Bearer KEY` on every /v1 request.", "--api-key", envvar="PREFLEXOR_API_KEY")
     model_id: str = opt("preflexor", "The model id clients ask for (listed by /v1/models).", "--served-model-name")
-    max_queue: int = opt(16, "Requests that may wait while one runs; more get 503 with Retry-After.", "--max-queue", ge=0)
+    parallel: int = opt(
+        1,
+        "Requests run at once; a GGUF model decodes their tokens in one batch (its KV cache grows to N windows of --ctx).",
+        "--parallel",
+        "-np",
+        ge=1,
+        le=16,
+    )
+    max_queue: int = opt(16, "Requests that may wait while the running ones finish; more get 503 with Retry-After.", "--max-queue", ge=0)
     max_body: int = opt(1 << 20, "Largest request body in bytes.", "--max-body", ge=1024)
     max_tokens_limit: int = opt(4096, "Largest max_tokens a request may ask for (per model call).", "--max-tokens-limit", ge=1)
     max_rounds: int = opt(8, "Most rounds a request may ask for.", "--max-rounds", ge=1, le=64)

@@ -1,8 +1,10 @@
-"""The one thread that owns the loaded models and runs requests, in order, through a bounded queue.
+"""The threads that run requests on the loaded models, in order, through a bounded queue.
 
-A loaded model holds one KV cache and one decode loop, so requests run one at a
-time (the engine's rounds share the cache; interleaving requests would thrash
-it). Each request is a ``Ticket``: the worker posts the engine's events into the
+By default one thread (one lane) runs one request at a time: a loaded model has
+one decode loop. With ``parallel`` N (``serve --parallel``), N lanes run N
+requests at once; the llama.cpp backend then decodes their tokens together in
+one batch (``backends.batching``) and an OpenAI-compatible upstream takes them
+as concurrent HTTP calls. Each request is a ``Ticket``: the worker posts the engine's events into the
 ticket's asyncio queue as they happen, then ``Done`` or ``Failed``.
 
 Stopping: ``Ticket.cancel`` (the client went away) or ``Worker.stop_all`` (the
@@ -89,17 +91,23 @@ class Ticket:
 
 class Worker:
     def __init__(
-        self, roles: tuple[Backend, Backend, Backend], fmt: ThinkingFormat | None = None, max_queue: int = 16, log: Callable[[str], None] = lambda line: None
+        self,
+        roles: tuple[Backend, Backend, Backend],
+        fmt: ThinkingFormat | None = None,
+        max_queue: int = 16,
+        log: Callable[[str], None] = lambda line: None,
+        parallel: int = 1,
     ):
-        self.roles, self.fmt, self.max_queue, self.log = roles, fmt or ThinkingFormat(), max_queue, log
+        self.roles, self.fmt, self.max_queue, self.log, self.parallel = roles, fmt or ThinkingFormat(), max_queue, log, parallel
         self._cond = threading.Condition()  # an RLock inside: stop_all may run in a signal handler on the loop's thread
         self._waiting: deque[Ticket] = deque()
-        self._running: Ticket | None = None
+        self._running: set[Ticket] = set()
         self._stopping = False
         self._durations: deque[float] = deque(maxlen=8)
         self.stats = {"served": 0, "cancelled": 0, "failed": 0, "rejected": 0}
-        self._thread = threading.Thread(target=self._loop, name="preflexor-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"preflexor-lane-{i}", daemon=True) for i in range(parallel)]
+        for t in self._threads:
+            t.start()
 
     # -- event-loop side ------------------------------------------------------
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Ticket:
@@ -107,7 +115,7 @@ class Worker:
         with self._cond:
             if self._stopping:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
-            if len(self._waiting) + (self._running is not None) > self.max_queue:
+            if len(self._waiting) >= self.max_queue and len(self._waiting) + len(self._running) >= self.max_queue + self.parallel:
                 self._count("rejected")
                 retry = self._retry_after()
                 raise APIError(
@@ -144,13 +152,20 @@ class Worker:
 
     def health(self) -> dict:
         with self._cond:
-            return {"busy": self._running is not None, "waiting": len(self._waiting), "max_queue": self.max_queue, **self.stats}
+            return {
+                "busy": bool(self._running),
+                "running": len(self._running),
+                "parallel": self.parallel,
+                "waiting": len(self._waiting),
+                "max_queue": self.max_queue,
+                **self.stats,
+            }
 
     def stop_all(self) -> None:
         """Refuse new requests and stop the running and waiting ones (the server is shutting down)."""
         with self._cond:
             self._stopping = True
-            tickets = [*self._waiting, *([self._running] if self._running else [])]
+            tickets = [*self._waiting, *self._running]
             self._waiting.clear()
             self._cond.notify_all()
         for t in tickets:
@@ -158,9 +173,10 @@ class Worker:
             t.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
 
     def close(self) -> None:
-        """Stop, wait for the worker thread (at most the token it is on) and free the models."""
+        """Stop, wait for the lanes (at most the token each is on) and free the models."""
         self.stop_all()
-        self._thread.join()
+        for t in self._threads:
+            t.join()
         for backend in {id(b): b for b in self.roles}.values():
             backend.close()
 
@@ -177,7 +193,7 @@ class Worker:
 
     def _retry_after(self) -> int:
         per = sum(self._durations) / len(self._durations) if self._durations else 5.0
-        return max(1, math.ceil(per * (len(self._waiting) + 1)))
+        return max(1, math.ceil(per * (len(self._waiting) + 1) / self.parallel))
 
     def _loop(self) -> None:
         while True:
@@ -186,12 +202,13 @@ class Worker:
                     self._cond.wait()
                 if self._stopping:
                     return
-                ticket = self._running = self._waiting.popleft()
+                ticket = self._waiting.popleft()
+                self._running.add(ticket)
             try:
                 self._run(ticket)
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.discard(ticket)
 
     def _run(self, ticket: Ticket) -> None:
         job, t0 = ticket.job, time.perf_counter()

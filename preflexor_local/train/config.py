@@ -174,6 +174,13 @@ class GenerationConfig(Settings):
     student_max_tokens: int = opt(512, "Most tokens per student reply.", "--student-max-tokens", ge=1)
     max_context_chars: int = opt(6000, "Most characters of retrieved context per prompt.", "--max-context-chars", ge=1)
     retries: int = opt(3, "Tries per teacher call before failing.", "--retries", ge=1)
+    concurrency: int = opt(
+        1,
+        "Pairs made at once, keeping that many teacher requests in flight (an OpenAI-compatible teacher server; in-process models take turns).",
+        "--concurrency",
+        "-j",
+        ge=1,
+    )
     teacher_ctx: int | None = opt(None, "Context window for a local teacher/student.", "--teacher-ctx", ge=64)
     n: int = opt(50, "Pairs to write (with train: pairs generated each round).", "--pairs-per-round", "-n", ge=1)
     phase: int = opt(1, "1: rejected = the student's plain answer; 2: its full thinking + answer.", "--phase", ge=1, le=2)

@@ -20,7 +20,11 @@ Per pair (the project's own prompt wording; see ``PROMPTS``):
    (the hardest negative) is kept.
 
 Each pair is appended to the output JSONL and fsynced as soon as it is made; a
-crash keeps everything before it. Filtered candidates are counted by reason.
+crash keeps everything before it. With ``concurrency`` N, N pairs are made at
+once in threads, so N teacher requests are in flight against a server; pairs are
+still written one by one by the calling thread, never more than ``n``, and an
+error stops the run after the pairs already finished are written. In-process
+models (a local student, a GGUF judge) take turns behind a lock. Filtered candidates are counted by reason.
 Teacher calls retry (``retries``) and raise ``TeacherError`` when nothing comes
 back, naming the step.
 """
@@ -30,8 +34,10 @@ from __future__ import annotations
 import random
 import re
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,12 +317,7 @@ class PairGenerator:
 
             progress = tqdm(total=n, desc="pairs", unit="pair", file=sys.stderr, leave=False)
         try:
-            while report.written < n and report.attempted < max(3 * n, n + 5):
-                seed = self.cfg.seed + seed_offset + report.attempted
-                report.attempted += 1
-                row = self.make_pair(student, seed, report.filtered)
-                if row is None:
-                    continue
+            for row in self._rows(n, student, seed_offset, report):
                 append_jsonl(output, [row])
                 report.written += 1
                 if progress is not None:
@@ -326,6 +327,84 @@ class PairGenerator:
                 progress.close()
             report.seconds = time.perf_counter() - t0
         return report
+
+    def _rows(self, n: int, student, seed_offset: int, report: GenerationReport) -> Iterator[dict]:
+        """The pairs, in the calling thread as each is made; at most ``n``, from at most ``max(3n, n + 5)`` questions."""
+        limit = max(3 * n, n + 5)
+
+        def next_seed() -> int:
+            report.attempted += 1
+            return self.cfg.seed + seed_offset + report.attempted - 1
+
+        workers = self.cfg.concurrency
+        if workers > 1 and self.teacher.kind != "openai":
+            if not self.quiet:
+                print(f"note: --concurrency {workers} ignored: the teacher is an in-process model (parallel pairs need a teacher server)", file=sys.stderr)
+            workers = 1
+        if workers <= 1:
+            made = 0
+            while made < n and report.attempted < limit:
+                row = self.make_pair(student, next_seed(), report.filtered)
+                if row is not None:
+                    made += 1
+                    yield row
+            return
+        yield from self._rows_parallel(n, workers, _one_at_a_time(student), limit, next_seed, report)
+
+    def _rows_parallel(self, n: int, workers: int, student, limit: int, next_seed, report: GenerationReport) -> Iterator[dict]:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        judge = self.judge_backend
+        if judge is not self.teacher:
+            self.judge_backend = _one_at_a_time(judge)
+
+        def one(seed: int) -> tuple[dict | None, Counter]:
+            filtered: Counter = Counter()  # merged by the calling thread
+            return self.make_pair(student, seed, filtered), filtered
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="pairs")
+        pending: set = set()
+        made, error = 0, None
+        try:
+            while True:
+                # Never more in flight than could still be written: the run stops at exactly n pairs.
+                while error is None and len(pending) < workers and made + len(pending) < n and report.attempted < limit:
+                    pending.add(pool.submit(one, next_seed()))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        row, filtered = fut.result()
+                    except BaseException as err:  # finish writing what the other workers complete, then raise
+                        error = error or err
+                        continue
+                    report.filtered.update(filtered)
+                    if row is not None:
+                        made += 1
+                        yield row
+            if error is not None:
+                raise error
+        finally:
+            pool.shutdown(wait=error is None, cancel_futures=True)
+            self.judge_backend = judge
+
+
+class _Serialized:
+    """A backend whose calls take turns (an in-process model is not safe to call from several threads)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self._lock = threading.Lock()
+        self.kind = backend.kind
+
+    def generate(self, request):
+        with self._lock:
+            return self._backend.generate(request)
+
+
+def _one_at_a_time(backend):
+    return backend if backend is None or backend.kind == "openai" else _Serialized(backend)
 
 
 class TextCorpus:
