@@ -389,3 +389,49 @@ def test_generation_settings_refuse_out_of_range_values(cmd, words, tmp_path, mo
     assert code == 2 and words in err and "Traceback" not in err, err
     with pytest.raises(PreflexorError, match="--samples must be at least 1"):
         GenerationConfig(samples=0)
+
+
+def test_concurrency_keeps_several_teacher_requests_in_flight_and_writes_exactly_n(tmp_path, tiny_llama):
+    """A real teacher server (the default model) taking two requests at once (serve --parallel 2); the in-process student takes turns."""
+    import threading
+    import time
+
+    from serve_fixtures import server_env, start_server
+
+    from preflexor_local import backends
+    from preflexor_local.config import LoadOptions
+
+    server = start_server(["--ctx", "1024", "--parallel", "2", "--thinking-budget", "8"], tmp_path, server_env(tmp_path / "home"))
+    student = backends.load(str(tiny_llama), LoadOptions(device="cpu", ctx=4096))
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(server.health()["running"])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        teacher = backends.load(server.url, LoadOptions())
+        gen = PairGenerator(teacher, TextCorpus(CORPUS), GenerationConfig(concurrency=3, seed=7, **FAST), quiet=True)
+        out = tmp_path / "pairs.jsonl"
+        report = gen.generate(3, out, student=student)
+    finally:
+        stop.set()
+        watcher.join()
+        student.close()
+        assert server.stop() == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert report.written == len(rows) == 3  # exactly n, though three were in flight
+    assert sum(report.filtered.values()) == report.attempted - report.written
+    assert len({r["meta"]["chunks"][0] for r in rows}) >= 1 and all(parse(r["chosen"]).thinking_closed for r in rows)
+    assert max(seen) == 2  # the teacher had two requests running at once
+    assert len(load_pairs(out, require_thinking=True)) == 3
+
+
+def test_concurrency_with_an_in_process_teacher_is_ignored_with_a_note(tiny_backend, tmp_path, capsys):
+    gen = PairGenerator(tiny_backend, TextCorpus(CORPUS), GenerationConfig(concurrency=4, **FAST))
+    report = gen.generate(1, tmp_path / "p.jsonl", student=tiny_backend)
+    assert report.written == 1
+    assert "note: --concurrency 4 ignored: the teacher is an in-process model" in capsys.readouterr().err
