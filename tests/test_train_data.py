@@ -65,6 +65,22 @@ def test_rejected_cut_round_trips_and_must_be_a_boolean():
         pair_from_obj({**row, "rejected_cut": "yes"})
 
 
+def test_fixed_pairs_rounds_walk_through_the_data_once_an_epoch(tmp_path):
+    """Before, every round drew its steps from a fresh shuffle, so some pairs were never seen and others many times."""
+    from preflexor_local.train.run import FixedPairs
+
+    path = write_pairs(tmp_path / "p.jsonl", pair_rows(7))
+    fixed = FixedPairs(path, per_round=3, seed=1)
+    lines = [[p.line for p in fixed.pairs_for_round(r, lambda: None, tmp_path)] for r in range(5)]
+    flat = [n for r in lines for n in r]
+    assert all(len(r) == 3 for r in lines)
+    assert sorted(flat[:7]) == list(range(1, 8)) and sorted(flat[7:14]) == list(range(1, 8))  # every pair once per epoch
+    assert flat[:7] != flat[7:14]  # each epoch its own order
+    resumed = FixedPairs(path, per_round=3, seed=1)  # a resumed run continues where it stopped
+    assert [p.line for p in resumed.pairs_for_round(3, lambda: None, tmp_path)] == lines[3]
+    assert [p.line for p in FixedPairs(path).pairs_for_round(4, lambda: None, tmp_path)] == list(range(1, 8))
+
+
 def test_bad_messages():
     with pytest.raises(DataError, match="last message must be a user turn"):
         pair_from_obj({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"})

@@ -156,7 +156,7 @@ def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
 
 
 def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
-    data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
+    data = write_pairs(tmp_path / "p.jsonl", pair_rows(6))
     out = tmp_path / "run"
     args = [
         sys.executable,
@@ -201,6 +201,7 @@ def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     assert run["resumed_at_round"] == last + 1
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"round"' in line and json.loads(line)["type"] == "round"]
     assert [x["round"] for x in rounds] == [0, 1, 2] and [x["global_step"] for x in rounds] == [2, 4, 6]
+    assert [x["pairs_in"] for x in rounds] == [4, 4, 4]  # 2 steps x 2 accumulated pairs: each round its share of the data
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if json.loads(line)["type"] == "step"]
     assert steps[-2:] == [5, 6]
     assert (out / "merged" / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()

@@ -41,14 +41,36 @@ PAIRS_FILE = "pairs-{:04d}.jsonl"
 
 
 class FixedPairs:
-    """A preference JSONL file, validated up front (chosen replies must close their thinking)."""
+    """A preference JSONL file, validated up front (chosen replies must close their thinking).
 
-    def __init__(self, path: str | Path, fmt: ThinkingFormat | None = None):
+    Rounds walk through the data: with ``per_round`` pairs consumed a round (steps x batch x
+    accumulation x processes), round r trains on pairs r*per_round .. (r+1)*per_round - 1 of a
+    stream of seeded shuffles, one per epoch, so every pair is seen once an epoch and a resumed
+    run continues where it stopped. Without ``per_round`` (or when a round takes more than the
+    whole file) every round gets every pair.
+    """
+
+    def __init__(self, path: str | Path, fmt: ThinkingFormat | None = None, per_round: int | None = None, seed: int = 0):
         self.path = Path(path)
         self.pairs = load_pairs(self.path, fmt, require_thinking=True)
+        self.per_round, self.seed = per_round, seed
 
     def pairs_for_round(self, round_index: int, student_factory: Callable, rounds_dir: Path) -> list[PreferencePair]:
-        return self.pairs
+        n, k = len(self.pairs), self.per_round
+        if not k or k >= n:
+            return self.pairs
+        out = []
+        for i in range(round_index * k, (round_index + 1) * k):
+            epoch, at = divmod(i, n)
+            out.append(self.pairs[self._order(epoch)[at]])
+        return out
+
+    def _order(self, epoch: int) -> list[int]:
+        if getattr(self, "_epoch", None) != epoch:
+            import random
+
+            self._epoch, self._perm = epoch, random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.pairs)), len(self.pairs))
+        return self._perm
 
 
 class GeneratedPairs:
@@ -174,6 +196,8 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
             _append(metrics_path, {"type": "step", **row})
 
     steps_per_round = cfg.steps_per_round if cfg.steps is None else -(-cfg.steps // cfg.rounds)
+    if isinstance(source, FixedPairs) and source.per_round is None:
+        source.per_round, source.seed = steps_per_round * cfg.batch_size * cfg.grad_accum * processes, cfg.seed
     ctx = RunContext(output=out, resume_from=resume_from, global_step=global_step, log=log, quiet=quiet)
     session = engine.load_runner()(cfg, ctx)
     result = TrainResult(str(out), start, global_step)
