@@ -6,7 +6,9 @@ time. llama-cpp-python's server cannot run our rounds, so it is given the same
 work: the bench first records, in-process, every model call one request makes
 (rendered prompt, stop strings, token limit), and then replays those prompts
 through its ``/v1/completions`` as one client "request" (greedy, so it generates
-the same tokens). For 1 and then 4 concurrent clients it reports:
+the same tokens). Ours runs with ``--parallel`` (default 4: concurrent requests
+decoded in one batch); llama-cpp-python's server runs one request at a time. For
+1, 2 and 4 concurrent clients (``--clients``) it reports:
 
 * time to the first reasoning delta (ours: the first model token of the
   thinking, not the round label; theirs: the first token of the first call),
@@ -17,9 +19,9 @@ the same tokens). For 1 and then 4 concurrent clients it reports:
   median rate after a request's first token.
 
 Ratio = ours / theirs for throughput (target >= 0.95 for one client with
-rounds=1) and theirs / ours for times: >= 1 means at least as fast.
+rounds=1; >= 1.5 at 4 clients) and theirs / ours for times: >= 1 means at least as fast.
 
-    python bench/serve.py [--model default] [--rounds 1] [--max-tokens 64] [--repeats 3] [--threads N]
+    python bench/serve.py [--model default] [--rounds 1] [--max-tokens 64] [--repeats 3] [--threads N] [--parallel 4] [--clients 1,2,4]
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def start_ours(model: str, args, workdir: Path) -> tuple[subprocess.Popen, str]:
         str(args.rounds),
         "--max-queue",
         "8",
+        "--parallel",
+        str(args.parallel),
     ]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -286,10 +290,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--parallel", type=int, default=4, help="our server's --parallel (requests decoded in one batch)")
+    ap.add_argument("--clients", default="1,2,4", help="comma list of concurrent client counts")
     from preflexor_local.backends.llamacpp import default_threads
 
     ap.add_argument("--threads", type=int, default=default_threads())
     args = ap.parse_args()
+    client_counts = [int(c) for c in args.clients.split(",")]
 
     gguf, adapters, recorded = resolve_and_record(args.model, args)
     print(
@@ -309,14 +316,14 @@ def main() -> None:
                 request = lambda q, url=url: theirs_request(url, recorded[q])  # noqa: E731
             try:
                 request(QUESTIONS[-1])  # warm-up: page the weights in
-                for clients in (1, 4):
+                for clients in client_counts:
                     rows[(name, clients)] = run(request, clients, args.repeats)
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
 
-    print(f"\n{'':30}{'preflexor serve':>16}{'llama_cpp.server':>18}{'ratio':>8}")
-    for clients in (1, 4):
+    print(f"\n{'':30}{'preflexor serve':>16}{'llama_cpp.server':>18}{'ratio':>8}   (ours: --parallel {args.parallel})")
+    for clients in client_counts:
         o, t = rows[("ours", clients)], rows[("theirs", clients)]
         print(f"{clients} client{'s' if clients > 1 else ''}:")
         for key, label, unit, better_high in (
