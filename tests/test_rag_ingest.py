@@ -69,8 +69,10 @@ def test_incremental_reindex_touch_change_add_delete(tmp_path):
     db = tmp_path / "s.db"
     first = index_folder([docs], db, QUIET)
     assert (first.added, first.unchanged, first.reused) == (6, 0, 0)
+    assert first.knn["kind"] == "flat" and first.knn["vectors"] == _counts(db)["vectors"] and first.knn["pending"] == 0  # ready for the first search
     again = index_folder([docs], db, QUIET)
     assert (again.added, again.updated, again.unchanged, again.embedded) == (0, 0, 6, 0)
+    assert again.knn == {}  # nothing changed: the index is left alone
 
     os.utime(docs / "doc000.md", (1, 1))  # new mtime, same bytes: hashed, not re-embedded
     (docs / "doc001.md").write_text("Completely new text about titanium oxide passivation layers.\n")
@@ -78,6 +80,7 @@ def test_incremental_reindex_touch_change_add_delete(tmp_path):
     (docs / "new.txt").write_text(BONE)
     third = index_folder([docs], db, QUIET)
     assert (third.added, third.updated, third.unchanged, third.removed) == (1, 1, 4, 1)
+    assert third.knn["vectors"] == _counts(db)["vectors"] and third.knn["pending"] == 0
     assert third.embedded == 2
     with open_store(db, readonly=True) as store:
         paths = {Path(d["path"]).name for d in store.documents()}

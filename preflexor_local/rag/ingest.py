@@ -59,6 +59,7 @@ class IndexReport:
     reused: int = 0  # chunks whose text was already embedded (dedupe)
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    knn: dict = field(default_factory=dict)  # the in-process search index after this run (``Store.sync_index``)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -348,6 +349,9 @@ def index_folder(
                 report.removed = len(gone)
         finally:
             bar.close()
+        if (report.added or report.updated or report.removed) and "embed_dim" in store.meta:
+            # Bring the search index up to date now, so the first search after a big ingest does not pay for it.
+            report.knn = store.sync_index()
     finally:
         store.close()
     report.seconds = time.perf_counter() - t0
