@@ -173,3 +173,51 @@ def test_refusals(tiny, tmp_path):
         greedy(str(base_gguf), adapters=(str(tmp_path / "missing.gguf"),))
     code, _, err = run_cli("ask", "q", "--model", base_gguf, "--adapter", tmp_path / "missing.gguf")
     assert code == 1 and "adapter file not found" in err and "Traceback" not in err
+
+
+def test_real_gemma_q4_base_plus_adapter_gguf_moves_logits_as_the_lora_does_in_transformers(gemma_gguf, tmp_path):
+    """The embedded Gemma 3 270M (Q4_K_M) + a LoRA GGUF in llama.cpp, against its dequantised weights + the same
+    LoRA in transformers. The two bases differ by llama.cpp's 8-bit activations, so what is compared is the change
+    the adapter makes to the next-token logits, and the adapted model's greedy picks."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from preflexor_local.convert.gguf_to_hf import gguf_to_hf
+    from preflexor_local.convert.lora_gguf import convert_lora_to_gguf
+
+    hf = tmp_path / "gemma-hf"
+    gguf_to_hf(gemma_gguf, hf, quiet=True)
+    base_cpp, ids = next_logits_gguf(gemma_gguf)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+
+    def logits(m):
+        with torch.no_grad():
+            return np.stack([m(torch.tensor([row])).logits[0, -1].double().numpy() for row in ids])
+
+    base_hf = logits(model)
+    # The demo adapter's shape: every projection of the top 8 blocks, r 16, alpha 32.
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=targets, layers_to_transform=list(range(10, 18))))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.02)
+    lora_hf = logits(peft.eval())
+    peft.save_pretrained(tmp_path / "adapter")
+    res = convert_lora_to_gguf(tmp_path / "adapter", gemma_gguf, tmp_path / "adapter.gguf", "f32", quiet=True)
+    assert res.tensors == 8 * 7 * 2
+    lora_cpp, _ = next_logits_gguf(gemma_gguf, adapters=(str(tmp_path / "adapter.gguf"),))
+    d_hf, d_cpp = (lora_hf - base_hf).ravel(), (lora_cpp - base_cpp).ravel()
+    effect = np.abs(d_hf).max()
+    fit = float(d_cpp @ d_hf / (d_hf @ d_hf))  # the scale llama.cpp applies, relative to PEFT's alpha / r
+    corr = float(np.corrcoef(d_cpp, d_hf)[0, 1])  # over every vocabulary entry of every prompt
+    print(f"adapter effect {effect:.3f} · scale fit {fit:.4f} · correlation {corr:.4f} · bases differ by {np.abs(base_cpp - base_hf).max():.3f}")
+    assert effect > 1.0  # the adapter moves the logits a lot
+    # A wrong scale (alpha/r, rsLoRA) moves the fit by 2x or more, a transposed or misnamed tensor kills the correlation;
+    # the Q4 base's 8-bit activations (the bases differ by ~1 logit) leave both within a few percent.
+    assert 0.9 < fit < 1.1 and corr > 0.95
+    for c, h in zip(lora_cpp, lora_hf):  # llama.cpp's greedy pick is transformers' pick or within 0.5 logit of it
+        assert h[c.argmax()] >= h.max() - 0.5
