@@ -16,7 +16,7 @@ or across sittings):
    the seed text; *rejected* is the base model's own reply to the same prompt
    (the GGUF under llama.cpp, the Gemma chat format), as PRefLexOR's Phase I
    does. Pairs are appended one by one, so a killed run loses at most one.
-3. **train**: ``train orpo`` on those pairs (LoRA r=16 on all linear layers,
+3. **train**: ``train orpo`` on those pairs (LoRA r=16 on the top 8 blocks,
    tags kept as plain text so the adapter fits the base vocabulary), the Gemma
    chat template, rounds checkpointed (``--resume``).
 4. **export**: ``convert lora-gguf`` -> ``adapter.gguf`` for llama.cpp, and the
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (a CPU budget)")
-    ap.add_argument("--round-steps", type=int, default=10, help="optimizer steps per checkpointed round")
+    ap.add_argument("--round-steps", type=int, default=20, help="optimizer steps per checkpointed round")
     ap.add_argument("--lr", type=float, default=3e-4)
     # The top 8 of Gemma 3 270M's 18 blocks: autograd then stops below block 10, which cuts the
     # backward pass by more than half on a CPU; format and role behaviour are learnt there.
