@@ -150,7 +150,8 @@ class PairGenerator:
 
     def __init__(self, teacher, store, config: GenerationConfig | None = None, judge=None, quiet: bool = False):
         self.teacher = teacher
-        self.judge_backend = judge or teacher
+        # A separate in-process judge takes turns when pairs are made in parallel (a lock costs nothing otherwise).
+        self.judge_backend = _one_at_a_time(judge) if judge is not None else teacher
         self.store = store
         self.cfg = config or GenerationConfig()
         self.fmt = ThinkingFormat.preset(self.cfg.tags)
@@ -354,10 +355,6 @@ class PairGenerator:
     def _rows_parallel(self, n: int, workers: int, student, limit: int, next_seed, report: GenerationReport) -> Iterator[dict]:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        judge = self.judge_backend
-        if judge is not self.teacher:
-            self.judge_backend = _one_at_a_time(judge)
-
         def one(seed: int) -> tuple[dict | None, Counter]:
             filtered: Counter = Counter()  # merged by the calling thread
             return self.make_pair(student, seed, filtered), filtered
@@ -387,7 +384,6 @@ class PairGenerator:
                 raise error
         finally:
             pool.shutdown(wait=error is None, cancel_futures=True)
-            self.judge_backend = judge
 
 
 class _Serialized:

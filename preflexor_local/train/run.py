@@ -54,6 +54,7 @@ class FixedPairs:
         self.path = Path(path)
         self.pairs = load_pairs(self.path, fmt, require_thinking=True)
         self.per_round, self.seed = per_round, seed
+        self._epoch, self._perm = -1, []  # the shuffle of the epoch last asked for
 
     def pairs_for_round(self, round_index: int, student_factory: Callable, rounds_dir: Path) -> list[PreferencePair]:
         n, k = len(self.pairs), self.per_round
@@ -66,7 +67,7 @@ class FixedPairs:
         return out
 
     def _order(self, epoch: int) -> list[int]:
-        if getattr(self, "_epoch", None) != epoch:
+        if self._epoch != epoch:
             import random
 
             self._epoch, self._perm = epoch, random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.pairs)), len(self.pairs))
