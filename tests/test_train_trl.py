@@ -358,3 +358,26 @@ def test_student_is_the_transformers_backend_over_the_live_model(tiny_llama, tmp
         assert want.completion_tokens > 0 and student.generate(req).text == want.text
     served.close()
     session.close()
+
+
+def test_sft_runs_only_the_chosen_rows_and_its_loss_is_their_nll(tiny_llama, tmp_path):
+    """SFT never forwards the rejected replies (half an ORPO step's work); its loss is the chosen replies' NLL."""
+    import torch
+
+    session, logs = _session(tiny_llama, tmp_path, "sft", batch_size=2, grad_accum=1)
+    rows_seen = []
+    hook = session.model.get_base_model().model.register_forward_hook(lambda mod, args, kw, out: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    session.capture = []
+    session.train_round(_pairs(4), 4, 0)
+    hook.remove()
+    assert rows_seen == [2, 2, 2, 2]  # ORPO runs chosen + rejected: 4 rows a step
+    trainer, batch = session.last_trainer, session.capture[-1]
+    model = session.model.eval()
+    with torch.no_grad():
+        loss, metrics = trainer.get_batch_loss_metrics(model, batch)
+        logits = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        labels = batch["chosen_labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    assert torch.allclose(loss, ce, atol=1e-5) and set(metrics) == {"nll_loss", "logps/chosen"}
+    assert [r["loss"] for r in logs][-1] < logs[0]["loss"]
+    session.close()

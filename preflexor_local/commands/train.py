@@ -51,7 +51,7 @@ def _make(method: str):
     command.__doc__ = {
         "orpo": "Phase I: ORPO teaches the model to think inside the tags (LoRA/DoRA incl. the tag embeddings).",
         "dpo": "Phase II: DPO-family (exo_pair default) on the model's own replies, thinking masked from the loss.",
-        "sft": "Supervised fine-tune on the chosen replies only (ORPO with beta 0).",
+        "sft": "Supervised fine-tune on the chosen replies only (the rejected replies are not run).",
     }[method]
     return click.command(method)(command)
 

@@ -16,7 +16,8 @@ How each step maps onto TRL 1.16 (imported only through ``trl_compat``):
 * **DPO reference**: with an adapter, the adapter-disabled model (i.e. the
   checkpoint you pass, normally the merged Phase I model); full fine-tune loads
   a frozen copy.
-* **SFT** is ORPO with beta = 0: the loss is the chosen reply's NLL only.
+* **SFT** shares ORPO's rows and labels; its loss is the chosen reply's NLL only,
+  and the rejected rows are never run through the model.
 * Each round builds a fresh TRL trainer on the same model (constant LR; the
   optimizer restarts every round, as in the reference), so a round boundary is
   a complete, resumable state.
@@ -123,6 +124,7 @@ def orpo_trainer_class():
             mask_rule: MaskRule = MaskRule()
             mask_seed: int = 0
             mask_stats: MaskStats | None = None
+            sft_only: bool = False
             captured: list | None = None
 
             def tokenize_row(self, feature, model=None):
@@ -153,24 +155,42 @@ def orpo_trainer_class():
                 defines it; TRL scores the prompt too, which teaches a model to write
                 prompts.
                 """
-                import torch
-
                 cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value, device=self.accelerator.device)
                 n_chosen = batch["chosen_labels"].shape[0]
-                target = cb["concatenated_labels"][:, 1:]
-                keep = (target != IGNORE).any(0).nonzero().squeeze(-1)
-                out = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"], use_cache=False, logits_to_keep=keep)
-                logits = out.logits
-                target = target[:, keep]
-                scored = target != IGNORE
-                logps = _selective_log_softmax()(logits, torch.where(scored, target, 0)) * scored
-                count = scored.sum(-1).clamp(min=1)
-                mean = logps.sum(-1) / count
-                nll = -logps[:n_chosen].sum() / count[:n_chosen].sum()
+                mean, logits, nll = _scored_forward(model, cb["concatenated_input_ids"], cb["concatenated_attention_mask"], cb["concatenated_labels"], n_chosen)
                 return mean[:n_chosen], mean[n_chosen:], logits[:n_chosen], logits[n_chosen:], nll
+
+            def get_batch_loss_metrics(self, model, batch, train_eval="train"):
+                if not self.sft_only:
+                    return super().get_batch_loss_metrics(model, batch, train_eval)
+                # SFT: the chosen reply's NLL only, so the rejected rows are never run through the
+                # model (half the forward and backward of an ORPO step with beta 0).
+                device = self.accelerator.device
+                ids, att, labels = (batch[f"chosen_{k}"].to(device) for k in ("input_ids", "attention_mask", "labels"))
+                mean, _, nll = _scored_forward(model, ids, att, labels, ids.shape[0])
+                prefix = "eval_" if train_eval == "eval" else ""
+                return nll, {f"{prefix}nll_loss": nll.item(), f"{prefix}logps/chosen": mean.detach().mean().item()}
 
         _CLASSES["orpo"] = PreflexorORPOTrainer
     return _CLASSES["orpo"]
+
+
+def _scored_forward(model, input_ids, attention_mask, labels, n_nll: int):
+    """(mean log p per row, logits at the kept positions, NLL of the first ``n_nll`` rows' scored tokens).
+
+    Only positions whose next token is scored in some row go through the output layer.
+    """
+    import torch
+
+    target = labels[:, 1:]
+    keep = (target != IGNORE).any(0).nonzero().squeeze(-1)
+    out = model(input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+    target = target[:, keep]
+    scored = target != IGNORE
+    logps = _selective_log_softmax()(out.logits, torch.where(scored, target, 0)) * scored
+    count = scored.sum(-1).clamp(min=1)
+    nll = -logps[:n_nll].sum() / count[:n_nll].sum()
+    return logps.sum(-1) / count, out.logits, nll
 
 
 def _selective_log_softmax():
@@ -332,6 +352,7 @@ class TRLSession:
             cls = orpo_trainer_class()
             stats = MaskStats()
             cls.mask_rule, cls.mask_seed, cls.mask_stats = self.rule, cfg.seed + 1000 * round_index, stats
+            cls.sft_only = cfg.method == "sft"
             trainer = cls(model=self.model, args=args, train_dataset=dataset, processing_class=self.tokenizer, callbacks=[callback])
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
