@@ -381,3 +381,45 @@ def test_sft_runs_only_the_chosen_rows_and_its_loss_is_their_nll(tiny_llama, tmp
     assert torch.allclose(loss, ce, atol=1e-5) and set(metrics) == {"nll_loss", "logps/chosen"}
     assert [r["loss"] for r in logs][-1] < logs[0]["loss"]
     session.close()
+
+
+def test_end_weight_weights_the_end_of_turn_label_of_the_chosen_reply(tiny_llama, tmp_path):
+    """--end-weight W: the chosen reply's first end-of-turn label counts W times in the NLL (a weighted mean)."""
+    import torch
+
+    session, _ = _session(tiny_llama, tmp_path, "sft", batch_size=2, grad_accum=1, end_weight=7.0)
+    pairs = _pairs(2)
+    enc = session.encoder.encode(pairs)
+    tok = session.tokenizer
+    for row, pair in zip(enc.rows, pairs):
+        end = row["chosen_end"]
+        reply = tok.decode(row["chosen_ids"][:end])
+        assert reply.endswith("hierarchical structure.") and pair.chosen.endswith(reply.strip()[-20:])
+        assert "structure" not in tok.decode(row["chosen_ids"][end:])  # what follows is the template's end of turn
+    session.capture = []
+    session.train_round(pairs, 1, 0)
+    trainer, batch = session.last_trainer, session.capture[0]
+    at = [int(a) for a in batch["chosen_end_at"]]
+    assert all(a > 0 for a in at)
+    model = session.model.eval()
+    with torch.no_grad():
+        loss, _ = trainer.get_batch_loss_metrics(model, batch)
+        logits = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        labels = batch["chosen_labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels.clamp(min=0), reduction="none")
+        w = (labels != -100).float()
+        for i, a in enumerate(at):
+            assert w[i, a - 1] == 1
+            w[i, a - 1] = 7.0
+        expected = (ce * w).sum() / w.sum()
+        plain = (ce * (labels != -100)).sum() / (labels != -100).sum()
+    assert torch.allclose(loss, expected, atol=1e-5) and abs(float(loss - plain)) > 1e-4
+    session.close()
+
+
+@pytest.mark.parametrize(("method", "engine", "needle"), [("dpo", "trl", "applies to ORPO and SFT"), ("orpo", "mlx", "mlx engine does not weight")])
+def test_end_weight_refused_where_it_does_not_apply(method, engine, needle):
+    from preflexor_local.errors import UsageError
+
+    with pytest.raises(UsageError, match=needle):
+        TrainConfig(model="m", output="o", method=method, engine=engine, end_weight=5.0).resolved()

@@ -44,6 +44,13 @@ class TrainConfig(Settings):
     max_length: int = opt(
         2048, "Most tokens of prompt + reply. A pair whose chosen reply does not fit is dropped and counted, never cut.", "--max-length", ge=16
     )
+    end_weight: float = opt(
+        1.0,
+        "Weight of the end-of-turn label in the chosen reply's NLL (ORPO, SFT; trl engine): above 1 teaches a model that never ends a turn to stop.",
+        "--end-weight",
+        ge=1,
+        le=1000,
+    )
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm", gt=0)
     warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps", ge=0)
     # adapter
@@ -112,6 +119,8 @@ class TrainConfig(Settings):
                 c.mask_thinking = True
             if c.train_embeddings is None:
                 c.train_embeddings = False
+            if c.end_weight != 1.0:
+                raise UsageError(f"--end-weight applies to ORPO and SFT (their NLL term), not {c.method}", hint="drop --end-weight for DPO")
         else:
             if c.loss not in (None, c.method):
                 raise UsageError(f"--loss {c.loss} applies to DPO only", hint="use `train dpo --loss ...`")
@@ -120,6 +129,8 @@ class TrainConfig(Settings):
             c.mask_thinking = bool(c.mask_thinking)
             if c.train_embeddings is None:
                 c.train_embeddings = c.adapter != "none" and c.tag_tokens == "add"
+        if c.end_weight != 1.0 and c.engine != "trl":
+            raise UsageError(f"the {c.engine} engine does not weight the end of turn (--end-weight)", hint="use --engine trl, or drop --end-weight")
         c.beta = 0.1 if c.beta is None else c.beta
         if c.lr is None:
             full = c.adapter == "none"

@@ -60,7 +60,7 @@ def training_template(cfg: TrainConfig, tokenizer, model_type: str | None, name:
 
 @dataclass
 class Encoded:
-    rows: list[dict] = field(default_factory=list)  # prompt_ids, chosen_ids, rejected_ids, row
+    rows: list[dict] = field(default_factory=list)  # prompt_ids, chosen_ids, rejected_ids, row, chosen_end
     pairs: int = 0
     dropped_long: int = 0
     truncated_rejected: int = 0
@@ -116,5 +116,8 @@ class Encoder:
                 out.dropped_long += 1
                 out.dropped_lines.append(pair.line or i + 1)
                 continue
-            out.rows.append({"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "row": len(out.rows)})
+            # Where the chosen reply's text ends and the template's end of turn begins (-1: no end of turn).
+            end = _common_prefix(self.encode_text(prompt + pair.chosen), pc) - n
+            row = {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "row": len(out.rows)}
+            out.rows.append({**row, "chosen_end": end if 0 <= end < len(chosen_ids) else -1})
         return out

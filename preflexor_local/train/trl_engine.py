@@ -107,7 +107,7 @@ def dpo_trainer_class():
 
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 if self.captured is not None:
-                    self.captured.append({k: v.detach().cpu().clone() for k, v in inputs.items() if hasattr(v, "detach")})
+                    self.captured.append(_snapshot(inputs))
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         _CLASSES["dpo"] = PreflexorDPOTrainer
@@ -125,6 +125,7 @@ def orpo_trainer_class():
             mask_seed: int = 0
             mask_stats: MaskStats | None = None
             sft_only: bool = False
+            end_weight: float = 1.0
             captured: list | None = None
 
             def tokenize_row(self, feature, model=None):
@@ -137,11 +138,25 @@ def orpo_trainer_class():
                     out[f"{side}_input_ids"] = seq
                     out[f"{side}_attention_mask"] = [1] * len(seq)
                     out[f"{side}_labels"] = [t if k else IGNORE for t, k in zip(seq, keep)]
+                end = int(feature.get("chosen_end", -1))
+                out["chosen_end_at"] = len(prompt_ids) + end if end >= 0 and out["chosen_labels"][len(prompt_ids) + end] != IGNORE else -1
                 return out
+
+            def _end_weights(self, batch, labels):
+                """Per-label NLL weights: ``end_weight`` at each chosen row's end-of-turn label, else 1 (None: all 1)."""
+                if self.end_weight == 1.0 or "chosen_end_at" not in batch:
+                    return None
+                import torch
+
+                w = torch.ones(labels.shape[0], labels.shape[1] - 1, dtype=torch.float32, device=labels.device)
+                for i, at in enumerate(batch["chosen_end_at"]):
+                    if int(at) > 0:
+                        w[i, int(at) - 1] = self.end_weight  # target index t scores token t + 1
+                return w
 
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 if self.captured is not None:
-                    self.captured.append({k: v.detach().cpu().clone() for k, v in inputs.items() if hasattr(v, "detach")})
+                    self.captured.append(_snapshot(inputs))
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
             def concatenated_forward(self, model, batch):
@@ -157,7 +172,10 @@ def orpo_trainer_class():
                 """
                 cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value, device=self.accelerator.device)
                 n_chosen = batch["chosen_labels"].shape[0]
-                mean, logits, nll = _scored_forward(model, cb["concatenated_input_ids"], cb["concatenated_attention_mask"], cb["concatenated_labels"], n_chosen)
+                labels = cb["concatenated_labels"]
+                mean, logits, nll = _scored_forward(
+                    model, cb["concatenated_input_ids"], cb["concatenated_attention_mask"], labels, n_chosen, self._end_weights(batch, labels)
+                )
                 return mean[:n_chosen], mean[n_chosen:], logits[:n_chosen], logits[n_chosen:], nll
 
             def get_batch_loss_metrics(self, model, batch, train_eval="train"):
@@ -167,7 +185,7 @@ def orpo_trainer_class():
                 # model (half the forward and backward of an ORPO step with beta 0).
                 device = self.accelerator.device
                 ids, att, labels = (batch[f"chosen_{k}"].to(device) for k in ("input_ids", "attention_mask", "labels"))
-                mean, _, nll = _scored_forward(model, ids, att, labels, ids.shape[0])
+                mean, _, nll = _scored_forward(model, ids, att, labels, ids.shape[0], self._end_weights(batch, labels))
                 prefix = "eval_" if train_eval == "eval" else ""
                 return nll, {f"{prefix}nll_loss": nll.item(), f"{prefix}logps/chosen": mean.detach().mean().item()}
 
@@ -175,10 +193,17 @@ def orpo_trainer_class():
     return _CLASSES["orpo"]
 
 
-def _scored_forward(model, input_ids, attention_mask, labels, n_nll: int):
+def _snapshot(inputs: dict) -> dict:
+    """A copy of a trainer batch for tests (tensors detached to the CPU; lists as they are)."""
+    return {k: v.detach().cpu().clone() if hasattr(v, "detach") else list(v) for k, v in inputs.items() if hasattr(v, "detach") or isinstance(v, list)}
+
+
+def _scored_forward(model, input_ids, attention_mask, labels, n_nll: int, weights=None):
     """(mean log p per row, logits at the kept positions, NLL of the first ``n_nll`` rows' scored tokens).
 
-    Only positions whose next token is scored in some row go through the output layer.
+    Only positions whose next token is scored in some row go through the output layer. ``weights``
+    (shape of ``labels[:, 1:]``, first ``n_nll`` rows) weights the NLL's tokens: a weighted mean,
+    so the loss keeps its scale; the per-row means (ORPO's odds) stay unweighted.
     """
     import torch
 
@@ -189,7 +214,11 @@ def _scored_forward(model, input_ids, attention_mask, labels, n_nll: int):
     scored = target != IGNORE
     logps = _selective_log_softmax()(out.logits, torch.where(scored, target, 0)) * scored
     count = scored.sum(-1).clamp(min=1)
-    nll = -logps[:n_nll].sum() / count[:n_nll].sum()
+    if weights is None:
+        nll = -logps[:n_nll].sum() / count[:n_nll].sum()
+    else:
+        w = weights[:n_nll, keep] * scored[:n_nll]
+        nll = -(logps[:n_nll] * w).sum() / w.sum().clamp(min=1)
     return logps.sum(-1) / count, out.logits, nll
 
 
@@ -352,7 +381,7 @@ class TRLSession:
             cls = orpo_trainer_class()
             stats = MaskStats()
             cls.mask_rule, cls.mask_seed, cls.mask_stats = self.rule, cfg.seed + 1000 * round_index, stats
-            cls.sft_only = cfg.method == "sft"
+            cls.sft_only, cls.end_weight = cfg.method == "sft", cfg.end_weight
             trainer = cls(model=self.model, args=args, train_dataset=dataset, processing_class=self.tokenizer, callbacks=[callback])
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
