@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from servers import start_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,20 +36,8 @@ def corpus_texts() -> list[str]:
 
 
 def start_teacher(args, workdir: Path) -> tuple[subprocess.Popen, str]:
-    log = workdir / "teacher.log"
-    exe = Path(sys.executable).with_name("preflexor-local")
-    cmd = [str(exe), "serve", "--port", "0", "--ctx", "2048", "--parallel", str(args.parallel), "--thinking-budget", "16", "--max-queue", "16"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not (m := re.search(r" on (http://\S+/v1) ", log.read_text())):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit(f"the teacher server did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    url = m.group(1)
-    while httpx.get(url.removesuffix("/v1") + "/health", timeout=5).status_code != 200:
-        time.sleep(0.2)
-    return proc, url
+    flags = ["--ctx", "2048", "--parallel", str(args.parallel), "--thinking-budget", "16", "--max-queue", "16"]
+    return start_serve(flags, workdir / "teacher.log")
 
 
 def main() -> None:

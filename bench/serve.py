@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from servers import start_serve, wait_up
 
 QUESTIONS = [
     "Why is spider silk so tough?",
@@ -95,58 +95,10 @@ def resolve_and_record(model: str, args) -> tuple[Path, list[str], dict[str, lis
         backend.close()
 
 
-def wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    sys.exit(f"server did not come up:\n{log.read_text()[-2000:]}")
-
-
 def start_ours(model: str, args, workdir: Path) -> tuple[subprocess.Popen, str]:
-    log = workdir / "ours.log"
-    exe = Path(sys.executable).with_name("preflexor-local")
-    cmd = [
-        str(exe),
-        "serve",
-        "--model",
-        model,
-        "--port",
-        "0",
-        "--ctx",
-        str(args.ctx),
-        "--threads",
-        str(args.threads),
-        "--temperature",
-        "0",
-        "--repeat-penalty",
-        "1.0",
-        "--max-tokens",
-        str(args.max_tokens),
-        "--no-stop-repeats",
-        "--recursive",
-        str(args.rounds),
-        "--max-queue",
-        "8",
-        "--parallel",
-        str(args.parallel),
-    ]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not (m := re.search(r" on (http://\S+/v1) ", log.read_text())):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit(f"preflexor-local serve did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    wait_up(m.group(1), proc, log)
-    return proc, m.group(1)
+    flags = ["--model", model, "--ctx", str(args.ctx), "--threads", str(args.threads), "--temperature", "0", "--repeat-penalty", "1.0"]
+    flags += ["--max-tokens", str(args.max_tokens), "--no-stop-repeats", "--recursive", str(args.rounds), "--max-queue", "8", "--parallel", str(args.parallel)]
+    return start_serve(flags, workdir / "ours.log")
 
 
 def start_theirs(gguf: Path, adapters: list[str], args, workdir: Path) -> tuple[subprocess.Popen, str]:
