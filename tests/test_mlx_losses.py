@@ -5,8 +5,9 @@ What is compared, exactly: one batch is tokenised and masked by the MLX engine
 The same padded ids and labels go to
 
 * TRL: ``DPOTrainer.compute_loss(model, {input_ids, attention_mask, completion_mask})``
-  (``completion_mask`` = our scored positions), and
-  ``ORPOTrainer.get_batch_loss_metrics(model, {chosen_*, rejected_*})``, on the
+  (``completion_mask`` = our scored positions), and the TRL engine's ORPO trainer
+  (TRL's ``ORPOTrainer`` with the NLL over scored reply positions and the
+  ``--end-weight`` weighting) ``get_batch_loss_metrics(model, {chosen_*, rejected_*})``, on the
   HF checkpoint with the adapter converted to PEFT (``convert/mlx_adapter.py``),
   the reference being TRL's own adapter-disabled model (``use_adapter(model, None)``;
   TRL's copy of a pre-trained adapter as "ref" is removed, since our adapter
@@ -30,12 +31,13 @@ from mlx_fixtures import train_config  # noqa: E402
 TOL = 2e-4
 
 CASES = [
-    # method, dpo loss, adapter, train tag rows, thinking mask
-    ("orpo", None, "lora", True, False),
-    ("orpo", None, "dora", False, True),
-    ("dpo", "sigmoid", "lora", False, True),
-    ("dpo", "exo_pair", "dora", False, True),  # tag rows: TRL 1.16's fused lm-head DPO forward cannot run PEFT trainable tokens
-    ("dpo", "exo_pair", "lora", False, False),
+    # method, dpo loss, adapter, train tag rows, thinking mask, end-of-turn weight
+    ("orpo", None, "lora", True, False, 1.0),
+    ("orpo", None, "dora", False, True, 1.0),
+    ("orpo", None, "lora", False, False, 6.0),
+    ("dpo", "sigmoid", "lora", False, True, 1.0),
+    ("dpo", "exo_pair", "dora", False, True, 1.0),  # tag rows: TRL 1.16's fused lm-head DPO forward cannot run PEFT trainable tokens
+    ("dpo", "exo_pair", "lora", False, False, 1.0),
 ]
 
 
@@ -61,8 +63,8 @@ def hf_tok(tiny_llama):
     return AutoTokenizer.from_pretrained(tiny_llama)
 
 
-@pytest.mark.parametrize("method,loss,adapter,rows,mask", CASES)
-def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llama, hf_tok, pairs, tmp_path):
+@pytest.mark.parametrize("method,loss,adapter,rows,mask,end_weight", CASES)
+def test_loss_matches_trl(method, loss, adapter, rows, mask, end_weight, tiny_mlx, tiny_llama, hf_tok, pairs, tmp_path):
     import numpy as np
     import torch
     from datasets import Dataset
@@ -70,12 +72,20 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
     from transformers import AutoModelForCausalLM
 
     from preflexor_local.convert.mlx_adapter import MlxToPeftConfig, convert_mlx_adapter_to_peft
-    from preflexor_local.train.mlx.batches import pad_batch
+    from preflexor_local.train.mlx.batches import end_weights, pad_batch
     from preflexor_local.train.mlx.trainer import MLXTrainer
 
     extra = {"loss": loss, "label_smoothing": 5e-3 if loss == "exo_pair" else None} if method == "dpo" else {}
     cfg = train_config(
-        tiny_mlx, tmp_path / "ad", method=method, adapter=adapter, train_embeddings=rows, mask_thinking=mask, beta=0.5 if method == "dpo" else 0.1, **extra
+        tiny_mlx,
+        tmp_path / "ad",
+        method=method,
+        adapter=adapter,
+        train_embeddings=rows,
+        mask_thinking=mask,
+        beta=0.5 if method == "dpo" else 0.1,
+        end_weight=end_weight,
+        **extra,
     )
     trainer = MLXTrainer(cfg)
     _randomise(trainer, seed=len(tmp_path.name))
@@ -83,7 +93,9 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
     data = trainer.tokenize(pairs)
     assert len(data.examples) == 4 and (not mask or data.stats.ignored_thinking_tokens > 0)
     batch = pad_batch(data.examples, trainer.pad_id, preference=True)
-    mlx_loss, mlx_metrics = trainer.batch_loss(batch)
+    weights = end_weights(data.examples, batch[0].shape[1], end_weight)
+    assert end_weight == 1.0 or all(e.chosen_end > 0 for e in data.examples)
+    mlx_loss, mlx_metrics = trainer.batch_loss(batch, weights)
 
     peft_dir = convert_mlx_adapter_to_peft(MlxToPeftConfig(ad, tmp_path / "peft", base_model=tiny_llama, quiet=True))
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
@@ -108,9 +120,14 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
         with torch.no_grad():
             trl_loss = trl.compute_loss(model, {"input_ids": ids, "attention_mask": attention, "completion_mask": (labels != -100).long()})
     else:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        # The TRL engine's trainer: stock TRL's ORPO with the NLL over the scored reply positions only.
+        from preflexor_local.train.trl_compat import orpo
+        from preflexor_local.train.trl_engine import orpo_trainer_class
 
-        trl = ORPOTrainer(model=model, args=ORPOConfig(max_length=256, **common), train_dataset=rows_ds, processing_class=hf_tok)
+        cls = orpo_trainer_class()
+        cls.end_weight = end_weight
+        ids_ds = Dataset.from_list([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
+        trl = cls(model=model, args=orpo()[0](max_length=256, **common), train_dataset=ids_ds, processing_class=hf_tok)
         half = ids.shape[0] // 2
         tb = {
             "chosen_input_ids": ids[:half],
@@ -119,6 +136,7 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, tiny_mlx, tiny_llam
             "rejected_input_ids": ids[half:],
             "rejected_attention_mask": attention[half:],
             "rejected_labels": labels[half:],
+            "chosen_end_at": [e.chosen_end for e in data.examples],
         }
         with torch.no_grad():
             trl_loss, trl_metrics = trl.get_batch_loss_metrics(model, tb)

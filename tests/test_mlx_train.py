@@ -35,22 +35,26 @@ def _fixed_batch(trainer, pairs):
         ("fp32", "dpo", {"adapter": "dora", "loss": "exo_pair"}),
         ("q4", "dpo", {"adapter": "lora", "loss": "sigmoid"}),  # QLoRA: LoRA on the 4-bit base
         ("q4", "sft", {"adapter": "dora"}),
+        ("fp32", "sft", {"adapter": "lora", "end_weight": 5.0, "lr": 5e-3}),
     ],
 )
 def test_steps_lower_the_loss_and_move_only_the_adapter(base, method, extra, tiny_mlx, tiny_mlx_q4, pairs, tmp_path):
     import numpy as np
 
+    from preflexor_local.train.mlx.batches import end_weights
     from preflexor_local.train.mlx.trainer import MLXTrainer
 
     model = tiny_mlx if base == "fp32" else tiny_mlx_q4
-    lr = 5e-3 if method == "dpo" else 2e-2
+    extra = dict(extra)
+    lr = extra.pop("lr", 5e-3 if method == "dpo" else 2e-2)
     t = MLXTrainer(train_config(model, tmp_path, method=method, lr=lr, batch_size=4, **extra))
     batch = _fixed_batch(t, pairs)
-    before_loss, _ = t.batch_loss(batch)
+    weights = end_weights(t.tokenize(pairs).examples, batch[0].shape[1], t.c.end_weight)  # the objective it trains
+    before_loss, _ = t.batch_loss(batch, weights)
     before = _params(t.model)
     trainable = set(t.trainable())
     summary = t.train_round(pairs, 6)
-    after_loss, metrics = t.batch_loss(batch)
+    after_loss, metrics = t.batch_loss(batch, weights)
     after = _params(t.model)
     assert after_loss < before_loss - 1e-3, (before_loss, after_loss)
     assert summary["steps"] == 6 and t.global_step == 6 and summary["pairs_used"] == 4

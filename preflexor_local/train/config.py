@@ -46,7 +46,7 @@ class TrainConfig(Settings):
     )
     end_weight: float = opt(
         1.0,
-        "Weight of the end-of-turn label in the chosen reply's NLL (ORPO, SFT; trl engine): above 1 teaches a model that never ends a turn to stop.",
+        "Weight of the end-of-turn label in the chosen reply's NLL (ORPO, SFT): above 1 teaches a model that never ends a turn to stop.",
         "--end-weight",
         ge=1,
         le=1000,
@@ -129,8 +129,6 @@ class TrainConfig(Settings):
             c.mask_thinking = bool(c.mask_thinking)
             if c.train_embeddings is None:
                 c.train_embeddings = c.adapter != "none" and c.tag_tokens == "add"
-        if c.end_weight != 1.0 and c.engine != "trl":
-            raise UsageError(f"the {c.engine} engine does not weight the end of turn (--end-weight)", hint="use --engine trl, or drop --end-weight")
         c.beta = 0.1 if c.beta is None else c.beta
         if c.lr is None:
             full = c.adapter == "none"

@@ -6,12 +6,15 @@ positions set to -100 (``preflexor_local.train.masks``); ``lengths`` are the
 unpadded lengths. Position ``t`` predicts token ``t + 1``.
 
 * **SFT**: mean cross-entropy over every scored label position of the batch.
-* **ORPO** (TRL ``experimental.orpo.ORPOTrainer.get_batch_loss_metrics``):
+* **ORPO** (the TRL engine's ``PreflexorORPOTrainer``, TRL 1.16's formula):
   ``ℓ = mean log p`` over the scored positions of each sequence;
   ``log_odds = (ℓ_c − ℓ_r) − (log(1 − e^{ℓ_c}) − log(1 − e^{ℓ_r}))``;
-  ``L = NLL_chosen − β · mean(log σ(log_odds))``, where, as in TRL, the NLL is
-  the mean cross-entropy over **every non-padding position of the chosen
-  sequences, prompt included**.
+  ``L = NLL_chosen − β · mean(log σ(log_odds))``, where the NLL is the mean
+  cross-entropy over the **scored reply positions of the chosen rows** (as the
+  ORPO paper defines it; stock TRL scores the prompt too, which teaches a model
+  to write prompts).
+* ``weights`` (chosen rows, ``[B, T-1]``, from ``batches.end_weights``) make
+  either NLL a weighted mean: ``--end-weight`` on the end-of-turn label.
 * **DPO** (TRL ``DPOTrainer._compute_loss``): ``π`` = **summed** log-probs over
   scored positions, ``z = (π_c − π_r) − (ref_c − ref_r)``;
   ``sigmoid``: ``−(1 − ε) log σ(βz) − ε log σ(−βz)`` (TRL's ``sigmoid`` is the
@@ -59,24 +62,25 @@ def log1mexp(x: mx.array) -> mx.array:
     return mx.where(x < t, mx.log1p(-mx.exp(x)), mx.log(-mx.expm1(x)))
 
 
-def sft_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array) -> tuple[mx.array, dict]:
+def _nll(lp: mx.array, mask: mx.array, weights: mx.array | None) -> mx.array:
+    w = mask if weights is None else mask * weights
+    return -(lp * w).sum() / mx.maximum(w.sum(), 1.0)
+
+
+def sft_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array, weights: mx.array | None = None) -> tuple[mx.array, dict]:
     lp = token_logps(model, ids)
     mask = scored(labels)
-    n = mx.maximum(mask.sum(), 1.0)
-    loss = -(lp * mask).sum() / n
+    loss = _nll(lp, mask, weights)
     return loss, {"nll_loss": loss, "tokens": mask.sum()}
 
 
-def orpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array, beta: float) -> tuple[mx.array, dict]:
+def orpo_loss(model: nn.Module, ids: mx.array, labels: mx.array, lengths: mx.array, beta: float, weights: mx.array | None = None) -> tuple[mx.array, dict]:
     half = ids.shape[0] // 2
     lp = token_logps(model, ids)
     mask = scored(labels)
     avg = (lp * mask).sum(-1) / mx.maximum(mask.sum(-1), 1.0)
     chosen, rejected = avg[:half], avg[half:]
-    # NLL over every real (non-padding) next-token position of the chosen rows, prompt included (TRL).
-    steps = mx.arange(1, ids.shape[1])[None, :]
-    real = (steps < lengths[:half, None]).astype(mx.float32)
-    nll = -(lp[:half] * real).sum() / mx.maximum(real.sum(), 1.0)
+    nll = _nll(lp[:half], mask[:half], weights)
     log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
     ratio = nn.log_sigmoid(log_odds)
     loss = nll - beta * ratio.mean()

@@ -194,14 +194,14 @@ class MLXTrainer:
         self.model.load_weights(list(weights.items()), strict=False)
 
     # -- the objective ------------------------------------------------------------
-    def _loss(self, model, ids, labels, lengths, ref):
+    def _loss(self, model, ids, labels, lengths, ref, weights=None):
         from . import losses
 
         c = self.c
         if c.method == "sft":
-            return losses.sft_loss(model, ids, labels, lengths)
+            return losses.sft_loss(model, ids, labels, lengths, weights)
         if c.method == "orpo":
-            return losses.orpo_loss(model, ids, labels, lengths, c.beta)
+            return losses.orpo_loss(model, ids, labels, lengths, c.beta, weights)
         return losses.dpo_loss(model, ids, labels, lengths, ref, c.beta, c.loss, c.label_smoothing)
 
     def reference_logps(self, ids, labels):
@@ -215,11 +215,11 @@ class MLXTrainer:
             self.mx.eval(ref)
         return ref
 
-    def batch_loss(self, batch) -> tuple[float, dict]:
+    def batch_loss(self, batch, weights=None) -> tuple[float, dict]:
         """Loss and metrics of one padded batch (ids, labels, lengths) without a gradient step."""
         ids, labels, lengths = batch
         ref = self.reference_logps(ids, labels) if self.c.is_dpo else None
-        loss, metrics = self._loss(self.model, ids, labels, lengths, ref)
+        loss, metrics = self._loss(self.model, ids, labels, lengths, ref, weights)
         self.mx.eval(loss, metrics)
         return loss.item(), {k: v.item() for k, v in metrics.items()}
 
@@ -246,7 +246,7 @@ class MLXTrainer:
         import mlx.optimizers as optim
         from mlx.utils import tree_map
 
-        from .batches import pad_batch
+        from .batches import end_weights, pad_batch
 
         c = self.c
         data = self.tokenize(pairs)
@@ -269,9 +269,11 @@ class MLXTrainer:
                 t0 = time.perf_counter()
                 acc, step_loss, agg = None, 0.0, {}
                 for _ in range(c.grad_accum):
-                    ids, labels, lengths = pad_batch(next(stream), self.pad_id, preference)
+                    micro = next(stream)
+                    ids, labels, lengths = pad_batch(micro, self.pad_id, preference)
                     ref = self.reference_logps(ids, labels) if c.is_dpo else None
-                    (loss, metrics), grads = value_and_grad(self.model, ids, labels, lengths, ref)
+                    weights = end_weights(micro, ids.shape[1], c.end_weight)
+                    (loss, metrics), grads = value_and_grad(self.model, ids, labels, lengths, ref, weights)
                     acc = grads if acc is None else tree_map(lambda a, b: a + b, acc, grads)
                     mx.eval(acc, loss, metrics)
                     step_loss += loss.item() / c.grad_accum
