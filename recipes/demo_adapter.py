@@ -18,7 +18,8 @@ or across sittings):
    does. Pairs are appended one by one, so a killed run loses at most one.
 3. **train**: ``train orpo`` on those pairs (LoRA r=16 on the top 8 blocks,
    tags kept as plain text so the adapter fits the base vocabulary), the Gemma
-   chat template, rounds checkpointed (``--resume``).
+   chat template, the end-of-turn label weighted (``--end-weight``: the base
+   model has never ended a turn), rounds checkpointed (``--resume``).
 4. **export**: ``convert lora-gguf`` -> ``adapter.gguf`` for llama.cpp, and the
    chat format it was trained with recorded beside it.
 

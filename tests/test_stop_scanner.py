@@ -39,3 +39,26 @@ def test_loop_detection():
     assert not repeats_at_end("Intro. " + paragraph)
     assert repeats_at_end("x: " + "yes, no. " * 4) and not repeats_at_end("x: " + "yes, no. " * 3)
     assert not repeats_at_end("1.\n2.\n3.\n4.\n5.\n6.\n")  # counting is not a loop
+    # A long paragraph repeated (the demo adapter's round-3 answers): no fixed bound on the period.
+    long = (
+        "The dentin-enamel junction is a gap between the outer enamel of a tooth and the underlying dentin: calcium phosphate "
+        "fills it with cementum, so cracks start there. A crack starts at the inner surface; it is about 0.5 mm wide and 2 mm "
+        "thick. The junction fills this gap with calcium phosphate. When a crack begins, the cementum moves outward, filling "
+        "the gap and opening up new spaces for further cracking; the enamel is then left intact, allowing more room for "
+        "future cracks to form. "
+    )
+    assert len(long) > 450 and repeats_at_end("Intro. " + long * 2) and not repeats_at_end("Intro. " + long)
+
+
+def test_loop_detection_is_cheap_on_a_long_text():
+    import random
+    import time
+
+    from preflexor_local.backends.base import repeats_at_end
+
+    rng = random.Random(0)
+    text = " ".join(rng.choice(["silk", "bone", "crack", "the", "of", "tough", "fibre", "and"]) for _ in range(800))
+    t0 = time.perf_counter()
+    for _ in range(10):
+        repeats_at_end(text)
+    assert (time.perf_counter() - t0) / 10 < 0.02  # checked every 8 tokens while generating

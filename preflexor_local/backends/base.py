@@ -141,13 +141,20 @@ class StopScanner:
         return out
 
 
-def repeats_at_end(text: str, max_period: int = 400) -> bool:
+def repeats_at_end(text: str) -> bool:
     """Whether ``text`` ends in a verbatim loop: a passage of 64+ characters twice in a row, or a
-    shorter one (8+) four times. Greedy small models fall into these and never leave."""
+    shorter one (8+) four times. Greedy small models fall into these and never leave; a looping
+    paragraph can be longer than any fixed bound (the demo model's reached 450 characters)."""
     n = len(text)
-    for period in range(8, min(max_period, n // 2) + 1):
+    last = text[-1:]
+    for period in range(8, n // 2 + 1):
+        if text[n - 1 - period] != last:  # cheap test first: most periods fail on the last character
+            continue
         times = 2 if period >= 64 else 4
-        if period * times <= n and text.endswith(text[n - period :] * times):
+        if period * times > n:
+            continue
+        tail = text[n - period :]
+        if all(text[n - (k + 1) * period : n - k * period] == tail for k in range(1, times)):
             return True
     return False
 
