@@ -124,10 +124,9 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, end_weight, tiny_ml
         from preflexor_local.train.trl_compat import orpo
         from preflexor_local.train.trl_engine import orpo_trainer_class
 
-        cls = orpo_trainer_class()
-        cls.end_weight = end_weight
         ids_ds = Dataset.from_list([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
-        trl = cls(model=model, args=orpo()[0](max_length=256, **common), train_dataset=ids_ds, processing_class=hf_tok)
+        trl = orpo_trainer_class()(model=model, args=orpo()[0](max_length=256, **common), train_dataset=ids_ds, processing_class=hf_tok)
+        trl.end_weight = end_weight
         half = ids.shape[0] // 2
         tb = {
             "chosen_input_ids": ids[:half],

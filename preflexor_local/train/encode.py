@@ -118,6 +118,13 @@ class Encoder:
                 continue
             # Where the chosen reply's text ends and the template's end of turn begins (-1: no end of turn).
             end = _common_prefix(self.encode_text(prompt + pair.chosen), pc) - n
-            row = {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "row": len(out.rows)}
-            out.rows.append({**row, "chosen_end": end if 0 <= end < len(chosen_ids) else -1})
+            out.rows.append(
+                {
+                    "prompt_ids": prompt_ids,
+                    "chosen_ids": chosen_ids,
+                    "rejected_ids": rejected_ids,
+                    "row": len(out.rows),
+                    "chosen_end": end if 0 <= end < len(chosen_ids) else -1,
+                }
+            )
         return out

@@ -30,6 +30,11 @@ A training sequence is ``prompt_ids + completion_ids``. Positions are scored
    nothing). Either way it is counted in ``MaskStats.missing_close``.
 
 Positions of padding are the caller's business (pass unpadded ids).
+
+5. **End-of-turn weight** (``--end-weight``, ORPO and SFT). The chosen reply's
+   first end-of-turn token (``Encoder``'s ``chosen_end``), when scored, counts
+   ``weight`` times in the NLL: ``end_label_at`` finds it, ``end_weight_rows``
+   lays the weights out over next-token targets for either engine's tensors.
 """
 
 from __future__ import annotations
@@ -144,3 +149,27 @@ def labels_for(
     """``ids`` with ignored positions replaced by ``IGNORE`` (-100): the labels a trainer sees."""
     keep = scored_positions(ids, prompt_len, rule, rng, stats)
     return [t if k else IGNORE for t, k in zip(ids, keep)]
+
+
+def end_label_at(prompt_len: int, chosen_end: int, labels: Sequence[int]) -> int:
+    """Sequence index of the chosen reply's end-of-turn token when its label is scored, else -1.
+
+    ``chosen_end`` is ``Encoder``'s index into the reply's ids (-1: the reply has no end of turn).
+    """
+    at = prompt_len + chosen_end
+    return at if chosen_end >= 0 and labels[at] != IGNORE else -1
+
+
+def end_weight_rows(ends: Sequence[int], width: int, weight: float) -> list[list[float]] | None:
+    """NLL weights over the ``width - 1`` next-token targets of each chosen row (None when ``weight`` is 1).
+
+    ``weight`` at the target that scores each row's end-of-turn token (target ``t`` scores token
+    ``t + 1``), 1 elsewhere; ``ends`` are ``end_label_at`` indices.
+    """
+    if weight == 1.0:
+        return None
+    rows = [[1.0] * (width - 1) for _ in ends]
+    for row, at in zip(rows, ends):
+        if at > 0:
+            row[at - 1] = weight
+    return rows

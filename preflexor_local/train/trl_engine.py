@@ -40,7 +40,7 @@ from . import trl_compat
 from .config import TrainConfig
 from .data import PreferencePair
 from .encode import Encoder, tag_ids, training_template
-from .masks import IGNORE, MaskRule, MaskStats, draw_rng, scored_positions
+from .masks import IGNORE, MaskRule, MaskStats, draw_rng, end_label_at, end_weight_rows, scored_positions
 from .resolve import model_dir, model_name
 from .session import RunContext
 from .trl_peft import wrap_model
@@ -138,21 +138,17 @@ def orpo_trainer_class():
                     out[f"{side}_input_ids"] = seq
                     out[f"{side}_attention_mask"] = [1] * len(seq)
                     out[f"{side}_labels"] = [t if k else IGNORE for t, k in zip(seq, keep)]
-                end = int(feature.get("chosen_end", -1))
-                out["chosen_end_at"] = len(prompt_ids) + end if end >= 0 and out["chosen_labels"][len(prompt_ids) + end] != IGNORE else -1
+                out["chosen_end_at"] = end_label_at(len(prompt_ids), int(feature.get("chosen_end", -1)), out["chosen_labels"])
                 return out
 
             def _end_weights(self, batch, labels):
-                """Per-label NLL weights: ``end_weight`` at each chosen row's end-of-turn label, else 1 (None: all 1)."""
-                if self.end_weight == 1.0 or "chosen_end_at" not in batch:
+                """``masks.end_weight_rows`` of the chosen rows as a tensor (None when the weight is 1)."""
+                rows = end_weight_rows([int(a) for a in batch.get("chosen_end_at", ())], labels.shape[1], self.end_weight)
+                if not rows:
                     return None
                 import torch
 
-                w = torch.ones(labels.shape[0], labels.shape[1] - 1, dtype=torch.float32, device=labels.device)
-                for i, at in enumerate(batch["chosen_end_at"]):
-                    if int(at) > 0:
-                        w[i, int(at) - 1] = self.end_weight  # target index t scores token t + 1
-                return w
+                return torch.tensor(rows, dtype=torch.float32, device=labels.device)
 
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 if self.captured is not None:
@@ -381,8 +377,8 @@ class TRLSession:
             cls = orpo_trainer_class()
             stats = MaskStats()
             cls.mask_rule, cls.mask_seed, cls.mask_stats = self.rule, cfg.seed + 1000 * round_index, stats
-            cls.sft_only, cls.end_weight = cfg.method == "sft", cfg.end_weight
             trainer = cls(model=self.model, args=args, train_dataset=dataset, processing_class=self.tokenizer, callbacks=[callback])
+            trainer.sft_only, trainer.end_weight = cfg.method == "sft", cfg.end_weight  # used by the loss only, after __init__
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(PrinterCallback)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..data import PreferencePair
 from ..encode import Encoder
-from ..masks import IGNORE, MaskRule, MaskStats, draw_rng, labels_for
+from ..masks import IGNORE, MaskRule, MaskStats, draw_rng, end_label_at, end_weight_rows, labels_for
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Example:
     rejected_ids: list[int]
     rejected_labels: list[int]
     line: int = 0
-    chosen_end: int = -1  # index in chosen_ids of the scored end-of-turn token (-1: none)
+    chosen_end: int = -1  # masks.end_label_at: index in chosen_ids of the scored end-of-turn token (-1: none)
 
 
 @dataclass
@@ -52,8 +52,7 @@ def tokenize_pairs(
         cl = labels_for(c, len(p), rule, draw_rng(seed, epoch, 2 * row["row"]), out.stats)
         rl = labels_for(r, len(p), rule, draw_rng(seed, epoch, 2 * row["row"] + 1), None if sft else out.stats)
         line = pairs[row["row"]].line if row["row"] < len(pairs) else 0
-        end = len(p) + row["chosen_end"] if row["chosen_end"] >= 0 else -1
-        out.examples.append(Example(c, cl, r, rl, line, end if end > 0 and cl[end] != IGNORE else -1))
+        out.examples.append(Example(c, cl, r, rl, line, end_label_at(len(p), row["chosen_end"], cl)))
     return out
 
 
@@ -72,16 +71,13 @@ def pad_batch(examples: list[Example], pad_id: int, preference: bool = True):
 
 
 def end_weights(examples: list[Example], width: int, weight: float):
-    """[B, width - 1] NLL weights of the chosen rows: ``weight`` at each end-of-turn label, else 1 (None when 1)."""
-    if weight == 1.0:
+    """``masks.end_weight_rows`` of the chosen rows as an MLX array ``[B, width - 1]`` (None when ``weight`` is 1)."""
+    rows = end_weight_rows([e.chosen_end for e in examples], width, weight)
+    if rows is None:
         return None
     import mlx.core as mx
 
-    w = [[1.0] * (width - 1) for _ in examples]
-    for row, e in zip(w, examples):
-        if e.chosen_end > 0:
-            row[e.chosen_end - 1] = weight  # position t predicts token t + 1
-    return mx.array(w)
+    return mx.array(rows)
 
 
 def batches(examples: list[Example], batch_size: int, seed: int, epoch: int):
