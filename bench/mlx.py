@@ -49,7 +49,7 @@ def bench_generation(model_dir: Path, n_tokens: int, repeats: int) -> dict:
     from preflexor_local.config import Sampling
 
     backend = load(str(model_dir))
-    sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=n_tokens)
+    sampling = Sampling(temperature=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=n_tokens)
     req = GenerationRequest(messages=[{"role": "user", "content": QUESTION}], prefill="<|thinking|>", sampling=sampling)
     ids = backend.encode(backend.render(req))
     model, tok = backend.model, backend.tokenizer

@@ -84,7 +84,7 @@ def resolve_and_record(model: str, args) -> tuple[Path, list[str], dict[str, lis
         d = backend.describe()
         if d.get("backend") != "llamacpp":
             sys.exit("bench/serve.py compares against llama-cpp-python's server: --model must be a GGUF")
-        sampling = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=args.max_tokens, stop_repeats=False)
+        sampling = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=args.max_tokens, stop_repeats=False)
         recorded = {}
         for q in QUESTIONS:
             calls.clear()

@@ -121,7 +121,8 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     if not todo:
         return out
     base = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048))
-    sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=rejected_tokens, seed=seed)
+    # The base model's own replies as they were sampled for the shipped adapter: repeat penalty 1.1, no DRY.
+    sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=rejected_tokens, seed=seed, dry_multiplier=0.0)
     with out.open("a", encoding="utf-8") as fh:
         for i, (rec, (role, msgs, prefill, chosen)) in enumerate(todo, 1):
             # The reasoner starts inside an opened thinking section, as the engine prefills it.

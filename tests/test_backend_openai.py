@@ -101,3 +101,13 @@ def test_wrong_model_name_lists_what_is_served(server):
 def test_unreachable_server_is_one_clear_error():
     with pytest.raises(ServerError, match="cannot reach"):
         load(f"http://127.0.0.1:{free_port()}/v1")
+
+
+def test_dry_settings_travel_only_when_on(server):
+    """llama-server reads ``dry_*``; a server that does not know them is not sent them while DRY is off."""
+    b = load(server, LoadOptions(chat_template="plain"))
+    _, body = b._payload(GenerationRequest(messages=MSGS, sampling=Sampling(dry_multiplier=0.8, dry_base=2, dry_allowed_length=3)))
+    assert (body["dry_multiplier"], body["dry_base"], body["dry_allowed_length"]) == (0.8, 2.0, 3)
+    _, body = b._payload(GenerationRequest(messages=MSGS, sampling=Sampling(dry_multiplier=0)))
+    assert not any(k.startswith("dry_") for k in body)
+    b.close()

@@ -6,7 +6,7 @@ from preflexor_local.backends import GenerationRequest, load
 from preflexor_local.config import LoadOptions, Sampling
 from preflexor_local.errors import ContextOverflowError
 
-GREEDY = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=12)
+GREEDY = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=12)
 MSGS = [{"role": "user", "content": "Why is spider silk tough?"}]
 
 

@@ -16,7 +16,7 @@ from preflexor_local.backends.llamacpp import LlamaCppBackend
 from preflexor_local.config import LoadOptions, Sampling
 
 GREEDY = Sampling(temperature=0, max_tokens=16, seed=0, stop_repeats=False)
-SAMPLED = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=16, seed=5, stop_repeats=False)
+SAMPLED = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=16, seed=5, stop_repeats=False)
 QUESTIONS = ["Why is nacre tough?", "What is bone made of?", "How does silk stretch?", "Why does wood float?", "What makes enamel hard?"]
 
 

@@ -10,7 +10,7 @@ from preflexor_local.reasoning.engine import Engine
 from preflexor_local.reasoning.transcript import Transcript
 
 FMT = ThinkingFormat()
-SAMPLING = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=8)
+SAMPLING = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=8)
 
 
 class Recording(Backend):

@@ -7,6 +7,7 @@ real Gemma 3 270M GGUF. Every comparison is against the same backend with its ca
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from preflexor_local.errors import UsageError
 
 GREEDY = Sampling(temperature=0, max_tokens=12, seed=0, stop_repeats=False)
 # the same seed gives the same draws: a seeded sample is the same only where the whole distribution is
-SAMPLED = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=12, seed=3, stop_repeats=False)
+SAMPLED = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=12, seed=3, stop_repeats=False)
 OPTS = LoadOptions(threads=1)  # a long job shares this machine
 
 
@@ -213,7 +214,9 @@ def test_a_full_context_gives_up_other_slots_and_changes_no_token(tiny_gguf, ope
 
 
 @pytest.mark.parametrize(
-    "sampling", [GREEDY, Sampling(temperature=0.9, top_k=20, top_p=0.9, min_p=0.05, repeat_penalty=1.3, seed=7)], ids=["greedy", "sampled"]
+    "sampling",
+    [replace(GREEDY, dry_multiplier=0.0), Sampling(temperature=0.9, top_k=20, top_p=0.9, min_p=0.05, repeat_penalty=1.3, dry_multiplier=0.0, seed=7)],
+    ids=["greedy", "sampled"],
 )
 def test_sampling_is_llama_cpp_python_s_own(tiny, tiny_gguf, sampling):
     """The same tokens as the single-sequence ``Llama.generate`` this backend used before, seed for seed."""
@@ -305,7 +308,7 @@ def test_engine_rounds_on_gemma_reuse_prefixes_and_keep_the_greedy_tokens(gemma_
                 inner.close()
 
         b.token_stream = recording
-        sampling = Sampling(temperature=0, max_tokens=8, seed=0, repeat_penalty=1.0)  # greedy = argmax of the logits
+        sampling = Sampling(temperature=0, max_tokens=8, seed=0, repeat_penalty=1.0, dry_multiplier=0.0)  # greedy = argmax of the logits
         t = Engine(b, sampling=sampling, recursion=Recursion(rounds=2)).run("Why is spider silk so tough?")
         prompts = [ids for ids, _ in record]
         assert [c.prompt_tokens for c in t.calls] == [len(ids) for ids in prompts]

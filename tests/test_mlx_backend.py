@@ -16,7 +16,7 @@ from preflexor_local.config import LoadOptions, Sampling  # noqa: E402
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError  # noqa: E402
 from preflexor_local.models import parse_spec  # noqa: E402
 
-GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=24)
+GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=24)
 QUESTION = [{"role": "user", "content": "Why is spider silk tough?"}]
 
 

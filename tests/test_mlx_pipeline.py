@@ -76,7 +76,7 @@ def test_hf_mlx_orpo_peft_merged_gguf_ask(tiny_llama, tiny_mlx, tmp_path):
     gguf = tmp_path / "tiny-orpo.gguf"
     convert_to_gguf(merged_dir, gguf, "f32", quiet=True)
 
-    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
+    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=12)
     req = GenerationRequest(messages=[{"role": "user", "content": "Why is spider silk tough?"}], prefill="<|thinking|>", sampling=greedy)
     with load(str(adapter)) as mlx_b, load(str(gguf)) as gguf_b:
         assert (mlx_b.kind, gguf_b.kind) == ("mlx", "llamacpp")

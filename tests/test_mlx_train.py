@@ -96,7 +96,7 @@ def test_save_load_resume_and_fuse(tiny_mlx, pairs, tmp_path):
     from preflexor_local.train.mlx.trainer import MLXTrainer
     from preflexor_local.train.session import RunContext
 
-    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
+    greedy = Sampling(temperature=0.0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=12)
     req = GenerationRequest(messages=[{"role": "user", "content": "Why is spider silk tough?"}], prefill="<|thinking|>", sampling=greedy)
     t = MLXTrainer(train_config(tiny_mlx, tmp_path / "run", method="orpo", lr=5e-2))
     t.train_round(pairs, 4)

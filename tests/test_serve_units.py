@@ -35,6 +35,8 @@ def test_defaults_come_from_the_server_and_requests_override_them():
     )
     assert (job.sampling.temperature, job.sampling.max_tokens, job.sampling.seed) == (0.0, 7, 3)
     assert (job.recursion.rounds, job.recursion.mode, job.recursion.integrate, job.recursion.thinking_budget) == (3, "reflect", False, 5)
+    job = parse({"messages": [{"role": "user", "content": "q"}], "dry_multiplier": 0, "dry_base": 2, "dry_allowed_length": 3})
+    assert (job.sampling.dry_multiplier, job.sampling.dry_base, job.sampling.dry_allowed_length) == (0.0, 2.0, 3)
 
 
 @pytest.mark.parametrize("effort, rounds, shown", [("none", 1, False), ("minimal", 1, True), ("low", 1, True), ("medium", 2, True), ("high", 3, True)])
@@ -64,6 +66,9 @@ def test_out_of_range_values_name_the_request_field():
     with pytest.raises(APIError) as e:
         parse({"messages": [{"role": "user", "content": "q"}], "repetition_penalty": 0})
     assert e.value.status == 400 and e.value.param == "repetition_penalty" and e.value.message.startswith("repetition_penalty must be")
+    with pytest.raises(APIError) as e:
+        parse({"messages": [{"role": "user", "content": "q"}], "dry_base": 0.5})
+    assert e.value.param == "dry_base" and e.value.message == "dry_base must be at least 1 and at most 10, got 0.5"
     with pytest.raises(APIError) as e:
         parse({"messages": [{"role": "user", "content": "q"}], "preflexor": {"thinking_budget": 0}})
     assert e.value.param == "preflexor.thinking_budget" and "preflexor.thinking_budget must be at least 1" in e.value.message

@@ -28,6 +28,7 @@ from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend
 from .batching import BatchDecoder
+from .dry import DRY_BREAKERS
 from .kv_slots import DEFAULT_SLOTS, KVSlots
 
 DEFAULT_CTX_CAP = 8192
@@ -183,21 +184,41 @@ class LlamaCppBackend(LocalBackend):
     def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
         import random
 
-        greedy = sampling.temperature <= 0
         with self._sampler_lock:
             self.llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
-            # llama-cpp-python's own chain, as Llama.generate builds it: repeat penalty over the last 64 generated
-            # tokens, then greedy, or top-k, typical (off), top-p, min-p, temperature and a seeded draw.
-            sampler = self.llm._init_sampler(
-                temp=0.0 if greedy else sampling.temperature,
-                top_k=1 if greedy else sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=sampling.min_p,
-                repeat_penalty=sampling.repeat_penalty,
-            )
+            sampler = self._sampler(sampling, max_new)
         if self.batcher is not None:
             return self.batcher.generate(ids, sampler, max_new)
         return self.slots.generate(ids, sampler, max_new)
+
+    def _sampler(self, sampling: Sampling, window: int):
+        """The chain llama-cpp-python's ``Llama.generate`` builds, with DRY added after the repeat penalty.
+
+        Repeat penalty over the last 64 generated tokens, DRY (when on) over all of them (``window``: this binding
+        reads -1 as off, not as the whole context), then greedy, or top-k,
+        typical (off), top-p, min-p, temperature and a draw seeded by ``set_seed``.
+        """
+        import llama_cpp
+        from llama_cpp._internals import LlamaSampler
+
+        chain = LlamaSampler()
+        chain.add_penalties(self.llm.n_vocab(), self.llm.last_n_tokens_size, sampling.repeat_penalty, 0.0, 0.0)
+        if sampling.dry_multiplier > 0:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+            dry = llama_cpp.llama_sampler_init_dry(
+                self.vocab, sampling.dry_multiplier, sampling.dry_base, sampling.dry_allowed_length, max(window, 1), breakers, len(DRY_BREAKERS)
+            )
+            llama_cpp.llama_sampler_chain_add(chain.sampler, dry)  # the chain owns it from here
+        if sampling.temperature <= 0:
+            chain.add_greedy()
+        else:
+            chain.add_top_k(sampling.top_k)
+            chain.add_typical(1.0, 1)
+            chain.add_top_p(sampling.top_p, 1)
+            chain.add_min_p(sampling.min_p, 1)
+            chain.add_temp(sampling.temperature)
+            chain.add_dist(self.llm._seed)
+        return chain
 
     def clear_cache(self) -> None:
         """Forget every cached sequence: the next call evaluates its whole prompt."""

@@ -34,6 +34,7 @@ from ..models import ModelSpec
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
 from .base import Backend, Detokenizer, LocalBackend
+from .dry import dry_for
 
 DEFAULT_CTX_CAP = 8192
 REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
@@ -259,17 +260,28 @@ class MLXBackend(LocalBackend):
                 top_k=sampling.top_k,
             )
         )
-        processors = None
+        processors = []
         if sampling.repeat_penalty and sampling.repeat_penalty != 1.0:
             processors = make_logits_processors(repetition_penalty=sampling.repeat_penalty, repetition_context_size=REPEAT_WINDOW)
         keep = self._prepare_cache(ids)
+        dry = dry_for(sampling, self._piece, max_new)
+        if dry:
+            fed_prompt = len(ids) - keep  # generate_step hands processors the tokens it was fed, then its own
+
+            def dry_processor(tokens, logits):
+                penalty = dry(tokens[fed_prompt:].tolist())
+                if not penalty:
+                    return logits
+                return logits.at[:, mx.array(list(penalty))].subtract(mx.array(list(penalty.values()), dtype=logits.dtype))
+
+            processors.append(dry_processor)
         fed = list(ids)
         steps = generate_step(
             mx.array(ids[keep:]),
             self.model,
             max_tokens=max_new,
             sampler=sampler,
-            logits_processors=processors,
+            logits_processors=processors or None,
             prompt_cache=self._cache,
         )
         try:
@@ -286,6 +298,9 @@ class MLXBackend(LocalBackend):
 
     def is_end(self, token: int) -> bool:
         return token in self.eos_ids
+
+    def _piece(self, token: int) -> str:
+        return self.hf_tok.decode([token])
 
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
         return _Detok(self.hf_tok, prompt_ids)

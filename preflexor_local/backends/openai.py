@@ -162,6 +162,8 @@ class OpenAIBackend(Backend):
             body["top_k"] = s.top_k  # llama.cpp, vLLM and Ollama read these extensions
         if s.repeat_penalty != 1.0:
             body["repeat_penalty"] = body["repetition_penalty"] = s.repeat_penalty
+        if s.dry_multiplier > 0:  # llama-server's names (and ours, in serve)
+            body.update(dry_multiplier=s.dry_multiplier, dry_base=s.dry_base, dry_allowed_length=s.dry_allowed_length)
         if self.mode == "completions":
             body["prompt"] = render_prompt(self.template, request.messages, request.prefill)
             return "/completions", body

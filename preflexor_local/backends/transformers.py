@@ -20,6 +20,7 @@ from ..models import ModelSpec
 from ..prompt import ChatTemplate, choose_template, looks_instruct
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend
+from .dry import dry_for
 
 DEFAULT_CTX_CAP = 8192
 
@@ -66,8 +67,8 @@ class _Detok(Detokenizer):
         return after[len(before) :]
 
 
-def sample_next(logits, history, sampling: Sampling, generator):
-    """One token from ``logits`` (1-D) with repetition penalty, temperature, top-k, top-p, min-p."""
+def sample_next(logits, history, sampling: Sampling, generator, dry: dict[int, float] | None = None):
+    """One token from ``logits`` (1-D) with repetition penalty, DRY penalties (``{token: amount}``), temperature, top-k, top-p, min-p."""
     import torch
 
     logits = logits.float()
@@ -75,6 +76,8 @@ def sample_next(logits, history, sampling: Sampling, generator):
         idx = torch.tensor(sorted(set(history)), device=logits.device)
         picked = logits[idx]
         logits[idx] = torch.where(picked > 0, picked / sampling.repeat_penalty, picked * sampling.repeat_penalty)
+    if dry:
+        logits[torch.tensor(list(dry), device=logits.device)] -= torch.tensor(list(dry.values()), dtype=logits.dtype, device=logits.device)
     if sampling.temperature <= 0:
         return int(torch.argmax(logits))
     logits = logits / sampling.temperature
@@ -198,17 +201,22 @@ class TransformersBackend(LocalBackend):
             generator.seed()
         history = list(ids)
         feed = ids[reuse:]
+        dry = dry_for(sampling, self._piece, max_new)
         with torch.inference_mode():
             for _ in range(max_new):
                 out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=self._cache, use_cache=True)
                 self._cache_ids.extend(feed)
-                token = sample_next(out.logits[0, -1].to("cpu"), history, sampling, generator)
+                penalty = dry(history[len(ids) :]) if dry else None
+                token = sample_next(out.logits[0, -1].to("cpu"), history, sampling, generator, penalty)
                 history.append(token)
                 yield token
                 feed = [token]
 
     def is_end(self, token: int) -> bool:
         return token in self.eos_ids
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token])
 
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
         return _Detok(self.tokenizer)

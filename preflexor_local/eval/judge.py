@@ -103,7 +103,7 @@ class PairwiseJudge:
     def __init__(self, backend: Backend, max_tokens: int = 48, seed: int = 0, fmt: ThinkingFormat | None = None):
         self.backend = backend
         # Greedy and seeded: the same pair gets the same verdict on every run.
-        self.sampling = Sampling(temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0, max_tokens=max_tokens, seed=seed)
+        self.sampling = Sampling(temperature=0.0, top_p=1.0, top_k=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=max_tokens, seed=seed)
         self.fmt = fmt or ThinkingFormat()
 
     def describe(self) -> dict:

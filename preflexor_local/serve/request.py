@@ -11,7 +11,8 @@ Mapping:
 
 * ``temperature``, ``top_p``, ``seed``, ``max_tokens`` / ``max_completion_tokens``
   (per model call: each thinking, answer, critique, ...), and llama.cpp's
-  ``top_k``, ``min_p``, ``repeat_penalty`` -> ``Sampling``;
+  ``top_k``, ``min_p``, ``repeat_penalty``, ``dry_multiplier``, ``dry_base``,
+  ``dry_allowed_length`` -> ``Sampling``;
 * ``preflexor: {rounds, mode, integrate, thinking_budget, transcript}`` -> ``Recursion``;
 * ``reasoning_effort`` (or ``reasoning.effort``): none -> 1 round with the
   reasoning hidden, minimal/low/medium/high -> the server's ``--effort-*`` rounds;
@@ -127,6 +128,9 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
         (("top_k",), "top_k", int),
         (("min_p",), "min_p", float),
         (("repeat_penalty", "repetition_penalty"), "repeat_penalty", float),
+        (("dry_multiplier",), "dry_multiplier", float),
+        (("dry_base",), "dry_base", float),
+        (("dry_allowed_length",), "dry_allowed_length", int),
         (("max_completion_tokens", "max_tokens"), "max_tokens", int),
         (("seed",), "seed", int),
     ):

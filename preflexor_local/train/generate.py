@@ -167,7 +167,8 @@ class PairGenerator:
             try:
                 gen = backend.generate(
                     GenerationRequest(
-                        messages=messages, sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed + attempt, repeat_penalty=1.0)
+                        messages=messages,
+                        sampling=Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed + attempt, repeat_penalty=1.0, dry_multiplier=0.0),
                     )
                 )
                 text = self.fmt.strip_tags(gen.text).strip() if backend is not None else ""
@@ -202,7 +203,12 @@ class PairGenerator:
                 GenerationRequest(
                     messages=messages,
                     sampling=Sampling(
-                        temperature=self.cfg.student_temperature, top_p=0.95, max_tokens=self.cfg.student_max_tokens, seed=seed + s, repeat_penalty=1.0
+                        temperature=self.cfg.student_temperature,
+                        top_p=0.95,
+                        max_tokens=self.cfg.student_max_tokens,
+                        seed=seed + s,
+                        repeat_penalty=1.0,
+                        dry_multiplier=0.0,
                     ),
                 )
             )

@@ -1,0 +1,130 @@
+"""DRY sampling: the rule on hand-made histories, and the same greedy tokens from llama.cpp's own DRY sampler and ours
+(transformers, MLX) on one tiny model, where DRY changes what greedy decoding writes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from preflexor_local.backends import GenerationRequest
+from preflexor_local.backends.dry import DryPenalty, dry_for
+from preflexor_local.config import LoadOptions, Sampling
+from preflexor_local.errors import UsageError
+
+WORDS = {1: "a", 2: "b", 3: "c", 4: "y", 9: "\n", 8: ": "}
+
+
+def penalty(multiplier=1.0, base=2.0, allowed=2, window=100) -> DryPenalty:
+    return DryPenalty(multiplier, base, allowed, WORDS.__getitem__, window)
+
+
+def test_the_worked_example():
+    # a b c c b c y a b c: the tail "a b c" appeared before "c" (3 long) and "b c" before "y" (2 long);
+    # "c" alone before "b" is below the allowed length
+    a, b, c, y = 1, 2, 3, 4
+    got = penalty(multiplier=0.8, base=1.75)([a, b, c, c, b, c, y, a, b, c])
+    assert got == pytest.approx({c: 0.8 * 1.75**1, y: 0.8 * 1.75**0})
+
+
+def test_the_penalty_grows_with_the_repeat():
+    loop = [1, 2, 3, 4] * 3  # a b c y a b c y a b c y: the first 8 tokens end as the output ends, and "a" followed them
+    got = penalty()(loop)
+    assert set(got) == {1}
+    assert got[1] == 2.0 ** (8 - 2)
+    assert penalty()(loop[:6])[3] == 2.0 ** (2 - 2)  # a b c y a b -> "c" would repeat "a b c"
+
+
+def test_a_breaker_bounds_the_repeat_and_is_never_penalised():
+    # "a b c \n a b c": "a b c" was followed by a line break, a breaker: free
+    assert penalty()([1, 2, 3, 9, 1, 2, 3]) == {}
+    # "\n a b c y \n a b c": the earlier match runs back through the line break (4 tokens) but the repeat
+    # cannot reach past the output's last breaker: it counts 3
+    assert penalty()([9, 1, 2, 3, 4, 9, 1, 2, 3]) == {4: 2.0 ** (3 - 2)}
+    # "a b c y a b : a b": "a b" was followed by ": " (free) and by "c" (a 2-token repeat, the base rate)
+    assert penalty()([1, 2, 3, 4, 1, 2, 8, 1, 2]) == {3: 1.0}
+    assert penalty(allowed=3)([1, 2, 9, 1, 2]) == {}  # the tail after the breaker is shorter than allowed
+
+
+def test_window_and_off():
+    loop = [1, 2, 3, 4] * 3
+    assert penalty(window=9)(loop) == {1: 2.0 ** (5 - 2)}  # only the last 9 tokens are searched
+    assert dry_for(Sampling(dry_multiplier=0), WORDS.__getitem__, 10) is None
+    huge = DryPenalty(1.0, 1.75, 2, WORDS.__getitem__, 10_000)([1, 2] * 400)
+    # a 798-token repeat: the exponent is clamped where a float32 logit would overflow, as llama.cpp clamps it
+    assert huge == {1: pytest.approx(1.75 ** int(88.7228391 / math.log(1.75)))}
+    assert huge[1] < 3.4e38
+
+
+def test_settings_are_checked():
+    with pytest.raises(UsageError, match="--dry-multiplier must be at least 0"):
+        Sampling(dry_multiplier=-1)
+    with pytest.raises(UsageError, match="--dry-base must be at least 1"):
+        Sampling(dry_base=0.5)
+
+
+# -- the three engines on one model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_llama, tmp_path_factory):
+    """The tiny Llama on llama.cpp (f32 GGUF), transformers and, where installed, MLX (fp32): the same weights."""
+    from preflexor_local.backends.llamacpp import LlamaCppBackend
+    from preflexor_local.backends.transformers import TransformersBackend
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+
+    root = tmp_path_factory.mktemp("dry")
+    gguf = Path(convert_to_gguf(tiny_llama, root / "tiny.gguf", "f32", quiet=True).output)
+    opts = LoadOptions(threads=1, device="cpu", dtype="float32")
+    out = {"llama.cpp": LlamaCppBackend(gguf, opts), "transformers": TransformersBackend(tiny_llama, opts)}
+    try:
+        import mlx_lm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from mlx_fixtures import _convert
+
+        from preflexor_local.backends.mlx import MLXBackend
+
+        out["mlx"] = MLXBackend(_convert(tiny_llama, root / "tiny-mlx"), opts)
+    yield out
+    for b in out.values():
+        b.close()
+
+
+def greedy(backend, ids: list[int], dry: float, n: int = 40) -> list[int]:
+    sampling = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=dry, max_tokens=n, stop_repeats=False)
+    out = []
+    for t in backend.token_stream(ids, sampling, n):  # on past an end of turn: a random model ends early
+        out.append(t)
+        if len(out) >= n:
+            break
+    return out
+
+
+def longest_repeat(tokens: list[int]) -> int:
+    """The longest stretch of ``tokens`` that occurs twice."""
+    return max(
+        (
+            n
+            for n in range(1, len(tokens))
+            for i in range(len(tokens) - n)
+            if tokens[i : i + n] in (tokens[j : j + n] for j in range(i + 1, len(tokens) - n + 1))
+        ),
+        default=0,
+    )
+
+
+def test_our_dry_is_llama_cpp_s(engines):
+    """Greedy with DRY on: the transformers and MLX backends (our rule) write llama.cpp's tokens (its sampler),
+    and DRY changed them: without it the model loops on what it has written."""
+    ref = engines["llama.cpp"]
+    ids = ref.encode(ref.render(GenerationRequest(messages=[{"role": "user", "content": "silk silk silk bone bone bone"}])))
+    plain = greedy(ref, ids, 0.0)
+    with_dry = greedy(ref, ids, 0.8)
+    assert with_dry != plain
+    assert longest_repeat(plain) > longest_repeat(with_dry) >= 1
+    for name, backend in engines.items():
+        assert greedy(backend, ids, 0.8) == with_dry, name
+        assert greedy(backend, ids, 0.0) == plain, name
