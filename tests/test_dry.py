@@ -128,3 +128,14 @@ def test_our_dry_is_llama_cpp_s(engines):
     for name, backend in engines.items():
         assert greedy(backend, ids, 0.8) == with_dry, name
         assert greedy(backend, ids, 0.0) == plain, name
+
+
+def test_a_degenerate_loop_costs_little():
+    """Every sampled token pays for DRY: on a 512-token loop of one token it stays linear (well under a forward pass)."""
+    import time
+
+    d = DryPenalty(0.8, 1.75, 2, lambda t: "x", 512)
+    start = time.perf_counter()
+    for _ in range(10):
+        d([7] * 512)
+    assert (time.perf_counter() - start) / 10 < 0.01

@@ -52,17 +52,23 @@ class DryPenalty:
             limit += 1
         if limit < self.allowed:
             return {}
+        # Z-algorithm on the reversed tail: z[k] = how many tokens ending k back match the tokens ending now.
+        # Linear in the tail, where comparing each earlier stretch directly is quadratic on a degenerate loop.
+        rev = tail[::-1]
+        z = [0] * n
+        left = right = 0
+        for k in range(1, n):
+            if k < right:
+                z[k] = min(right - k, z[k - left])
+            while k + z[k] < n and rev[z[k]] == rev[k + z[k]]:
+                z[k] += 1
+            if k + z[k] > right:
+                left, right = k, k + z[k]
         longest: dict[int, int] = {}
-        last = tail[-1]
-        for end in range(n - 2, -1, -1):  # an earlier stretch ending at ``end``, followed by tail[end + 1]
-            if tail[end] != last:
-                continue
-            k = 1
-            while k < limit and end - k >= 0 and tail[end - k] == tail[n - 1 - k]:
-                k += 1
-            nxt = tail[end + 1]
-            if k >= self.allowed and k > longest.get(nxt, 0):
-                longest[nxt] = k
+        for k in range(1, n):  # the stretch ending k back was followed by rev[k - 1]
+            length = min(z[k], limit)
+            if length >= self.allowed and length > longest.get(rev[k - 1], 0):
+                longest[rev[k - 1]] = length
         out = {}
         for token, k in longest.items():
             if self.is_breaker(token):
