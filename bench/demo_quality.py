@@ -9,7 +9,8 @@ side by side:
 * leaked passages: any 8-word run of the engine's prompt wording or of the
   one-shot example (``reasoning.prompts``) found in an output field (critique,
   rewrite, answer, final), counted once per field;
-* loops (calls that ended with ``finish_reason: loop``);
+* loops (calls that ended with ``finish_reason: loop``), calls cut at the token
+  limit (``length``), and questions whose every call the model ended itself;
 * relevance: MiniLM cosine of question and final answer (median);
 * critique copying: share of a critique's word 5-grams found in the thinking it
   reviews (mean; 1.0 = a copy);
@@ -80,7 +81,7 @@ def leak_grams() -> set[tuple[str, ...]]:
     return out
 
 
-def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False) -> dict:
+def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False, dry: float | None = None) -> dict:
     from preflexor_local.backends import load
     from preflexor_local.config import LoadOptions, Recursion, Sampling
     from preflexor_local.reasoning.engine import Engine
@@ -99,7 +100,9 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
     t0 = time.perf_counter()
     backend = load(spec, LoadOptions())
     load_s = time.perf_counter() - t0
-    sampling = Sampling(seed=0)  # the README command's settings (temperature 0.1), seeded
+    sampling = Sampling(seed=0)  # the README command's settings (temperature 0.1, DRY 0.8), seeded
+    if dry is not None:
+        sampling = Sampling(seed=0, dry_multiplier=dry)
     with path.open("a", encoding="utf-8") as fh:
         for i, q in enumerate(questions, 1):
             if q["id"] in done:
@@ -115,7 +118,7 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
 
 
 def measure(records: list[dict], leaks: set, embed) -> dict:
-    closed = answers_ok = answers = leaked = loops = calls = gen_tokens = 0
+    closed = answers_ok = answers = leaked = loops = at_limit = ended_all = calls = gen_tokens = 0
     gen_seconds = 0.0
     copy, rel = [], []
     for rec in records:
@@ -127,22 +130,19 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         answers_ok += sum(len(_words(a)) >= 10 for a in texts)
         fields = texts + [r.get("critique") or "" for r in rounds] + [r.get("improved_thinking") or "" for r in rounds]
         leaked += sum(bool(_grams(_words(f), N_LEAK) & leaks) for f in fields if f)
+        own = [c for r in rounds for c in r["calls"]] + ([t["integration"]] if t.get("integration") else [])
+        for c in own:
+            calls += 1
+            loops += c["finish_reason"] == "loop"
+            at_limit += c["finish_reason"] == "length"
+            gen_tokens += c["completion_tokens"]
+            gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
+        ended_all += all(c["finish_reason"] in ("eos", "stop") for c in own)
         for r in rounds:
-            for c in r["calls"]:
-                calls += 1
-                loops += c["finish_reason"] == "loop"
-                gen_tokens += c["completion_tokens"]
-                gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
             if r.get("critique") and r.get("critique_source") == "critic":
                 cg = _grams(_words(r["critique"]), 5)
                 if cg:
                     copy.append(len(cg & _grams(_words(r["thinking"]), 5)) / len(cg))
-        if t.get("integration"):
-            c = t["integration"]
-            calls += 1
-            loops += c["finish_reason"] == "loop"
-            gen_tokens += c["completion_tokens"]
-            gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
         q, a = embed([rec["question"], t["final_answer"] or "-"])
         rel.append(float(q @ a))
     n = len(records)
@@ -152,6 +152,8 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         "answers_10_words": answers_ok / answers if answers else None,
         "leaked_passages": leaked,
         "loops": loops,
+        "token_limit": at_limit,
+        "questions_all_ended_by_model": ended_all,
         "calls": calls,
         "relevance_median": statistics.median(rel) if rel else None,
         "critique_copy_mean": statistics.fmean(copy) if copy else None,
@@ -198,6 +200,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
+    ap.add_argument("--dry-multiplier", type=float, default=None, help="DRY strength for both models (default: the shipped default; 0 = off)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:
@@ -207,7 +210,7 @@ def main() -> None:
     leaks, embed = leak_grams(), embedder()
     report = {}
     for label in args.models.split(","):
-        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only)
+        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [
@@ -216,6 +219,8 @@ def main() -> None:
         "answers_10_words",
         "leaked_passages",
         "loops",
+        "token_limit",
+        "questions_all_ended_by_model",
         "relevance_median",
         "critique_copy_mean",
         "gen_tokens_per_s",
