@@ -6,7 +6,8 @@ exactly as written. Generation decodes into one of several cached sequences
 (``KVSlots``) of a single context: the reasoner's, the critic's and the
 integrator's prompts each keep their prefix, and a call evaluates only the
 prompt tokens that no cached sequence already holds at the same positions.
-Sampling is llama-cpp-python's own chain (the one ``Llama.generate`` builds).
+Sampling is llama-cpp-python's own chain (the one ``Llama.generate`` builds), with
+llama.cpp's DRY sampler added when it is on.
 """
 
 from __future__ import annotations
@@ -194,9 +195,9 @@ class LlamaCppBackend(LocalBackend):
     def _sampler(self, sampling: Sampling, window: int):
         """The chain llama-cpp-python's ``Llama.generate`` builds, with DRY added after the repeat penalty.
 
-        Repeat penalty over the last 64 generated tokens, DRY (when on) over all of them (``window``: this binding
-        reads -1 as off, not as the whole context), then greedy, or top-k,
-        typical (off), top-p, min-p, temperature and a draw seeded by ``set_seed``.
+        Repeat penalty over the last 64 generated tokens, DRY (when on) over all of them (``window``, the call's
+        token limit: this binding reads -1 as off, not as the whole context), then greedy, or top-k, typical (off),
+        top-p, min-p, temperature and a draw seeded by ``set_seed``.
         """
         import llama_cpp
         from llama_cpp._internals import LlamaSampler
