@@ -9,6 +9,7 @@ side by side:
 * leaked passages: any 8-word run of the engine's prompt wording or of the
   one-shot example (``reasoning.prompts``) found in an output field (critique,
   rewrite, answer, final), counted once per field;
+* garbled tags: tag-shaped fragments (``<|…``) left in those fields;
 * loops (calls that ended with ``finish_reason: loop``), calls cut at the token
   limit (``length``), and questions whose every call the model ended itself;
 * relevance: MiniLM cosine of question and final answer (median);
@@ -35,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"base": "gemma3-270m-base", "adapter": "default"}
 N_LEAK = 8
+# a half-written PRefLexOR tag left in prose ("<|/thnkmkj|]", "<|///ROUTINES|>"); a real tag is not counted
+GARBLED_TAG = re.compile(r"<\|[^\s<]{0,40}")
 
 
 def held_out() -> list[dict]:
@@ -50,6 +53,13 @@ def held_out() -> list[dict]:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _garbled(text: str) -> int:
+    from preflexor_local.format import ThinkingFormat
+
+    real = ThinkingFormat().tags
+    return sum(not m.startswith(real) for m in GARBLED_TAG.findall(text))
 
 
 def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -118,7 +128,7 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
 
 
 def measure(records: list[dict], leaks: set, embed) -> dict:
-    closed = answers_ok = answers = leaked = loops = at_limit = ended_all = calls = gen_tokens = 0
+    closed = answers_ok = answers = leaked = garbled = loops = at_limit = ended_all = calls = gen_tokens = 0
     gen_seconds = 0.0
     copy, rel = [], []
     for rec in records:
@@ -130,6 +140,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         answers_ok += sum(len(_words(a)) >= 10 for a in texts)
         fields = texts + [r.get("critique") or "" for r in rounds] + [r.get("improved_thinking") or "" for r in rounds]
         leaked += sum(bool(_grams(_words(f), N_LEAK) & leaks) for f in fields if f)
+        garbled += sum(_garbled(f) for f in fields if f)
         own = [c for r in rounds for c in r["calls"]] + ([t["integration"]] if t.get("integration") else [])
         for c in own:
             calls += 1
@@ -151,6 +162,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         "thinking_closed": closed / n if n else None,
         "answers_10_words": answers_ok / answers if answers else None,
         "leaked_passages": leaked,
+        "garbled_tags": garbled,
         "loops": loops,
         "token_limit": at_limit,
         "questions_all_ended_by_model": ended_all,
@@ -218,6 +230,7 @@ def main() -> None:
         "thinking_closed",
         "answers_10_words",
         "leaked_passages",
+        "garbled_tags",
         "loops",
         "token_limit",
         "questions_all_ended_by_model",
