@@ -23,6 +23,7 @@ cannot disagree.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -72,6 +73,17 @@ class ThinkingFormat:
     @property
     def tags(self) -> tuple[str, str, str, str]:
         return (self.think_start, self.think_end, self.reflect_start, self.reflect_end)
+
+    @property
+    def answer_stops(self) -> tuple[str, ...]:
+        """Where an answer ends: at the tags' shared opening (``<|`` for PRefLexOR's), else at an opening tag.
+
+        The tags are plain text spread over several tokens, so a small model writes half-formed ones in its
+        answers (``<|/thnkmkj|]``, ``<|///ROUTINES|>``) and goes on with markup; only the shared opening catches
+        those. It must be two characters at least: ``<think>``-style tags share only ``<``, which prose uses.
+        """
+        shared = os.path.commonprefix(self.tags)
+        return (shared,) if len(shared) >= 2 else (self.think_start, self.reflect_start)
 
     def question_with_cue(self, question: str) -> str:
         return question.rstrip() + self.cue.format(think_start=self.think_start) if self.cue else question

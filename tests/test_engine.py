@@ -58,6 +58,10 @@ def test_rounds_roles_and_integration(tiny):
     assert len(rec.requests) == 4 + 3 + 1 + 1
     assert t.rounds[0].thinking_source == "model" and t.rounds[1].thinking_source == "improved"
     assert any(e.channel == "final" and e.kind == "call" for e in events)
+    # answers and the integrated answer end at any tag-shaped text, whole or half-formed
+    answer_requests = [r for r in rec.requests if r.stop and r.prefill.rstrip().endswith(FMT.think_end)]
+    assert len(answer_requests) == 3 and all(r.stop == ("<|",) for r in answer_requests)
+    assert rec.requests[-1].stop == ("<|",)
 
 
 def test_critic_sees_the_previous_thinking_and_reasoner_continues_the_improved_one(tiny):

@@ -102,3 +102,11 @@ def test_any_chunking_gives_the_same_sections(atoms, data):
     assert stripped.startswith(streamed_text)
     rest = stripped[len(streamed_text) :]
     assert rest == "" or any(tag.startswith(rest) and rest != tag for tag in F.tags)
+
+
+def test_answers_stop_at_the_tags_shared_opening():
+    # PRefLexOR's tags share "<|": a half-formed tag ("<|/thnkmkj|]") ends an answer as a whole one does
+    assert ThinkingFormat().answer_stops == ("<|",)
+    # "<think>" tags share only "<", which prose uses: the opening tags, exactly
+    assert ThinkingFormat.preset("think").answer_stops == ("<think>", "<reflect>")
+    assert ThinkingFormat("[[t]]", "[[/t]]", "[[r]]", "[[/r]]").answer_stops == ("[[",)

@@ -113,9 +113,11 @@ class Engine:
                     *self._examples(self.integrator, "final"),
                     {"role": "user", "content": prompts.integrate_prompt(question, answers)},
                 ],
+                stop=self.fmt.answer_stops,
             )
             t.integration = self._record(self.integrator, "integrator", "final", gen)
-            t.final_answer, t.integrated = gen.text.strip(), True
+            t.final_answer = gen.text.strip()
+            t.integrated = bool(t.final_answer)  # one that is cut to nothing leaves the last answer final
         if not t.final_answer:
             t.final_answer = answers[-1] if answers else ""
         return t
@@ -187,10 +189,8 @@ class Engine:
             add(fmt.thinking_block(improved), False)
         if self.strategy.reflect:
             rnd.reflection_closed = section(fmt.reflect_start, fmt.reflect_end, "reflection").finish_reason == "stop"
-        # The answer may not open another section: a model that tries is cut there.
-        gen = self._call(
-            self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=(fmt.think_start, fmt.reflect_start), on_text=lambda s: add(s, True)
-        )
+        # The answer may not open another section or write a tag, whole or half-formed: a model that tries is cut there.
+        gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=fmt.answer_stops, on_text=lambda s: add(s, True))
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()
         rnd.thinking = parsed.thinking or ""
