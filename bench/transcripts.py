@@ -14,9 +14,12 @@ def render(t: dict, label: str) -> str:
     for r in t["rounds"]:
         n = r["index"]  # 1-based in the transcript
         finish = {c["channel"]: c["finish_reason"] for c in r["calls"]}
-        closed = "closed by the model" if r["thinking_closed"] else "not closed by the model"
+        if r["thinking_source"] == "model":
+            whose = "written and closed by the model" if r["thinking_closed"] else "written by the model, closed by the engine"
+        else:
+            whose = f"pre-filled: {r['thinking_source']}"
         fields = [
-            (f"thinking ({closed}; {r['thinking_source']})", r["thinking"]),
+            (f"thinking ({whose})", r["thinking"]),
             ("reflection", r["reflection"]),
             (f"answer (finish: {finish.get('answer', '-')})", r["answer"]),
             (f"critique (finish: {finish.get('critique', '-')})", r["critique"]),
