@@ -110,9 +110,8 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
     t0 = time.perf_counter()
     backend = load(spec, LoadOptions())
     load_s = time.perf_counter() - t0
-    sampling = Sampling(seed=0)  # the README command's settings (temperature 0.1, DRY 0.8), seeded
-    if dry is not None:
-        sampling = Sampling(seed=0, dry_multiplier=dry)
+    # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier overrides DRY for both models
+    sampling = Sampling(seed=0, **({} if dry is None else {"dry_multiplier": dry}))
     with path.open("a", encoding="utf-8") as fh:
         for i, q in enumerate(questions, 1):
             if q["id"] in done:

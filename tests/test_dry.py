@@ -128,6 +128,7 @@ def test_our_dry_is_llama_cpp_s(engines):
     for name, backend in engines.items():
         assert greedy(backend, ids, 0.8) == with_dry, name
         assert greedy(backend, ids, 0.0) == plain, name
+    assert len(ref._dry_protos) == 1  # llama.cpp's DRY sampler is built once (a vocabulary scan) and cloned per call
 
 
 def test_a_degenerate_loop_costs_little():

@@ -41,8 +41,6 @@ class DryPenalty:
 
     def __call__(self, generated: Sequence[int]) -> dict[int, float]:
         """{token: logit penalty} for the tokens that would extend a repeat of at least ``allowed`` tokens."""
-        if self.multiplier <= 0:
-            return {}
         tail = list(generated[-self.window :])
         n = len(tail)
         if n <= self.allowed:
