@@ -75,6 +75,11 @@ class ThinkingFormat:
         return (self.think_start, self.think_end, self.reflect_start, self.reflect_end)
 
     @property
+    def opening_tags(self) -> tuple[str, str]:
+        """The tags that open a section: an answer may never write one."""
+        return (self.think_start, self.reflect_start)
+
+    @property
     def answer_stops(self) -> tuple[str, ...]:
         """Where an answer ends: at the tags' shared opening (``<|`` for PRefLexOR's), else at an opening tag.
 
@@ -83,7 +88,7 @@ class ThinkingFormat:
         those. It must be two characters at least: ``<think>``-style tags share only ``<``, which prose uses.
         """
         shared = os.path.commonprefix(self.tags)
-        return (shared,) if len(shared) >= 2 else (self.think_start, self.reflect_start)
+        return (shared,) if len(shared) >= 2 else self.opening_tags
 
     def question_with_cue(self, question: str) -> str:
         return question.rstrip() + self.cue.format(think_start=self.think_start) if self.cue else question

@@ -193,7 +193,7 @@ class Engine:
         # itself (or that were pre-filled) it may not write any tag, whole or half-formed, either; after one the engine
         # closed at its budget the model may still close it itself, and the answer is what follows its closing tag.
         engine_closed = rnd.thinking_closed is False or rnd.reflection_closed is False
-        stop = (fmt.think_start, fmt.reflect_start) if engine_closed else fmt.answer_stops
+        stop = fmt.opening_tags if engine_closed else fmt.answer_stops
         gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=stop, on_text=lambda s: add(s, True))
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()
