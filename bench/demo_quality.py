@@ -15,6 +15,12 @@ side by side:
 * relevance: MiniLM cosine of question and final answer (median);
 * critique copying: share of a critique's word 5-grams found in the thinking it
   reviews (mean; 1.0 = a copy);
+* critic instructions carried on: rewrites, and answers, holding a sentence that
+  gives an order ("Add the missing details.", "Explain why …") or a review label
+  ("Step 2 is wrong", "The loading is missing") — the critic's voice, not reasoning
+  (share of rewrites; share of answers);
+* critique uptake: of the content words a critique brings that the thinking lacked,
+  the share the rewrite takes up (median; the seed set's hand-written rewrites: 0.5);
 * speed: generated tokens/s over all calls, and model load time.
 
 Each model's transcripts go to ``OUT/<label>.jsonl`` (resumed: finished
@@ -60,6 +66,37 @@ def _garbled(text: str) -> int:
 
     real = ThinkingFormat().tags
     return sum(not m.startswith(real) for m in GARBLED_TAG.findall(text))
+
+
+# A sentence (or numbered item) that starts with an instruction verb, or a review's label: the critic's voice.
+_ORDER_VERBS = (
+    "add name explain state replace give mention describe include remove say note fix clarify correct specify quantify "
+    "define justify show use distinguish drop delete cite compare rewrite keep connect link separate support"
+).split()
+_SENTENCE_START = re.compile(r"(?:^|(?<=[.!?:])\s+|\n)\s*(?:\d+\.\s*)?([A-Z][a-z]+)\b")
+# the seed set's hand-written reasoning and answers hold one of these in 906 fields; its reviews, in 106 of 108
+_REVIEW_LABEL = re.compile(r"\bStep \d+\b(?: is \w+)?|\b(?:is|are) (?:wrong|missing|vague|unsupported|oversimplified)\b|\bMissing details?:")
+_STOPWORDS = set(
+    "the a an of and or to in on for is are was were be by with that this it its as at from into than then so which what when where why how "
+    "not no more less can does do has have their they them there these those each any all most some such also only very about over under "
+    "between through".split()
+)
+
+
+def critic_orders(text: str) -> int:
+    """How many instructions or review labels ``text`` holds."""
+    starts = sum(m.group(1).lower() in _ORDER_VERBS for m in _SENTENCE_START.finditer(text))
+    return starts + len(_REVIEW_LABEL.findall(text))
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _words(text) if len(w) > 3 and w not in _STOPWORDS}
+
+
+def uptake(thinking: str, critique: str, rewrite: str) -> float | None:
+    """Share of the content words the critique adds to the thinking that the rewrite uses (None: it adds none)."""
+    new = _content(critique) - _content(thinking)
+    return len(new & _content(rewrite)) / len(new) if new else None
 
 
 def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -129,7 +166,8 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
 def measure(records: list[dict], leaks: set, embed) -> dict:
     closed = answers_ok = answers = leaked = garbled = loops = at_limit = ended_all = calls = gen_tokens = 0
     gen_seconds = 0.0
-    copy, rel = [], []
+    copy, rel, took = [], [], []
+    rewrites = ordered_rewrites = ordered_answers = 0
     for rec in records:
         t = rec["transcript"]
         rounds = t["rounds"]
@@ -137,6 +175,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         texts = [r["answer"] for r in rounds] + [t["final_answer"]]
         answers += len(texts)
         answers_ok += sum(len(_words(a)) >= 10 for a in texts)
+        ordered_answers += sum(critic_orders(a) > 0 for a in texts)
         fields = texts + [r.get("critique") or "" for r in rounds] + [r.get("improved_thinking") or "" for r in rounds]
         leaked += sum(bool(_grams(_words(f), N_LEAK) & leaks) for f in fields if f)
         garbled += sum(_garbled(f) for f in fields if f)
@@ -153,6 +192,12 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
                 cg = _grams(_words(r["critique"]), 5)
                 if cg:
                     copy.append(len(cg & _grams(_words(r["thinking"]), 5)) / len(cg))
+            if r.get("improved_thinking"):
+                rewrites += 1
+                ordered_rewrites += critic_orders(r["improved_thinking"]) > 0
+                u = uptake(r["thinking"], r.get("critique") or "", r["improved_thinking"])
+                if u is not None:
+                    took.append(u)
         q, a = embed([rec["question"], t["final_answer"] or "-"])
         rel.append(float(q @ a))
     n = len(records)
@@ -168,6 +213,9 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         "calls": calls,
         "relevance_median": statistics.median(rel) if rel else None,
         "critique_copy_mean": statistics.fmean(copy) if copy else None,
+        "rewrites_with_critic_orders": ordered_rewrites / rewrites if rewrites else None,
+        "answers_with_critic_orders": ordered_answers / answers if answers else None,
+        "critique_uptake_median": statistics.median(took) if took else None,
         "gen_tokens_per_s": gen_tokens / gen_seconds if gen_seconds else None,
     }
 
@@ -235,6 +283,9 @@ def main() -> None:
         "questions_all_ended_by_model",
         "relevance_median",
         "critique_copy_mean",
+        "rewrites_with_critic_orders",
+        "answers_with_critic_orders",
+        "critique_uptake_median",
         "gen_tokens_per_s",
         "load_s",
     ]
