@@ -23,6 +23,18 @@ or across sittings):
 4. **export**: ``convert lora-gguf`` -> ``adapter.gguf`` for llama.cpp, and the
    chat format it was trained with recorded beside it.
 
+Phase II (``--stage phase2``, after export; each step resumes too):
+
+5. **phase2-pairs**: the critic's rewrite of every training ``refine`` record, as
+   the Phase I adapter writes it at inference (base GGUF + ``adapter.gguf``, the
+   engine's default sampling) is *rejected*; the seed's rewrite is *chosen*. The
+   adapter carries the review's orders ("Add the missing details.") into its
+   rewrites, and from there into its answers; the seed's rewrites act on them.
+6. **phase2-train**: ``train dpo`` (EXO, the method's Phase II loss) with a new
+   LoRA on the merged Phase I model, so the reference is Phase I itself.
+7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
+   ``convert lora-gguf`` -> ``adapter-phase2.gguf``.
+
 Wall time on a 2-core CPU: see the README's demo-model section.
 """
 
@@ -210,10 +222,150 @@ def stage_export(work: Path, run_dir: Path) -> Path:
     return out
 
 
+def stage_phase2_pairs(work: Path, seed: int) -> Path:
+    """(chosen = seed rewrite, rejected = the Phase I adapter's own rewrite) for every training refine record."""
+    from preflexor_local.backends import load
+    from preflexor_local.backends.base import GenerationRequest
+    from preflexor_local.config import LoadOptions, Sampling
+    from preflexor_local.format import ThinkingFormat
+    from preflexor_local.models import default_model_path
+
+    out = work / "pairs-phase2.jsonl"
+    done = set()
+    if out.is_file():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(json.loads(line)["meta"]["key"])
+            except (ValueError, KeyError):
+                pass
+    fmt = ThinkingFormat()
+    todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] == "rewrite"]
+    todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:rewrite" not in done]
+    print(f"phase2 pairs: {len(done)} done, {len(todo)} to go", file=sys.stderr, flush=True)
+    if not todo:
+        return out
+    model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(work / "adapter.gguf"),)))
+    sampling = Sampling(seed=seed, max_tokens=384)  # what the engine asks of the model at inference (DRY on)
+    with out.open("a", encoding="utf-8") as fh:
+        for i, (rec, (role, msgs, _prefill, chosen)) in enumerate(todo, 1):
+            gen = model.generate(GenerationRequest(messages=msgs, sampling=sampling))
+            row = {
+                "prompt": msgs,
+                "chosen": chosen,
+                "rejected": gen.text.strip(),
+                "meta": {"key": f"{rec['id']}:{role}", "role": role, "domain": rec.get("domain")},
+            }
+            if gen.finish_reason == "length":
+                row["rejected_cut"] = True
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            if i % 10 == 0:
+                print(f"phase2 pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
+    model.close()
+    return out
+
+
+def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args) -> Path:
+    merged = work / "phase1-merged"
+    if not (merged / "config.json").is_file():
+        run("convert", "merge", str(base), str(phase1), "-o", str(merged))
+    run_dir = work / "phase2"
+    n = sum(1 for _ in pairs.open(encoding="utf-8"))
+    total = max(1, round(args.phase2_epochs * n / (args.batch_size * args.grad_accum)))
+    rounds = max(1, -(-total // args.round_steps))
+    cmd = [
+        "train",
+        "dpo",
+        "--model",
+        str(merged),
+        "--data",
+        str(pairs),
+        "-o",
+        str(run_dir),
+        "--chat-template",
+        TEMPLATE,
+        "--tag-tokens",
+        "plain",
+        "--freeze-embeddings",
+        "--rank",
+        "16",
+        "--alpha",
+        "32",
+        "--lr",
+        str(args.phase2_lr),
+        "--no-mask-thinking",  # a rewrite is the reasoning itself, written without tags: every token is scored
+        "--batch-size",
+        str(args.batch_size),
+        "--grad-accum",
+        str(args.grad_accum),
+        "--rounds",
+        str(rounds),
+        "--steps-per-round",
+        str(-(-total // rounds)),
+        "--max-length",
+        "768",
+        "--target-modules",
+        args.target_modules,
+        "--seed",
+        str(args.seed),
+        "--no-merge",
+    ]
+    if (run_dir / "run.json").is_file() or (run_dir / "rounds").is_dir():
+        cmd.append("--resume")
+    run(*cmd)
+    return run_dir
+
+
+def stack_loras(first: Path, second: Path, out: Path) -> Path:
+    """Two PEFT LoRAs on the same modules as one: the second was trained on the first merged into the base.
+
+    For each module, ``dW = s1 B1 A1 + s2 B2 A2 = [s1 B1 | s2 B2] @ [A1 ; A2]`` (``s = alpha / r``), so a LoRA of
+    rank ``r1 + r2`` with ``alpha = r1 + r2`` (scale 1) and the scales folded into B applies both exactly.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    cfgs = [json.loads((d / "adapter_config.json").read_text()) for d in (first, second)]
+    for d, c in zip((first, second), cfgs):
+        for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern"):
+            if c.get(key):
+                raise SystemExit(f"stack_loras: {d} sets {key}; only plain LoRA (one rank, scale alpha / r) is stacked")
+    tensors = [load_file(str(d / "adapter_model.safetensors")) for d in (first, second)]
+    keys = [{k for k in t if ".lora_A." in k} for t in tensors]
+    if keys[0] != keys[1]:
+        raise SystemExit(f"stack_loras: {first} and {second} wrap different modules; train Phase II with the same --target-modules")
+    scales = [c["lora_alpha"] / c["r"] for c in cfgs]
+    merged = {}
+    for a_key in sorted(keys[0]):
+        b_key = a_key.replace(".lora_A.", ".lora_B.")
+        merged[a_key] = torch.cat([tensors[0][a_key], tensors[1][a_key]], dim=0).contiguous()
+        merged[b_key] = torch.cat([tensors[0][b_key] * scales[0], tensors[1][b_key] * scales[1]], dim=1).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    rank = cfgs[0]["r"] + cfgs[1]["r"]
+    cfg = {**cfgs[0], "r": rank, "lora_alpha": rank, "rank_pattern": {}, "alpha_pattern": {}}
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    save_file(merged, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def stage_phase2_export(work: Path, phase1: Path, phase2_adapter: Path) -> Path:
+    from preflexor_local.models import default_model_path
+
+    both = stack_loras(phase1, phase2_adapter, work / "phase1+2")
+    out = work / "adapter-phase2.gguf"
+    run("convert", "lora-gguf", str(both), "--base", str(default_model_path()), "-o", str(out), "--outtype", "q8_0", "--chat-template", TEMPLATE, "--force")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, pairs, run)")
-    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export"), default="all")
+    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2"), default="all")
+    ap.add_argument("--phase1", type=Path, default=None, help="Phase I adapter Phase II starts from (default: WORK/run/adapter)")
+    ap.add_argument("--phase2-epochs", type=float, default=1.0)
+    ap.add_argument("--phase2-lr", type=float, default=1e-4)
+    ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2/adapter)")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (a CPU budget)")
@@ -231,6 +383,12 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
+    if args.stage == "phase2":
+        phase1 = args.phase1 or args.work / "run" / "adapter"
+        pairs2 = stage_phase2_pairs(args.work, args.seed)
+        run_dir = stage_phase2_train(args.work, stage_base(args.work), phase1, pairs2, args)
+        print(stage_phase2_export(args.work, phase1, args.phase2_round or run_dir / "adapter"))
+        return
     want = lambda s: args.stage in ("all", s)  # noqa: E731
     base = stage_base(args.work) if want("base") or want("train") else None
     pairs = stage_pairs(args.work, args.rejected_tokens, args.seed) if want("pairs") else args.work / "pairs.jsonl"

@@ -1,0 +1,53 @@
+"""The demo recipe's Phase II export: two LoRAs stacked into one rank-(r1 + r2) LoRA apply exactly what the two do in turn."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from convert_fixtures import build_tiny
+from test_lora_gguf import make_adapter, merged
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("demo_adapter", ROOT / "recipes" / "demo_adapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _logits(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([[1, 5, 9, 14, 3, 7]])).logits[0]
+
+
+def test_stacked_lora_equals_second_on_first_merged(recipe, tmp_path):
+    base = build_tiny(tmp_path / "base", arch="llama")
+    first = make_adapter(base, tmp_path / "first", seed=1, r=4, lora_alpha=8)
+    phase1 = merged(base, first, tmp_path / "phase1")
+    second = make_adapter(phase1, tmp_path / "second", seed=2, r=2, lora_alpha=8)  # Phase II: a new LoRA on Phase I merged
+    both = recipe.stack_loras(first, second, tmp_path / "both")
+    cfg = json.loads((both / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"]) == (6, 6)
+    want = _logits(merged(phase1, second, tmp_path / "want"))
+    got = _logits(merged(base, both, tmp_path / "got"))
+    assert float((want - got).abs().max()) < 1e-4
+    # and the second LoRA is really in it: the first alone is far from that
+    assert float((want - _logits(phase1)).abs().max()) > 1e-2
+
+
+def test_refuses_scales_it_does_not_fold(recipe, tmp_path):
+    base = build_tiny(tmp_path / "base", arch="llama")
+    first = make_adapter(base, tmp_path / "first", seed=1, use_rslora=True)
+    second = make_adapter(base, tmp_path / "second", seed=2)
+    with pytest.raises(SystemExit, match="use_rslora"):
+        recipe.stack_loras(first, second, tmp_path / "both")
