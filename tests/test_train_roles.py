@@ -30,9 +30,27 @@ def test_an_opened_thinking_section_must_be_closed(tmp_path):
         load_pairs(_write(tmp_path / "bad.jsonl", [REASONER, bad]), require_thinking=True)
 
 
-def test_a_file_without_any_thinking_is_refused(tmp_path):
-    with pytest.raises(PreflexorError, match="no closing"):
-        load_pairs(_write(tmp_path / "none.jsonl", [CRITIC, CRITIC]), require_thinking=True)
+def test_a_file_without_any_thinking_is_refused_only_when_the_thinking_is_masked(tmp_path):
+    path = _write(tmp_path / "none.jsonl", [CRITIC, CRITIC])
+    with pytest.raises(PreflexorError, match="the thinking is masked from the loss, but none of its 2 chosen replies") as err:
+        load_pairs(path, require_thinking=True, masked=True)
+    assert "--no-mask-thinking" in err.value.hint
+    # a critic-only Phase II set (the demo recipe's rewrites) trains as it is
+    assert len(load_pairs(path, require_thinking=True)) == 2
+
+
+def test_train_dpo_takes_critic_only_pairs_without_the_mask_and_refuses_them_with_it(tmp_path):
+    from convert_cli import run_cli
+    from tiny_model import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "m")
+    data = _write(tmp_path / "critic.jsonl", [CRITIC, {**CRITIC, "chosen": "2. Step 3 skips the mineral."}])
+    args = ["train", "dpo", "--model", model, "--data", data, "--steps-per-round", "1", "--max-length", "64", "--no-merge"]
+    code, _, err = run_cli(*args, "-o", tmp_path / "masked")
+    assert code == 1 and "none of its 2 chosen replies" in err and "Traceback" not in err, err
+    code, _, err = run_cli(*args, "-o", tmp_path / "plain", "--no-mask-thinking")
+    assert code == 0, err[-2000:]
+    assert (tmp_path / "plain" / "adapter" / "adapter_config.json").is_file()
 
 
 def test_prefill_is_prompt_and_the_replies_continue_it(tmp_path):

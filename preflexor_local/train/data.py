@@ -145,13 +145,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg})", hint="each line must be one JSON object") from None
 
 
-def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thinking: bool = False) -> list[PreferencePair]:
+def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thinking: bool = False, masked: bool = False) -> list[PreferencePair]:
     """Load and validate a JSONL preference file.
 
     ``require_thinking``: a chosen reply that opens a thinking section must close
-    it (both PRefLexOR phases train on closed sections), and at least one chosen
-    reply must have one. Replies without thinking are the critic's and the
-    integrator's roles (a review, a rewrite, a merged answer) and stand as they are.
+    it (both PRefLexOR phases train on closed sections). Replies without thinking
+    are the critic's and the integrator's roles (a review, a rewrite, a merged
+    answer) and stand as they are. ``masked`` (the loss masks the thinking): at
+    least one chosen reply must have a closed section, or the mask has nothing to
+    act on — most likely the data uses other tags.
     """
     fmt = fmt or ThinkingFormat()
     pairs = [pair_from_obj(obj, str(path), n) for n, obj in iter_jsonl(path)]
@@ -159,14 +161,17 @@ def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thin
         raise DataError(f"dataset {path} has no rows", hint="generate pairs with `preflexor-local data generate` first")
     if require_thinking:
         bad = [p.line for p in pairs if fmt.think_start in p.chosen and fmt.think_end not in p.chosen]
-        if not any(fmt.think_end in p.chosen for p in pairs):
-            bad = [p.line for p in pairs]
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
             raise DataError(
                 f"{path}: {len(bad)} of {len(pairs)} chosen replies have no closing {fmt.think_end} tag (lines {shown})",
                 hint=f"chosen replies must look like '{fmt.think_start}…{fmt.think_end} answer'; pass --tags if your data uses other tags",
             )
+    if masked and not any(fmt.think_end in p.chosen for p in pairs):
+        raise DataError(
+            f"{path}: the thinking is masked from the loss, but none of its {len(pairs)} chosen replies has a closed {fmt.think_start}…{fmt.think_end} section",
+            hint="pass --tags if your data uses other tags, or --no-mask-thinking for replies without thinking (a critic's or an integrator's)",
+        )
     return pairs
 
 

@@ -50,9 +50,9 @@ class FixedPairs:
     whole file) every round gets every pair.
     """
 
-    def __init__(self, path: str | Path, fmt: ThinkingFormat | None = None, per_round: int | None = None, seed: int = 0):
+    def __init__(self, path: str | Path, fmt: ThinkingFormat | None = None, per_round: int | None = None, seed: int = 0, masked: bool = False):
         self.path = Path(path)
-        self.pairs = load_pairs(self.path, fmt, require_thinking=True)
+        self.pairs = load_pairs(self.path, fmt, require_thinking=True, masked=masked)
         self.per_round, self.seed = per_round, seed
         self._epoch, self._perm = -1, []  # the shuffle of the epoch last asked for
 
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
     if source is None:
         if not cfg.data:
             raise UsageError("nothing to train on", hint="pass --data pairs.jsonl, or --store DB --teacher SPEC to generate pairs each round")
-        source = FixedPairs(cfg.data, fmt)
+        source = FixedPairs(cfg.data, fmt, masked=cfg.mask_thinking)
     elif isinstance(source, GenerationConfig):
         source = GeneratedPairs.for_run(cfg, source, quiet=quiet)
     if isinstance(source, GeneratedPairs) and source.generator.fmt != fmt:  # the masks would never find the closing tag
