@@ -109,6 +109,25 @@ def stage_base(work: Path) -> Path:
     return out
 
 
+def done_keys(path: Path) -> set[str]:
+    """The pairs already written (``meta.key``): a rerun does only the rest."""
+    done = set()
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(json.loads(line)["meta"]["key"])
+            except (ValueError, KeyError):
+                pass  # a torn last line from a killed run: that pair is redone
+    return done
+
+
+def append_row(fh, row: dict) -> None:
+    """One pair, on disk before the next is generated: a killed run loses at most the one in progress."""
+    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
 def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     """Append (chosen = seed, rejected = base model's own reply) pairs; resumes by id."""
     from preflexor_local.backends import load
@@ -118,13 +137,7 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     from preflexor_local.models import default_model_path
 
     out = work / "pairs.jsonl"
-    done = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["meta"]["key"])
-            except (ValueError, KeyError):
-                pass  # a torn last line from a killed run: that pair is redone
+    done = done_keys(out)
     fmt = ThinkingFormat()
     todo = [(rec, ex) for rec in seed_records("train") for ex in role_examples(rec, fmt)]
     random.Random(seed).shuffle(todo)  # any prefix of the work is a fair sample of roles and domains
@@ -150,68 +163,39 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
                 row["prefill"] = prefill
             if gen.finish_reason == "length":
                 row["rejected_cut"] = True  # cut by the token limit: trained without an end of turn
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            append_row(fh, row)
             if i % 20 == 0:
                 print(f"pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
     base.close()
     return out
 
 
-def stage_train(work: Path, base: Path, pairs: Path, args) -> Path:
-    run_dir = work / "run"
+def train_run(method: str, model: Path, pairs: Path, run_dir: Path, epochs: float, lr: float, args, *extra: str, max_steps: int | None = None) -> Path:
+    """``train METHOD`` on ``pairs`` in rounds of ``--round-steps`` (each checkpointed), resumed when ``run_dir`` holds a run.
+
+    What both phases share: LoRA r=16 on the top blocks, tags as plain text, embeddings frozen, the Gemma template.
+    """
     n = sum(1 for _ in pairs.open(encoding="utf-8"))
-    per_step = args.batch_size * args.grad_accum
-    total = max(1, round(args.epochs * n / per_step))
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    rounds = max(1, -(-total // args.round_steps))  # checkpointed every round_steps optimizer steps
-    steps = -(-total // rounds)
+    total = max(1, round(epochs * n / (args.batch_size * args.grad_accum)))
+    if max_steps:
+        total = min(total, max_steps)
+    rounds = max(1, -(-total // args.round_steps))
     cmd = [
-        "train",
-        "orpo",
-        "--model",
-        str(base),
-        "--data",
-        str(pairs),
-        "-o",
-        str(run_dir),
-        "--chat-template",
-        TEMPLATE,
-        "--tag-tokens",
-        "plain",
-        "--freeze-embeddings",
-        "--rank",
-        "16",
-        "--alpha",
-        "32",
-        "--lr",
-        str(args.lr),
-        "--beta",
-        "0.1",
-        "--end-weight",
-        str(args.end_weight),
-        "--batch-size",
-        str(args.batch_size),
-        "--grad-accum",
-        str(args.grad_accum),
-        "--rounds",
-        str(rounds),
-        "--steps-per-round",
-        str(steps),
-        "--max-length",
-        "768",
-        "--target-modules",
-        args.target_modules,
-        "--seed",
-        str(args.seed),
-        "--no-merge",
+        *("train", method, "--model", str(model), "--data", str(pairs), "-o", str(run_dir)),
+        *("--chat-template", TEMPLATE, "--tag-tokens", "plain", "--freeze-embeddings", "--rank", "16", "--alpha", "32"),
+        *("--lr", str(lr), "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum)),
+        *("--rounds", str(rounds), "--steps-per-round", str(-(-total // rounds)), "--max-length", "768"),
+        *("--target-modules", args.target_modules, "--seed", str(args.seed), "--no-merge", *extra),
     ]
     if (run_dir / "run.json").is_file() or (run_dir / "rounds").is_dir():
         cmd.append("--resume")
     run(*cmd)
     return run_dir
+
+
+def stage_train(work: Path, base: Path, pairs: Path, args) -> Path:
+    extra = ("--beta", "0.1", "--end-weight", str(args.end_weight))
+    return train_run("orpo", base, pairs, work / "run", args.epochs, args.lr, args, *extra, max_steps=args.max_steps)
 
 
 def stage_export(work: Path, run_dir: Path) -> Path:
@@ -231,13 +215,7 @@ def stage_phase2_pairs(work: Path, seed: int) -> Path:
     from preflexor_local.models import default_model_path
 
     out = work / "pairs-phase2.jsonl"
-    done = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["meta"]["key"])
-            except (ValueError, KeyError):
-                pass
+    done = done_keys(out)
     fmt = ThinkingFormat()
     todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] == "rewrite"]
     todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:rewrite" not in done]
@@ -257,9 +235,7 @@ def stage_phase2_pairs(work: Path, seed: int) -> Path:
             }
             if gen.finish_reason == "length":
                 row["rejected_cut"] = True
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            append_row(fh, row)
             if i % 10 == 0:
                 print(f"phase2 pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
     model.close()
@@ -270,51 +246,8 @@ def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args) 
     merged = work / "phase1-merged"
     if not (merged / "config.json").is_file():
         run("convert", "merge", str(base), str(phase1), "-o", str(merged))
-    run_dir = work / "phase2"
-    n = sum(1 for _ in pairs.open(encoding="utf-8"))
-    total = max(1, round(args.phase2_epochs * n / (args.batch_size * args.grad_accum)))
-    rounds = max(1, -(-total // args.round_steps))
-    cmd = [
-        "train",
-        "dpo",
-        "--model",
-        str(merged),
-        "--data",
-        str(pairs),
-        "-o",
-        str(run_dir),
-        "--chat-template",
-        TEMPLATE,
-        "--tag-tokens",
-        "plain",
-        "--freeze-embeddings",
-        "--rank",
-        "16",
-        "--alpha",
-        "32",
-        "--lr",
-        str(args.phase2_lr),
-        "--no-mask-thinking",  # a rewrite is the reasoning itself, written without tags: every token is scored
-        "--batch-size",
-        str(args.batch_size),
-        "--grad-accum",
-        str(args.grad_accum),
-        "--rounds",
-        str(rounds),
-        "--steps-per-round",
-        str(-(-total // rounds)),
-        "--max-length",
-        "768",
-        "--target-modules",
-        args.target_modules,
-        "--seed",
-        str(args.seed),
-        "--no-merge",
-    ]
-    if (run_dir / "run.json").is_file() or (run_dir / "rounds").is_dir():
-        cmd.append("--resume")
-    run(*cmd)
-    return run_dir
+    # a rewrite is the reasoning itself, written without tags: every token is scored
+    return train_run("dpo", merged, pairs, work / "phase2", args.phase2_epochs, args.phase2_lr, args, "--no-mask-thinking")
 
 
 def stack_loras(first: Path, second: Path, out: Path) -> Path:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from convert_fixtures import build_tiny
+from scripts import load_script
 from test_lora_gguf import make_adapter, merged
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("demo_adapter", ROOT / "recipes" / "demo_adapter.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/demo_adapter.py")
 
 
 def _logits(model_dir: Path):
