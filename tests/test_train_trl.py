@@ -65,6 +65,16 @@ def test_dpo_losses_move_and_change_adapter(tiny_llama, tmp_path, loss):
     session.close()
 
 
+def test_dpo_reference_stays_the_model_without_the_adapter_across_rounds(tiny_llama, tmp_path):
+    session, logs = _session(tiny_llama, tmp_path, "dpo")
+    session.train_round(_pairs(), 3, 0)
+    session.train_round(_pairs(), 2, 1)  # failed: TRL copied the trained adapter as "ref" again
+    assert set(session.model.peft_config) == {"default"}
+    # the first step of round 2 scores against the base: a reference copied from round 1's policy would give 0
+    assert abs(logs[3]["rewards/chosen"]) > 1e-4 and abs(logs[3]["rewards/margins"]) > 1e-4
+    session.close()
+
+
 def _prompt_len(tok, ids):
     """Independent of the code under test: the tiny template's prompt ends with the last <|assistant|>."""
     a = tok.convert_tokens_to_ids("<|assistant|>")

@@ -102,6 +102,16 @@ def dpo_trainer_class():
 
             captured: list | None = None  # tests: the batches the loss actually saw
 
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                # TRL takes a PEFT model that already has an adapter for one being re-trained and copies it as
+                # the reference ("ref"). Ours is the adapter this run trains: its reference is the model without
+                # it (the checkpoint passed, normally merged Phase I). With the copy, round 2 of a run failed
+                # ("Adapter with name 'ref' already exists") and a resumed run scored against its last checkpoint.
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                if "ref" in getattr(unwrapped, "peft_config", {}):
+                    unwrapped.delete_adapter("ref")
+
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 return dataset  # already rendered, tokenised and length-checked by Encoder
 
