@@ -35,6 +35,9 @@ Phase II (``--stage phase2``, after export; each step resumes too):
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
    ``convert lora-gguf`` -> ``adapter-phase2.gguf``.
 
+   Measured (``bench/results/demo-quality-phase2.json``): one round at lr 1e-4
+   made the critic stop ending its turns, so the shipped adapter is Phase I's.
+
 Wall time on a 2-core CPU: see the README's demo-model section.
 """
 
