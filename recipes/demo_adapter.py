@@ -202,10 +202,14 @@ def stage_train(work: Path, base: Path, pairs: Path, args) -> Path:
 
 
 def stage_export(work: Path, run_dir: Path) -> Path:
+    return export_gguf(run_dir / "adapter", work / "adapter.gguf")
+
+
+def export_gguf(adapter: Path, out: Path, *extra: str) -> Path:
+    """``convert lora-gguf`` onto the embedded base, q8_0, with the chat format the adapter was trained in."""
     from preflexor_local.models import default_model_path
 
-    out = work / "adapter.gguf"
-    run("convert", "lora-gguf", str(run_dir / "adapter"), "--base", str(default_model_path()), "-o", str(out), "--outtype", "q8_0", "--chat-template", TEMPLATE)
+    run("convert", "lora-gguf", str(adapter), "--base", str(default_model_path()), "-o", str(out), "--outtype", "q8_0", "--chat-template", TEMPLATE, *extra)
     return out
 
 
@@ -286,12 +290,8 @@ def stack_loras(first: Path, second: Path, out: Path) -> Path:
 
 
 def stage_phase2_export(work: Path, phase1: Path, phase2_adapter: Path) -> Path:
-    from preflexor_local.models import default_model_path
-
     both = stack_loras(phase1, phase2_adapter, work / "phase1+2")
-    out = work / "adapter-phase2.gguf"
-    run("convert", "lora-gguf", str(both), "--base", str(default_model_path()), "-o", str(out), "--outtype", "q8_0", "--chat-template", TEMPLATE, "--force")
-    return out
+    return export_gguf(both, work / "adapter-phase2.gguf", "--force")
 
 
 def main() -> None:
