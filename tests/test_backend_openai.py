@@ -1,8 +1,11 @@
 """The OpenAI-compatible backend against a real server on loopback: llama-cpp-python's own, serving Gemma."""
 
+import http.server
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -103,11 +106,43 @@ def test_unreachable_server_is_one_clear_error():
         load(f"http://127.0.0.1:{free_port()}/v1")
 
 
-def test_dry_settings_travel_only_when_on(server):
-    """llama-server reads ``dry_*``; a server that does not know them is not sent them while DRY is off."""
-    b = load(server, LoadOptions(chat_template="plain"))
-    _, body = b._payload(GenerationRequest(messages=MSGS, sampling=Sampling(dry_multiplier=0.8, dry_base=2, dry_allowed_length=3)))
-    assert (body["dry_multiplier"], body["dry_base"], body["dry_allowed_length"]) == (0.8, 2.0, 3)
-    _, body = b._payload(GenerationRequest(messages=MSGS, sampling=Sampling(dry_multiplier=0)))
-    assert not any(k.startswith("dry_") for k in body)
-    b.close()
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """A loopback server that keeps each request body and answers with one streamed word."""
+
+    bodies: list[dict] = []
+
+    def do_GET(self):
+        self._send(200, "application/json", json.dumps({"data": [{"id": "rec"}]}).encode())
+
+    def do_POST(self):
+        Recorder.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        event = {"choices": [{"text": "ok", "finish_reason": "stop"}]}
+        self._send(200, "text/event-stream", f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode())
+
+    def _send(self, status, kind, payload):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_sampling_settings_travel_even_when_off():
+    """A server fills an absent field with its own default (serve's DRY 0.8, llama-server's top_k 40): "off" is sent."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        b = load(f"http://127.0.0.1:{srv.server_address[1]}/v1", LoadOptions(chat_template="plain"))
+        off = Sampling(top_k=0, min_p=0, repeat_penalty=1.0, dry_multiplier=0)
+        on = Sampling(top_k=7, min_p=0.05, repeat_penalty=1.2, dry_multiplier=0.8, dry_base=2, dry_allowed_length=3)
+        for sampling in (off, on):
+            assert b.generate(GenerationRequest(messages=MSGS, sampling=sampling)).text == "ok"
+        b.close()
+    finally:
+        srv.shutdown()
+    keys = ("top_k", "min_p", "repeat_penalty", "repetition_penalty", "dry_multiplier", "dry_base", "dry_allowed_length")
+    sent = [tuple(body.get(k) for k in keys) for body in Recorder.bodies]
+    assert sent == [(0, 0.0, 1.0, 1.0, 0.0, 1.75, 2), (7, 0.05, 1.2, 1.2, 0.8, 2.0, 3)]

@@ -158,12 +158,11 @@ class OpenAIBackend(Backend):
             body["stop"] = stops[:4]  # the OpenAI API allows four; the rest are cut here, locally
         if s.seed is not None:
             body["seed"] = s.seed
-        if s.top_k:
-            body["top_k"] = s.top_k  # llama.cpp, vLLM and Ollama read these extensions
-        if s.repeat_penalty != 1.0:
-            body["repeat_penalty"] = body["repetition_penalty"] = s.repeat_penalty
-        if s.dry_multiplier > 0:  # llama-server's names (and ours, in serve)
-            body.update(dry_multiplier=s.dry_multiplier, dry_base=s.dry_base, dry_allowed_length=s.dry_allowed_length)
+        # llama.cpp's extensions (vLLM and Ollama read most of them; ours, in serve, all), sent even when they are
+        # off: a server fills an absent one with its own default (llama-server's top_k 40, serve's DRY 0.8), so
+        # `--dry-multiplier 0` or `--top-k 0` would otherwise quietly mean the server's choice.
+        body.update(top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repeat_penalty, repetition_penalty=s.repeat_penalty)
+        body.update(dry_multiplier=s.dry_multiplier, dry_base=s.dry_base, dry_allowed_length=s.dry_allowed_length)
         if self.mode == "completions":
             body["prompt"] = render_prompt(self.template, request.messages, request.prefill)
             return "/completions", body
