@@ -27,6 +27,7 @@ Each model's transcripts go to ``OUT/<label>.jsonl`` (resumed: finished
 questions are not redone), the table to stdout, ``OUT/report.json``.
 
     python bench/demo_quality.py -o bench-out/quality [--limit 12] [--models base,adapter]
+    python bench/demo_quality.py -o bench-out/candidate --models adapter --adapter candidate.gguf
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def leak_grams() -> set[tuple[str, ...]]:
     return out
 
 
-def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False, dry: float | None = None) -> dict:
+def run_model(
+    label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False, dry: float | None = None, adapters: tuple = ()
+) -> dict:
     from preflexor_local.backends import load
     from preflexor_local.config import LoadOptions, Recursion, Sampling
     from preflexor_local.reasoning.engine import Engine
@@ -145,7 +148,7 @@ def run_model(label: str, spec: str, questions: list[dict], out: Path, rounds: i
     if report_only:  # figures from the transcripts already written (e.g. by several processes with --start)
         return {"load_s": None, "records": [done[q["id"]] for q in questions if q["id"] in done]}
     t0 = time.perf_counter()
-    backend = load(spec, LoadOptions())
+    backend = load(spec, LoadOptions(adapters=adapters))
     load_s = time.perf_counter() - t0
     # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier overrides DRY for both models
     sampling = Sampling(seed=0, **({} if dry is None else {"dry_multiplier": dry}))
@@ -260,6 +263,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
     ap.add_argument("--dry-multiplier", type=float, default=None, help="DRY strength for both models (default: the shipped default; 0 = off)")
+    ap.add_argument("--adapter", type=Path, default=None, help="a candidate LoRA GGUF in place of the shipped one (the 'adapter' model)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:
@@ -269,7 +273,8 @@ def main() -> None:
     leaks, embed = leak_grams(), embedder()
     report = {}
     for label in args.models.split(","):
-        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier)
+        adapters = (str(args.adapter),) if args.adapter and label == "adapter" else ()
+        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [

@@ -40,6 +40,11 @@ def test_default_is_base_plus_adapter_and_the_base_stays_reachable(gemma_gguf, m
     finally:
         adapted.close()
         base.close()
+    own = load(None, LoadOptions(ctx=512, adapters=(str(DEMO_ADAPTER),)))  # --adapter replaces the demo adapter; the name says so
+    try:
+        assert own.name == "gemma3-270m (base) + --adapter" and [a["path"] for a in own.describe()["adapters"]] == [str(DEMO_ADAPTER)]
+    finally:
+        own.close()
 
 
 def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, tmp_path):

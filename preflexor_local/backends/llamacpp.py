@@ -327,5 +327,6 @@ def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
         if adapter is not None and not options.adapters:
             options = dataclasses.replace(options, adapters=(str(adapter),))
             return LlamaCppBackend(default_model_path(), options, name="gemma3-270m + preflexor demo adapter (default)")
-        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)")
+        # --adapter on the default model replaces the demo adapter: the name says the base runs with the user's
+        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)" + (" + --adapter" if options.adapters else ""))
     return LlamaCppBackend(spec.path, options)
