@@ -25,18 +25,22 @@ or across sittings):
 
 Phase II (``--stage phase2``, after export; each step resumes too):
 
-5. **phase2-pairs**: the critic's rewrite of every training ``refine`` record, as
-   the Phase I adapter writes it at inference (base GGUF + ``adapter.gguf``, the
-   engine's default sampling) is *rejected*; the seed's rewrite is *chosen*. The
-   adapter carries the review's orders ("Add the missing details.") into its
-   rewrites, and from there into its answers; the seed's rewrites act on them.
-6. **phase2-train**: ``train dpo`` (EXO, the method's Phase II loss) with a new
-   LoRA on the merged Phase I model, so the reference is Phase I itself.
+5. **phase2-pairs**: the Phase I adapter's own reply to every training ``refine``
+   record's critic prompts (``--phase2-roles``: the review and the rewrite), as it
+   writes them at inference (base GGUF + ``adapter.gguf``, the engine's default
+   sampling) is *rejected*; the seed's is *chosen*. The adapter's reviews give
+   generic orders ("Explain why this is not true.", "Add the missing details.")
+   and its rewrites carry them into the reasoning, and from there into the
+   answers; the seed's reviews name the fix and its rewrites act on it.
+6. **phase2-train**: ``train orpo`` (``--phase2-method``; ``exo`` is the method's
+   DPO-family loss) with a new LoRA on the merged Phase I model, capped at
+   ``--phase2-max-steps``.
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
    ``convert lora-gguf`` -> ``adapter-phase2.gguf``.
 
-   Measured (``bench/results/demo-quality-phase2.json``): one round at lr 1e-4
-   made the critic stop ending its turns, so the shipped adapter is Phase I's.
+   Measured (``bench/results/demo-quality-phase2.json``): one EXO round at lr 1e-4
+   made the critic stop ending its turns (nothing in the loss keeps the chosen
+   reply likely); ORPO's NLL term does.
 
 Wall time on a 2-core CPU: see the README's demo-model section.
 """
@@ -213,8 +217,8 @@ def export_gguf(adapter: Path, out: Path, *extra: str) -> Path:
     return out
 
 
-def stage_phase2_pairs(work: Path, seed: int) -> Path:
-    """(chosen = seed rewrite, rejected = the Phase I adapter's own rewrite) for every training refine record."""
+def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
+    """(chosen = the seed's reply, rejected = the Phase I adapter's own) for every training refine record and critic role."""
     from preflexor_local.backends import load
     from preflexor_local.backends.base import GenerationRequest
     from preflexor_local.config import LoadOptions, Sampling
@@ -224,8 +228,8 @@ def stage_phase2_pairs(work: Path, seed: int) -> Path:
     out = work / "pairs-phase2.jsonl"
     done = done_keys(out)
     fmt = ThinkingFormat()
-    todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] == "rewrite"]
-    todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:rewrite" not in done]
+    todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] in roles]
+    todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:{ex[0]}" not in done]
     print(f"phase2 pairs: {len(done)} done, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
         return out
@@ -249,12 +253,38 @@ def stage_phase2_pairs(work: Path, seed: int) -> Path:
     return out
 
 
-def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args) -> Path:
+# Phase II losses. EXO (the method's) scores against Phase I and nothing else keeps the chosen reply likely;
+# ORPO adds the chosen reply's NLL, with the end-of-turn label weighted as in Phase I.
+PHASE2_METHODS = {
+    "exo": lambda args: ("dpo", "--no-mask-thinking"),  # a rewrite is reasoning written without tags: score every token
+    "orpo": lambda args: ("orpo", "--beta", "0.1", "--end-weight", str(args.end_weight)),
+}
+
+
+def merged_phase1(work: Path, base: Path, phase1: Path) -> Path:
+    """Phase I merged into the base, once; the adapter it came from is recorded and must match on every rerun.
+
+    Phase II trains on this model and is exported stacked on ``phase1``: stacked on another Phase I (a later
+    round, a default that pointed elsewhere) it would apply a correction to a model it never saw.
+    """
     merged = work / "phase1-merged"
-    if not (merged / "config.json").is_file():
-        run("convert", "merge", str(base), str(phase1), "-o", str(merged))
-    # a rewrite is the reasoning itself, written without tags: every token is scored
-    return train_run("dpo", merged, pairs, work / "phase2", args.phase2_epochs, args.phase2_lr, args, "--no-mask-thinking")
+    source = merged / "phase1-source.json"
+    want = {"phase1": str(phase1.resolve())}
+    if (merged / "config.json").is_file():
+        had = json.loads(source.read_text()) if source.is_file() else {"phase1": "(not recorded)"}
+        if had != want:
+            raise SystemExit(f"{merged} was merged from {had['phase1']}, not {want['phase1']}: pass --phase1 {had['phase1']}, or delete {merged}")
+        return merged
+    run("convert", "merge", str(base), str(phase1), "-o", str(merged))
+    source.write_text(json.dumps(want))
+    return merged
+
+
+def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args) -> Path:
+    merged = merged_phase1(work, base, phase1)
+    method, *extra = PHASE2_METHODS[args.phase2_method](args)
+    run_dir = work / f"phase2-{args.phase2_method}"
+    return train_run(method, merged, pairs, run_dir, args.phase2_epochs, args.phase2_lr, args, *extra, max_steps=args.phase2_max_steps)
 
 
 def stack_loras(first: Path, second: Path, out: Path) -> Path:
@@ -299,9 +329,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, pairs, run)")
     ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2"), default="all")
     ap.add_argument("--phase1", type=Path, default=None, help="Phase I adapter Phase II starts from (default: WORK/run/adapter)")
+    ap.add_argument("--phase2-roles", default="critique,rewrite", help="critic roles Phase II pairs are made for")
+    ap.add_argument("--phase2-method", choices=sorted(PHASE2_METHODS), default="orpo")
     ap.add_argument("--phase2-epochs", type=float, default=1.0)
+    ap.add_argument("--phase2-max-steps", type=int, default=28, help="cap on Phase II optimizer steps (a CPU budget)")
     ap.add_argument("--phase2-lr", type=float, default=1e-4)
-    ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2/adapter)")
+    ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2-METHOD/adapter)")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (a CPU budget)")
@@ -321,7 +354,10 @@ def main() -> None:
     random.seed(args.seed)
     if args.stage == "phase2":
         phase1 = args.phase1 or args.work / "run" / "adapter"
-        pairs2 = stage_phase2_pairs(args.work, args.seed)
+        roles = tuple(r for r in args.phase2_roles.split(",") if r)
+        if not roles or set(roles) - {"critique", "rewrite"}:
+            ap.error(f"--phase2-roles: {args.phase2_roles!r}; name critique, rewrite or both, comma-separated")
+        pairs2 = stage_phase2_pairs(args.work, args.seed, roles)
         run_dir = stage_phase2_train(args.work, stage_base(args.work), phase1, pairs2, args)
         print(stage_phase2_export(args.work, phase1, args.phase2_round or run_dir / "adapter"))
         return

@@ -46,3 +46,16 @@ def test_refuses_scales_it_does_not_fold(recipe, tmp_path):
     second = make_adapter(base, tmp_path / "second", seed=2)
     with pytest.raises(SystemExit, match="use_rslora"):
         recipe.stack_loras(first, second, tmp_path / "both")
+
+
+def test_phase2_refuses_a_phase1_other_than_the_one_merged(recipe, tmp_path):
+    """Phase II trains on merged Phase I and ships stacked on it: a rerun naming another Phase I is refused by name."""
+    base = build_tiny(tmp_path / "base", arch="llama")
+    first = make_adapter(base, tmp_path / "first", seed=1)
+    other = make_adapter(base, tmp_path / "other", seed=2)
+    merged_dir = recipe.merged_phase1(tmp_path / "work", base, first)
+    stamp = (merged_dir / "model.safetensors").stat().st_mtime_ns
+    assert recipe.merged_phase1(tmp_path / "work", base, first) == merged_dir  # the same Phase I: kept, not merged again
+    assert (merged_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match=f"merged from {first.resolve()}, not {other.resolve()}"):
+        recipe.merged_phase1(tmp_path / "work", base, other)
