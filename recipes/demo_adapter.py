@@ -25,22 +25,22 @@ or across sittings):
 
 Phase II (``--stage phase2``, after export; each step resumes too):
 
-5. **phase2-pairs**: the Phase I adapter's own reply to every training ``refine``
-   record's critic prompts (``--phase2-roles``: the review and the rewrite), as it
-   writes them at inference (base GGUF + ``adapter.gguf``, the engine's default
-   sampling) is *rejected*; the seed's is *chosen*. The adapter's reviews give
-   generic orders ("Explain why this is not true.", "Add the missing details.")
-   and its rewrites carry them into the reasoning, and from there into the
-   answers; the seed's reviews name the fix and its rewrites act on it.
+5. **phase2-pairs**: the Phase I adapter's own rewrite of every training
+   ``refine`` record's reasoning along its review, as it writes it at inference
+   (base GGUF + ``adapter.gguf``, the engine's default sampling), is *rejected*;
+   the seed's rewrite is *chosen*. The adapter carries the review's orders
+   ("Add the missing details.") into its rewrites, and from there into its
+   answers; the seed's rewrites act on them. ``--phase2-roles critique,rewrite``
+   also makes review pairs (rejected = the adapter's own review).
 6. **phase2-train**: ``train orpo`` (``--phase2-method``; ``exo`` is the method's
-   DPO-family loss) with a new LoRA on the merged Phase I model, capped at
-   ``--phase2-max-steps``.
+   DPO-family loss) with a new LoRA on the merged Phase I model, 14 steps.
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
-   ``convert lora-gguf`` -> ``adapter-phase2.gguf``.
+   ``convert lora-gguf`` -> ``adapter-phase2.gguf``: the shipped adapter.
 
-   Measured (``bench/results/demo-quality-phase2.json``): one EXO round at lr 1e-4
-   made the critic stop ending its turns (nothing in the loss keeps the chosen
-   reply likely); ORPO's NLL term does.
+   Measured (``bench/results/demo-quality-phase2.json``): EXO made the critic
+   stop ending its turns (nothing in its loss keeps the chosen reply likely);
+   ORPO's NLL term does. Review pairs, and scoring the rejected replies without
+   their end of turn, both measured worse and are off.
 
 Wall time on a 2-core CPU: see the README's demo-model section.
 """
@@ -225,7 +225,7 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
     from preflexor_local.format import ThinkingFormat
     from preflexor_local.models import default_model_path
 
-    out = work / "pairs-phase2.jsonl"
+    out = work / "pairs-phase2.jsonl"  # every role's pairs; training reads those of --phase2-roles (phase2_training_set)
     done = done_keys(out)
     fmt = ThinkingFormat()
     todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] in roles]
@@ -250,6 +250,14 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
             if i % 10 == 0:
                 print(f"phase2 pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
     model.close()
+    return out
+
+
+def phase2_training_set(pairs: Path, roles: tuple[str, ...]) -> Path:
+    """The pairs of ``roles`` only, in file order: the pair file may also hold another role's from an earlier run."""
+    rows = [line for line in pairs.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["meta"]["role"] in roles]
+    out = pairs.with_name(f"pairs-phase2-{'+'.join(roles)}.jsonl")
+    out.write_text("".join(line + "\n" for line in rows), encoding="utf-8")
     return out
 
 
@@ -329,10 +337,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, pairs, run)")
     ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2"), default="all")
     ap.add_argument("--phase1", type=Path, default=None, help="Phase I adapter Phase II starts from (default: WORK/run/adapter)")
-    ap.add_argument("--phase2-roles", default="critique,rewrite", help="critic roles Phase II pairs are made for")
+    ap.add_argument("--phase2-roles", default="rewrite", help="critic roles Phase II pairs are made for: rewrite, critique or both")
     ap.add_argument("--phase2-method", choices=sorted(PHASE2_METHODS), default="orpo")
     ap.add_argument("--phase2-epochs", type=float, default=1.0)
-    ap.add_argument("--phase2-max-steps", type=int, default=28, help="cap on Phase II optimizer steps (a CPU budget)")
+    ap.add_argument("--phase2-max-steps", type=int, default=14, help="cap on Phase II optimizer steps (what was measured and shipped)")
     ap.add_argument("--phase2-lr", type=float, default=1e-4)
     ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2-METHOD/adapter)")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
@@ -357,7 +365,7 @@ def main() -> None:
         roles = tuple(r for r in args.phase2_roles.split(",") if r)
         if not roles or set(roles) - {"critique", "rewrite"}:
             ap.error(f"--phase2-roles: {args.phase2_roles!r}; name critique, rewrite or both, comma-separated")
-        pairs2 = stage_phase2_pairs(args.work, args.seed, roles)
+        pairs2 = phase2_training_set(stage_phase2_pairs(args.work, args.seed, roles), roles)
         run_dir = stage_phase2_train(args.work, stage_base(args.work), phase1, pairs2, args)
         print(stage_phase2_export(args.work, phase1, args.phase2_round or run_dir / "adapter"))
         return

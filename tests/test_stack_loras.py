@@ -59,3 +59,15 @@ def test_phase2_refuses_a_phase1_other_than_the_one_merged(recipe, tmp_path):
     assert (merged_dir / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match=f"merged from {first.resolve()}, not {other.resolve()}"):
         recipe.merged_phase1(tmp_path / "work", base, other)
+
+
+def test_phase2_trains_on_the_roles_asked_for_only(recipe, tmp_path):
+    pairs = tmp_path / "pairs-phase2.jsonl"
+    rows = [
+        {"prompt": "q", "chosen": f"c{i}", "rejected": f"r{i}", "meta": {"key": f"x{i}:{role}", "role": role}}
+        for i, role in enumerate(["rewrite", "critique", "rewrite"])
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [json.loads(line)["chosen"] for line in recipe.phase2_training_set(pairs, ("rewrite",)).read_text().splitlines()]
+    assert got == ["c0", "c2"]
+    assert len(recipe.phase2_training_set(pairs, ("critique", "rewrite")).read_text().splitlines()) == 3
