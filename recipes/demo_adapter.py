@@ -35,7 +35,7 @@ Phase II (``--stage phase2``, after export; each step resumes too):
 6. **phase2-train**: ``train orpo`` (``--phase2-method``; ``exo`` is the method's
    DPO-family loss) with a new LoRA on the merged Phase I model, 14 steps.
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
-   ``convert lora-gguf`` -> ``adapter-phase2.gguf``: the shipped adapter.
+   ``convert lora-gguf`` -> ``adapter-phase2.gguf`` (not shipped: its rewrites run on, see the README).
 
    Measured (``bench/results/demo-quality-phase2.json``): EXO made the critic
    stop ending its turns (nothing in its loss keeps the chosen reply likely);
