@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--phase2-roles", default="rewrite", help="critic roles Phase II pairs are made for: rewrite, critique or both")
     ap.add_argument("--phase2-method", choices=sorted(PHASE2_METHODS), default="orpo")
     ap.add_argument("--phase2-epochs", type=float, default=1.0)
-    ap.add_argument("--phase2-max-steps", type=int, default=14, help="cap on Phase II optimizer steps (what was measured and shipped)")
+    ap.add_argument("--phase2-max-steps", type=int, default=14, help="cap on Phase II optimizer steps (the 14 measured in the README)")
     ap.add_argument("--phase2-lr", type=float, default=1e-4)
     ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2-METHOD/adapter)")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
