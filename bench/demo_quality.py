@@ -11,7 +11,9 @@ side by side:
   rewrite, answer, final), counted once per field;
 * garbled tags: tag-shaped fragments (``<|…``) left in those fields;
 * loops (calls that ended with ``finish_reason: loop``), calls cut at the token
-  limit (``length``), and questions whose every call the model ended itself;
+  limit (``length``), rewrites the engine ended where they opened a section of
+  the thinking again (``restart``), and questions whose every call the model
+  ended itself;
 * relevance: MiniLM cosine of question and final answer (median);
 * critique copying: share of a critique's word 5-grams found in the thinking it
   reviews (mean; 1.0 = a copy);
@@ -167,7 +169,7 @@ def run_model(
 
 
 def measure(records: list[dict], leaks: set, embed) -> dict:
-    closed = answers_ok = answers = leaked = garbled = loops = at_limit = ended_all = calls = gen_tokens = 0
+    closed = answers_ok = answers = leaked = garbled = loops = at_limit = restarts = ended_all = calls = gen_tokens = 0
     gen_seconds = 0.0
     copy, rel, took = [], [], []
     rewrites = ordered_rewrites = ordered_answers = 0
@@ -187,6 +189,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
             calls += 1
             loops += c["finish_reason"] == "loop"
             at_limit += c["finish_reason"] == "length"
+            restarts += c["finish_reason"] == "restart"
             gen_tokens += c["completion_tokens"]
             gen_seconds += max(c["seconds"] - (c["ttft"] or 0.0), 0.0)
         ended_all += all(c["finish_reason"] in ("eos", "stop") for c in own)
@@ -212,6 +215,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         "garbled_tags": garbled,
         "loops": loops,
         "token_limit": at_limit,
+        "restarted_sections": restarts,
         "questions_all_ended_by_model": ended_all,
         "calls": calls,
         "relevance_median": statistics.median(rel) if rel else None,
@@ -256,7 +260,7 @@ def embedder():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "bench-out" / "quality")
-    ap.add_argument("--limit", type=int, default=None, help="first N held-out questions")
+    ap.add_argument("--limit", type=int, default=None, help="stop before held-out question N (alone: the first N)")
     ap.add_argument("--start", type=int, default=0, help="skip the first K (to split the work across processes)")
     ap.add_argument("--models", default="base,adapter")
     ap.add_argument("--rounds", type=int, default=3)
@@ -285,6 +289,7 @@ def main() -> None:
         "garbled_tags",
         "loops",
         "token_limit",
+        "restarted_sections",
         "questions_all_ended_by_model",
         "relevance_median",
         "critique_copy_mean",

@@ -263,3 +263,16 @@ def parse(text: str, fmt: ThinkingFormat | None = None) -> Parsed:
     p = StreamParser(fmt)
     p.feed(text)
     return p.finish()
+
+
+# A section heading of the method's thinking layout: a line that opens with a bold name and a colon ("**Hypothesis**:").
+_HEADING = re.compile(r"^[ \t]*(\*\*[^*\n]{1,80}\*\*:)", re.MULTILINE)
+
+
+def section_headings(thinking: str) -> tuple[str, ...]:
+    """The section headings of a thinking text, in order, each once.
+
+    Each section appears once in the layout, so a rewrite that writes one of these headings a second time has
+    finished and is starting the layout over; the engine stops it there (``GenerationRequest.restart_stops``).
+    """
+    return tuple(dict.fromkeys(m.group(1) for m in _HEADING.finditer(thinking)))

@@ -146,3 +146,12 @@ def test_sampling_settings_travel_even_when_off():
     keys = ("top_k", "min_p", "repeat_penalty", "repetition_penalty", "dry_multiplier", "dry_base", "dry_allowed_length")
     sent = [tuple(body.get(k) for k in keys) for body in Recorder.bodies]
     assert sent == [(0, 0.0, 1.0, 1.0, 0.0, 1.75, 2), (7, 0.05, 1.2, 1.2, 0.8, 2.0, 3)]
+
+
+def test_a_restart_stop_is_scanned_locally(server):
+    from restarts import check_restart_stop
+
+    b = load(server, LoadOptions(chat_template="plain"))
+    request = GenerationRequest(messages=MSGS, prefill="Tough natural materials:\n1. Bone\n2.", sampling=Sampling(temperature=0, max_tokens=40, seed=0))
+    check_restart_stop(b, request)
+    b.close()

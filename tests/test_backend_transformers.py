@@ -93,3 +93,10 @@ def test_generation_budget_shrinks_to_the_room_left(tiny_llama):
     msgs = [{"role": "user", "content": "Spider silk is tough. " * 5}]
     gen = b.generate(GenerationRequest(messages=msgs, sampling=Sampling(temperature=0, max_tokens=100, stop_repeats=False)))
     assert gen.prompt_tokens > 20 and gen.prompt_tokens + gen.completion_tokens <= 64
+
+
+def test_a_restart_stop_ends_generation_at_its_second_occurrence(backend):
+    from restarts import check_restart_stop
+
+    sampling = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=40)
+    check_restart_stop(backend, GenerationRequest(messages=MSGS, prefill="<|thinking|>", sampling=sampling))  # 40 tokens, no end of turn

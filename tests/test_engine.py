@@ -134,3 +134,61 @@ def test_retrieved_context_goes_into_the_reasoner_prompt_with_citations(tiny):
     assert "[1] (nacre.md line 3) Nacre has staggered tablets." in user
     assert user.endswith("How does nacre stop cracks?" + FMT.cue.format(think_start=FMT.think_start))
     assert t.context == ctx
+
+
+class Scripted(Backend):
+    """A model whose replies are fixed texts, streamed a few characters at a time through the backends' own stop scanner."""
+
+    kind = "scripted"
+    template = None  # not a base model: no one-shot examples
+
+    def __init__(self, reply):
+        super().__init__("scripted")
+        self.reply, self.requests = reply, []
+
+    def stream(self, request):
+        from preflexor_local.backends.base import Generation, request_scanner
+
+        self.requests.append(request)
+        scanner, text = request_scanner(request, (), request.prefill), self.reply(request)
+        for i in range(0, len(text), 3):
+            if shown := scanner.push(text[i : i + 3]):
+                yield shown
+            if scanner.matched is not None:
+                break
+        else:
+            if tail := scanner.flush():
+                yield tail
+        finish = "eos" if scanner.matched is None else "restart" if scanner.restarted else "stop"
+        yield Generation(text=scanner.text, finish_reason=finish, completion_tokens=len(scanner.text) // 3)
+
+
+THINKING = "**Core Concepts**: silk is a protein fibre.\n\n**Reasoning Steps**:\n1. Crystals bear the load.\n\n**Hypothesis**: crystals make it tough."
+REWRITE = THINKING.replace("load.", "load; the amorphous matrix stretches.")
+
+
+def scripted_reply(request) -> str:
+    user = request.messages[-1]["content"]
+    if "Review this reasoning" in user:
+        return "1. Step 1 leaves out the amorphous matrix that stretches."
+    if "Rewrite the reasoning" in user:  # ... and starts the layout over after its hypothesis, as the demo model may
+        return REWRITE + "\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear"
+    if request.prefill.endswith(FMT.think_start + "\n"):
+        return THINKING + "\n" + FMT.think_end
+    return "Silk is tough because stiff crystals and a stretchy matrix share the load."
+
+
+@pytest.mark.parametrize("stop_repeats", [True, False])
+def test_a_rewrite_ends_where_it_opens_a_section_of_the_thinking_again(stop_repeats):
+    model = Scripted(scripted_reply)
+    sampling = Sampling(temperature=0, max_tokens=64, stop_repeats=stop_repeats)
+    t = Engine(model, sampling=sampling, recursion=Recursion(rounds=2, integrate=False)).run("Why is spider silk tough?")
+    rewrite_request = next(r for r in model.requests if "Rewrite the reasoning" in r.messages[-1]["content"])
+    assert rewrite_request.restart_stops == ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
+    rewrite = next(c for c in t.rounds[0].calls if c.channel == "rewrite")
+    if stop_repeats:
+        assert t.rounds[0].improved_thinking == t.rounds[1].thinking == REWRITE
+        assert rewrite.finish_reason == "restart"
+    else:  # --no-stop-repeats lets it run, as it lets loops run
+        assert t.rounds[0].improved_thinking.startswith(REWRITE + "\n\n**Reasoning Steps**:")
+        assert rewrite.finish_reason == "eos"

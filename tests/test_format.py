@@ -110,3 +110,11 @@ def test_answers_stop_at_the_tags_shared_opening():
     # "<think>" tags share only "<", which prose uses: the opening tags, exactly
     assert ThinkingFormat.preset("think").answer_stops == ("<think>", "<reflect>")
     assert ThinkingFormat("[[t]]", "[[/t]]", "[[r]]", "[[/r]]").answer_stops == ("[[",)
+
+
+def test_section_headings_are_the_bold_line_openings_each_once():
+    from preflexor_local.format import section_headings
+
+    thinking = "**Core Concepts**: silk\n\n  **Reasoning Steps**:\n1. a **bold**: inline\n**Hypothesis**: tough\n**Core Concepts**: again"
+    assert section_headings(thinking) == ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
+    assert section_headings("Silk is tough because its crystals bear load.") == ()

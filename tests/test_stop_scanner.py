@@ -62,3 +62,36 @@ def test_loop_detection_is_cheap_on_a_long_text():
     for _ in range(10):
         repeats_at_end(text)
     assert (time.perf_counter() - t0) / 10 < 0.02  # checked every 8 tokens while generating
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab*:x|", max_size=40), st.lists(st.sampled_from(["**a**:", "ab", "x"]), max_size=2), st.data())
+def test_a_restart_stop_cuts_the_text_at_its_second_occurrence(text, restarts, data):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    scanner = StopScanner(("||",), restarts=tuple(restarts))
+    out, prev = "", 0
+    for cut in [*cuts, len(text)]:
+        out += scanner.push(text[prev:cut])
+        prev = cut
+    out += scanner.flush()
+    seconds = {r: j for r in restarts if (i := text.find(r)) >= 0 and (j := text.find(r, i + len(r))) >= 0}
+    ends = [*seconds.values(), *([text.find("||")] if "||" in text else [])]
+    assert out == scanner.text == (text[: min(ends)] if ends else text)
+    if scanner.restarted:
+        assert seconds.get(scanner.matched) == len(out)
+
+
+def test_restart_stops_count_generated_text_only():
+    scanner = StopScanner((), context="Reasoning:\n**Hypothesis**: old", restarts=("**Hypothesis**:",))
+    assert scanner.push("**Hypothesis**: new\n\n") == "**Hypothesis**: new\n\n" and scanner.matched is None
+    # armed: a tail that may begin the second one is held back until it is decided
+    assert scanner.push("**Hyp") == "" and scanner.push("othesis**: again") == ""
+    assert scanner.restarted and scanner.text == "**Hypothesis**: new\n\n"
+
+
+def test_a_stop_that_begins_first_wins_over_one_completed_first():
+    scanner = StopScanner(("<|/", "|"))
+    assert scanner.push("<<|") == "<" and scanner.matched is None  # "|" is whole, but "<|/" may begin before it
+    assert scanner.push("/x") == "" and scanner.matched == "<|/" and scanner.text == "<"
+    scanner = StopScanner(("<|/", "|"))
+    assert scanner.push("<<|") == "<" and scanner.push("x") == "<" and scanner.matched == "|" and scanner.text == "<<"

@@ -32,6 +32,9 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None  # overrides sampling.max_tokens for this call
+    # Strings that end generation where they occur a second time in the generated text (a rewrite that opens one
+    # of its sections again is starting over); honoured with ``sampling.stop_repeats``, like the loop guard.
+    restart_stops: tuple[str, ...] = ()
 
     @property
     def limit(self) -> int:
@@ -41,7 +44,9 @@ class GenerationRequest:
 @dataclass
 class Generation:
     text: str
-    finish_reason: str  # "eos", "stop", "length" (max tokens or context window), "loop" (verbatim repetition)
+    # "eos", "stop", "length" (max tokens or context window), "loop" (verbatim repetition),
+    # "restart" (a restart stop occurred a second time)
+    finish_reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the previous call's cache
@@ -92,10 +97,13 @@ class Backend(ABC):
 class StopScanner:
     """Finds stop strings in streamed text, holding back any tail that may start one."""
 
-    def __init__(self, stops: tuple[str, ...], context: str = ""):
+    def __init__(self, stops: tuple[str, ...], context: str = "", restarts: tuple[str, ...] = ()):
         """``context`` is the end of the prompt: a stop string may begin in it ("\\nAnswer:" right after a
-        pre-filled newline) but what is returned is only generated text."""
+        pre-filled newline) but what is returned is only generated text. ``restarts`` stop only at their second
+        occurrence in the generated text; ``restarted`` tells such a match from a plain stop."""
         self.stops = tuple(s for s in dict.fromkeys(stops) if s)
+        self.restarts = tuple(s for s in dict.fromkeys(restarts) if s)
+        self.restarted = False
         keep = max((len(s) for s in self.stops), default=1) - 1
         self._context = context[len(context) - keep :] if keep > 0 else ""
         self._all = self._context
@@ -113,19 +121,24 @@ class StopScanner:
             return ""
         start = max(0, self._emitted - max((len(s) for s in self.stops), default=0))
         self._all += delta
-        hits = [(i, s) for s in self.stops if (i := self._find(s, start)) >= 0]
-        if hits:
-            i, self.matched = min(hits)
-            self._all = self._all[: max(i, len(self._context))]
-            out, self._emitted = self._all[self._emitted :], len(self._all)
-            return out
+        hits = [(i, s, False) for s in self.stops if (i := self._find(s, start)) >= 0]
+        hits += [(i, s, True) for s in self.restarts if (i := self._second(s)) >= 0]
+        # The longest tail that may still become a stop: nothing from there on is shown yet, and a stop found
+        # after its start waits, since that one would come first ("<|/" over "|" in "<<|" + "/").
         hold = 0
-        for s in self.stops:
+        armed = [s for s in self.restarts if self._all.find(s, len(self._context)) >= 0]
+        for s in (*self.stops, *armed):
             for n in range(min(len(s) - 1, len(self._all)), hold, -1):
                 if self._all.endswith(s[:n]):
                     hold = n
                     break
-        end = max(len(self._all) - hold, len(self._context))
+        undecided = len(self._all) - hold
+        if hits and min(hits)[0] <= undecided:
+            i, self.matched, self.restarted = min(hits)
+            self._all = self._all[: max(i, len(self._context))]
+            out, self._emitted = self._all[self._emitted :], len(self._all)
+            return out
+        end = max(undecided, len(self._context))
         out, self._emitted = self._all[self._emitted : end], max(self._emitted, end)
         return out
 
@@ -136,9 +149,20 @@ class StopScanner:
             i = self._all.find(stop, i + 1)
         return i
 
+    def _second(self, stop: str) -> int:
+        """Where ``stop`` occurs the second time in the generated text, or -1."""
+        first = self._all.find(stop, len(self._context))
+        return -1 if first < 0 else self._all.find(stop, first + len(stop))
+
     def flush(self) -> str:
         out, self._emitted = self._all[self._emitted :], len(self._all)
         return out
+
+
+def request_scanner(request: GenerationRequest, template_stops: tuple[str, ...], context: str) -> StopScanner:
+    """The scanner for one request: its stops and the template's, and its restart stops when repeats are stopped."""
+    restarts = request.restart_stops if request.sampling.stop_repeats else ()
+    return StopScanner((*request.stop, *template_stops), context=context, restarts=restarts)
 
 
 def repeats_at_end(text: str) -> bool:
@@ -219,7 +243,7 @@ class LocalBackend(Backend):
         # Policy: a prompt that fits is never truncated; the generation budget shrinks to the room left.
         max_new = min(request.limit, room)
         cached = self.cached_prefix(ids)
-        scanner = StopScanner(tuple(request.stop) + self.template.stop, context=prompt)
+        scanner = request_scanner(request, self.template.stop, prompt)
         detok = self.detokenizer(ids)
         n, finish, ttft = 0, "length", None
         tokens = self.token_stream(ids, request.sampling, max_new)
@@ -235,7 +259,7 @@ class LocalBackend(Backend):
                 if safe:
                     yield safe
                 if scanner.matched is not None:
-                    finish = "stop"
+                    finish = "restart" if scanner.restarted else "stop"
                     break
                 if n >= max_new:
                     break

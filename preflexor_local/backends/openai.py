@@ -27,7 +27,7 @@ from ..errors import ServerError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, choose_template, render_prompt
 from . import BackendEntry
-from .base import LOOP_CHECK_EVERY, Backend, Generation, GenerationRequest, StopScanner, repeats_at_end
+from .base import LOOP_CHECK_EVERY, Backend, Generation, GenerationRequest, repeats_at_end, request_scanner
 
 
 def _note(text: str) -> None:
@@ -179,7 +179,7 @@ class OpenAIBackend(Backend):
 
         path, body = self._payload(request)
         context = body.get("prompt") or request.prefill
-        scanner = StopScanner((*request.stop, *(self.template.stop if self.template else ())), context=context)
+        scanner = request_scanner(request, self.template.stop if self.template else (), context)
         t0 = time.perf_counter()
         ttft, chunks, usage, finish = None, 0, {}, "length"
         try:
@@ -220,7 +220,7 @@ class OpenAIBackend(Backend):
             if tail:
                 yield tail
         else:
-            finish = "stop"
+            finish = "restart" if scanner.restarted else "stop"
         yield Generation(
             text=scanner.text,
             finish_reason=finish,

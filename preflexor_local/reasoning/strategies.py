@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..format import section_headings
 from . import prompts
 
 if TYPE_CHECKING:
@@ -48,8 +49,7 @@ def strategy(name: str, summary: str, reflect: bool = False):
 @strategy("thinking", "a critic reviews the thinking, then rewrites it along its review")
 def critic_feedback(engine: Engine, rnd: Round) -> Refinement:
     critique = engine.critic_call(rnd, "critique", prompts.critique_prompt(engine.question, rnd.thinking))
-    improved = engine.critic_call(rnd, "rewrite", prompts.rewrite_prompt(rnd.thinking, critique))
-    return Refinement(critique, "critic", improved)
+    return Refinement(critique, "critic", rewrite(engine, rnd, critique))
 
 
 @strategy("reflect", "the model's own reflection is the feedback the critic rewrites the thinking with", reflect=True)
@@ -57,5 +57,14 @@ def reflection_feedback(engine: Engine, rnd: Round) -> Refinement:
     feedback = rnd.reflection or ""
     if not feedback.strip():  # no usable reflection: fall back to a critic review for this round
         return critic_feedback(engine, rnd)
-    improved = engine.critic_call(rnd, "rewrite", prompts.rewrite_prompt(rnd.thinking, feedback))
-    return Refinement(feedback, "reflection", improved)
+    return Refinement(feedback, "reflection", rewrite(engine, rnd, feedback))
+
+
+def rewrite(engine: Engine, rnd: Round, feedback: str) -> str:
+    """The critic's rewrite of the round's thinking along ``feedback``.
+
+    The prompt asks it to keep the thinking's structure and headings, so each heading is written once; a rewrite
+    that opens one again has finished and is starting over (small models do, until the token limit): it ends there.
+    """
+    prompt = prompts.rewrite_prompt(rnd.thinking, feedback)
+    return engine.critic_call(rnd, "rewrite", prompt, restart_stops=section_headings(rnd.thinking))
