@@ -270,9 +270,15 @@ _HEADING = re.compile(r"^[ \t]*(\*\*[^*\n]{1,80}\*\*:)", re.MULTILINE)
 
 
 def section_headings(thinking: str) -> tuple[str, ...]:
-    """The section headings of a thinking text, in order, each once.
-
-    Each section appears once in the layout, so a rewrite that writes one of these headings a second time has
-    finished and is starting the layout over; the engine stops it there (``GenerationRequest.restart_stops``).
-    """
+    """The section headings of a thinking text, in order, each once."""
     return tuple(dict.fromkeys(m.group(1) for m in _HEADING.finditer(thinking)))
+
+
+def rewrite_stops(thinking: str) -> tuple[tuple[str, str], ...]:
+    """Where a rewrite of ``thinking`` has finished, as (after, stop) pairs for ``GenerationRequest.stops_after``.
+
+    A rewrite keeps the thinking's headings, each once, in order: one that writes a heading a second time is starting
+    its layout over, and one that opens a new section after the last heading is going past its end.
+    """
+    heads = section_headings(thinking)
+    return tuple((h, h) for h in heads) + (((heads[-1], "\n**"),) if heads else ())

@@ -1,4 +1,4 @@
-"""A restart stop checked on a real backend: the same request with and without it, greedy."""
+"""A stop of ``stops_after`` checked on a real backend: the same request with and without it, greedy."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def check_restart_stop(backend, request: GenerationRequest) -> None:
     chunks: list[str] = []
     free = backend.generate(request)
     piece, second = repeated_piece(free.text)
-    stopped = backend.generate(dataclasses.replace(request, restart_stops=(piece,)), on_text=chunks.append)
+    stopped = backend.generate(dataclasses.replace(request, stops_after=((piece, piece),)), on_text=chunks.append)
     assert stopped.text == free.text[:second] == "".join(chunks)  # the second one is never shown, not even in part
     assert stopped.finish_reason == "restart" and stopped.stop == piece
     assert stopped.completion_tokens < free.completion_tokens
-    # with repeats allowed (--no-stop-repeats) the restart stop is not applied either
-    off = dataclasses.replace(request, restart_stops=(piece,), sampling=dataclasses.replace(request.sampling, stop_repeats=False))
+    # with repeats allowed (--no-stop-repeats) it is not applied either
+    off = dataclasses.replace(request, stops_after=((piece, piece),), sampling=dataclasses.replace(request.sampling, stop_repeats=False))
     assert backend.generate(off).text == free.text

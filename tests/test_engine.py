@@ -167,28 +167,35 @@ THINKING = "**Core Concepts**: silk is a protein fibre.\n\n**Reasoning Steps**:\
 REWRITE = THINKING.replace("load.", "load; the amorphous matrix stretches.")
 
 
-def scripted_reply(request) -> str:
-    user = request.messages[-1]["content"]
-    if "Review this reasoning" in user:
-        return "1. Step 1 leaves out the amorphous matrix that stretches."
-    if "Rewrite the reasoning" in user:  # ... and starts the layout over after its hypothesis, as the demo model may
-        return REWRITE + "\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear"
-    if request.prefill.endswith(FMT.think_start + "\n"):
-        return THINKING + "\n" + FMT.think_end
-    return "Silk is tough because stiff crystals and a stretchy matrix share the load."
+def scripted_reply(tail: str):
+    def reply(request) -> str:
+        user = request.messages[-1]["content"]
+        if "Review this reasoning" in user:
+            return "1. Step 1 leaves out the amorphous matrix that stretches."
+        if "Rewrite the reasoning" in user:  # ... and goes on after its hypothesis, as the demo model may
+            return REWRITE + tail
+        if request.prefill.endswith(FMT.think_start + "\n"):
+            return THINKING + "\n" + FMT.think_end
+        return "Silk is tough because stiff crystals and a stretchy matrix share the load."
+
+    return reply
+
+
+HEADS = ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
 
 
 @pytest.mark.parametrize("stop_repeats", [True, False])
-def test_a_rewrite_ends_where_it_opens_a_section_of_the_thinking_again(stop_repeats):
-    model = Scripted(scripted_reply)
+@pytest.mark.parametrize("tail", ["\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear", "\n\n**Relevance Steps**:\n1. Silk is used in"])
+def test_a_rewrite_ends_where_it_starts_its_layout_over_or_goes_past_it(stop_repeats, tail):
+    model = Scripted(scripted_reply(tail))
     sampling = Sampling(temperature=0, max_tokens=64, stop_repeats=stop_repeats)
     t = Engine(model, sampling=sampling, recursion=Recursion(rounds=2, integrate=False)).run("Why is spider silk tough?")
     rewrite_request = next(r for r in model.requests if "Rewrite the reasoning" in r.messages[-1]["content"])
-    assert rewrite_request.restart_stops == ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
+    assert rewrite_request.stops_after == (*((h, h) for h in HEADS), ("**Hypothesis**:", "\n**"))
     rewrite = next(c for c in t.rounds[0].calls if c.channel == "rewrite")
     if stop_repeats:
         assert t.rounds[0].improved_thinking == t.rounds[1].thinking == REWRITE
         assert rewrite.finish_reason == "restart"
     else:  # --no-stop-repeats lets it run, as it lets loops run
-        assert t.rounds[0].improved_thinking.startswith(REWRITE + "\n\n**Reasoning Steps**:")
+        assert t.rounds[0].improved_thinking == (REWRITE + tail).strip()
         assert rewrite.finish_reason == "eos"

@@ -118,3 +118,11 @@ def test_section_headings_are_the_bold_line_openings_each_once():
     thinking = "**Core Concepts**: silk\n\n  **Reasoning Steps**:\n1. a **bold**: inline\n**Hypothesis**: tough\n**Core Concepts**: again"
     assert section_headings(thinking) == ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
     assert section_headings("Silk is tough because its crystals bear load.") == ()
+
+
+def test_a_rewrite_stops_at_a_heading_written_again_or_a_section_after_the_last():
+    from preflexor_local.format import rewrite_stops
+
+    pairs = rewrite_stops("**Core Concepts**: silk\n**Hypothesis**: tough")
+    assert pairs == (("**Core Concepts**:", "**Core Concepts**:"), ("**Hypothesis**:", "**Hypothesis**:"), ("**Hypothesis**:", "\n**"))
+    assert rewrite_stops("no headings") == ()

@@ -65,26 +65,26 @@ def test_loop_detection_is_cheap_on_a_long_text():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="ab*:x|", max_size=40), st.lists(st.sampled_from(["**a**:", "ab", "x"]), max_size=2), st.data())
-def test_a_restart_stop_cuts_the_text_at_its_second_occurrence(text, restarts, data):
+@given(st.text(alphabet="ab*:x|", max_size=40), st.lists(st.sampled_from([("**a**:", "**a**:"), ("ab", "ab"), ("x", "*"), ("a", "\n")]), max_size=2), st.data())
+def test_a_stop_after_counts_once_its_gate_is_generated(text, after, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
-    scanner = StopScanner(("||",), restarts=tuple(restarts))
+    scanner = StopScanner(("||",), after=tuple(after))
     out, prev = "", 0
     for cut in [*cuts, len(text)]:
         out += scanner.push(text[prev:cut])
         prev = cut
     out += scanner.flush()
-    seconds = {r: j for r in restarts if (i := text.find(r)) >= 0 and (j := text.find(r, i + len(r))) >= 0}
-    ends = [*seconds.values(), *([text.find("||")] if "||" in text else [])]
+    gated = {s: j for a, s in after if (i := text.find(a)) >= 0 and (j := text.find(s, i + len(a))) >= 0}
+    ends = [*gated.values(), *([text.find("||")] if "||" in text else [])]
     assert out == scanner.text == (text[: min(ends)] if ends else text)
     if scanner.restarted:
-        assert seconds.get(scanner.matched) == len(out)
+        assert gated.get(scanner.matched) == len(out)
 
 
-def test_restart_stops_count_generated_text_only():
-    scanner = StopScanner((), context="Reasoning:\n**Hypothesis**: old", restarts=("**Hypothesis**:",))
+def test_stops_after_count_generated_text_only():
+    scanner = StopScanner((), context="Reasoning:\n**Hypothesis**: old", after=(("**Hypothesis**:", "**Hypothesis**:"),))
     assert scanner.push("**Hypothesis**: new\n\n") == "**Hypothesis**: new\n\n" and scanner.matched is None
-    # armed: a tail that may begin the second one is held back until it is decided
+    # armed: a tail that may begin the stop is held back until it is decided
     assert scanner.push("**Hyp") == "" and scanner.push("othesis**: again") == ""
     assert scanner.restarted and scanner.text == "**Hypothesis**: new\n\n"
 

@@ -32,9 +32,10 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None  # overrides sampling.max_tokens for this call
-    # Strings that end generation where they occur a second time in the generated text (a rewrite that opens one
-    # of its sections again is starting over); honoured with ``sampling.stop_repeats``, like the loop guard.
-    restart_stops: tuple[str, ...] = ()
+    # (after, stop) pairs: ``stop`` ends generation where it occurs once ``after`` has been generated (a rewrite that
+    # opens one of its sections a second time is starting over); honoured with ``sampling.stop_repeats``, like the
+    # loop guard, and reported as finish_reason "restart".
+    stops_after: tuple[tuple[str, str], ...] = ()
 
     @property
     def limit(self) -> int:
@@ -45,7 +46,7 @@ class GenerationRequest:
 class Generation:
     text: str
     # "eos", "stop", "length" (max tokens or context window), "loop" (verbatim repetition),
-    # "restart" (a restart stop occurred a second time)
+    # "restart" (a stop of ``stops_after``)
     finish_reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -97,12 +98,12 @@ class Backend(ABC):
 class StopScanner:
     """Finds stop strings in streamed text, holding back any tail that may start one."""
 
-    def __init__(self, stops: tuple[str, ...], context: str = "", restarts: tuple[str, ...] = ()):
+    def __init__(self, stops: tuple[str, ...], context: str = "", after: tuple[tuple[str, str], ...] = ()):
         """``context`` is the end of the prompt: a stop string may begin in it ("\\nAnswer:" right after a
-        pre-filled newline) but what is returned is only generated text. ``restarts`` stop only at their second
-        occurrence in the generated text; ``restarted`` tells such a match from a plain stop."""
+        pre-filled newline) but what is returned is only generated text. ``after`` holds (after, stop) pairs whose
+        stop counts only once ``after`` is in the generated text; ``restarted`` tells such a match from a plain stop."""
         self.stops = tuple(s for s in dict.fromkeys(stops) if s)
-        self.restarts = tuple(s for s in dict.fromkeys(restarts) if s)
+        self.after = tuple(pair for pair in dict.fromkeys(after) if all(pair))
         self.restarted = False
         keep = max((len(s) for s in self.stops), default=1) - 1
         self._context = context[len(context) - keep :] if keep > 0 else ""
@@ -122,11 +123,11 @@ class StopScanner:
         start = max(0, self._emitted - max((len(s) for s in self.stops), default=0))
         self._all += delta
         hits = [(i, s, False) for s in self.stops if (i := self._find(s, start)) >= 0]
-        hits += [(i, s, True) for s in self.restarts if (i := self._second(s)) >= 0]
+        hits += [(i, s, True) for a, s in self.after if (i := self._after(a, s)) >= 0]
         # The longest tail that may still become a stop: nothing from there on is shown yet, and a stop found
         # after its start waits, since that one would come first ("<|/" over "|" in "<<|" + "/").
         hold = 0
-        armed = [s for s in self.restarts if self._all.find(s, len(self._context)) >= 0]
+        armed = [s for a, s in self.after if self._all.find(a, len(self._context)) >= 0]
         for s in (*self.stops, *armed):
             for n in range(min(len(s) - 1, len(self._all)), hold, -1):
                 if self._all.endswith(s[:n]):
@@ -149,10 +150,10 @@ class StopScanner:
             i = self._all.find(stop, i + 1)
         return i
 
-    def _second(self, stop: str) -> int:
-        """Where ``stop`` occurs the second time in the generated text, or -1."""
-        first = self._all.find(stop, len(self._context))
-        return -1 if first < 0 else self._all.find(stop, first + len(stop))
+    def _after(self, after: str, stop: str) -> int:
+        """Where ``stop`` first begins after the end of ``after``'s first occurrence in the generated text, or -1."""
+        first = self._all.find(after, len(self._context))
+        return -1 if first < 0 else self._all.find(stop, first + len(after))
 
     def flush(self) -> str:
         out, self._emitted = self._all[self._emitted :], len(self._all)
@@ -160,9 +161,9 @@ class StopScanner:
 
 
 def request_scanner(request: GenerationRequest, template_stops: tuple[str, ...], context: str) -> StopScanner:
-    """The scanner for one request: its stops and the template's, and its restart stops when repeats are stopped."""
-    restarts = request.restart_stops if request.sampling.stop_repeats else ()
-    return StopScanner((*request.stop, *template_stops), context=context, restarts=restarts)
+    """The scanner for one request: its stops and the template's, and its ``stops_after`` when repeats are stopped."""
+    after = request.stops_after if request.sampling.stop_repeats else ()
+    return StopScanner((*request.stop, *template_stops), context=context, after=after)
 
 
 def repeats_at_end(text: str) -> bool:

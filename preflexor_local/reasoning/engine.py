@@ -122,11 +122,11 @@ class Engine:
             t.final_answer = answers[-1] if answers else ""
         return t
 
-    def critic_call(self, rnd: Round, channel: str, prompt: str, restart_stops: tuple[str, ...] = ()) -> str:
+    def critic_call(self, rnd: Round, channel: str, prompt: str, stops_after: tuple[tuple[str, str], ...] = ()) -> str:
         """A critic turn on behalf of a strategy; recorded in ``rnd.calls``."""
         system = self.recursion.critic_system or prompts.CRITIC_SYSTEM
         messages = [{"role": "system", "content": system}, *self._examples(self.critic, channel), {"role": "user", "content": prompt}]
-        gen = self._call(self.critic, rnd.index, "critic", channel, messages, restart_stops=restart_stops)
+        gen = self._call(self.critic, rnd.index, "critic", channel, messages, stops_after=stops_after)
         rnd.calls.append(self._record(self.critic, "critic", channel, gen))
         return gen.text.strip()
 
@@ -220,13 +220,13 @@ class Engine:
         stop: tuple[str, ...] = (),
         limit: int | None = None,
         on_text=None,
-        restart_stops: tuple[str, ...] = (),
+        stops_after: tuple[tuple[str, str], ...] = (),
     ) -> Generation:
         self.on_event(Event("call", index, role, channel))
         if on_text is None:
             on_text = lambda s: self.on_event(Event("text", index, role, channel, s))  # noqa: E731
         request = GenerationRequest(
-            messages=[dict(m) for m in messages], prefill=prefill, sampling=self.sampling, stop=stop, max_tokens=limit, restart_stops=restart_stops
+            messages=[dict(m) for m in messages], prefill=prefill, sampling=self.sampling, stop=stop, max_tokens=limit, stops_after=stops_after
         )
         return backend.generate(request, on_text=on_text)
 

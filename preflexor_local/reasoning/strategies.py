@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..format import section_headings
+from ..format import rewrite_stops
 from . import prompts
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ def reflection_feedback(engine: Engine, rnd: Round) -> Refinement:
 def rewrite(engine: Engine, rnd: Round, feedback: str) -> str:
     """The critic's rewrite of the round's thinking along ``feedback``.
 
-    The prompt asks it to keep the thinking's structure and headings, so each heading is written once; a rewrite
-    that opens one again has finished and is starting over (small models do, until the token limit): it ends there.
+    The prompt asks it to keep the thinking's structure and headings, so a rewrite that opens one of them again, or a
+    new section after the last, has finished and is starting over (small models do, until the token limit): it ends
+    there (``format.rewrite_stops``).
     """
     prompt = prompts.rewrite_prompt(rnd.thinking, feedback)
-    return engine.critic_call(rnd, "rewrite", prompt, restart_stops=section_headings(rnd.thinking))
+    return engine.critic_call(rnd, "rewrite", prompt, stops_after=rewrite_stops(rnd.thinking))
