@@ -128,6 +128,17 @@ def done_keys(path: Path) -> set[str]:
     return done
 
 
+def open_pairs(path: Path):
+    """The pair file, opened to append, less a torn last line: the pair a killed run was writing (``done_keys``
+    skips it, so it is redone), which the next row would otherwise be glued onto, and both lost."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with path.open("r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+    return path.open("a", encoding="utf-8")
+
+
 def append_row(fh, row: dict) -> None:
     """One pair, on disk before the next is generated: a killed run loses at most the one in progress."""
     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -155,7 +166,7 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     base = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048))
     # The base model's own replies as they were sampled for the shipped adapter: repeat penalty 1.1, no DRY.
     sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=rejected_tokens, seed=seed, dry_multiplier=0.0)
-    with out.open("a", encoding="utf-8") as fh:
+    with open_pairs(out) as fh:
         for i, (rec, (role, msgs, prefill, chosen)) in enumerate(todo, 1):
             # The reasoner starts inside an opened thinking section, as the engine prefills it.
             start = f"{fmt.think_start}\n" if role == "reasoner" else ""
@@ -235,7 +246,7 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
         return out
     model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(work / "adapter.gguf"),)))
     sampling = Sampling(seed=seed, max_tokens=384)  # what the engine asks of the model at inference (DRY on)
-    with out.open("a", encoding="utf-8") as fh:
+    with open_pairs(out) as fh:
         for i, (rec, (role, msgs, _prefill, chosen)) in enumerate(todo, 1):
             gen = model.generate(GenerationRequest(messages=msgs, sampling=sampling))
             row = {
