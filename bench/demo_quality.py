@@ -29,7 +29,7 @@ Each model's transcripts go to ``OUT/<label>.jsonl`` (resumed: finished
 questions are not redone), the table to stdout, ``OUT/report.json``.
 
     python bench/demo_quality.py -o bench-out/quality [--limit 12] [--models base,adapter]
-    python bench/demo_quality.py -o bench-out/candidate --models adapter --adapter candidate.gguf
+    python bench/demo_quality.py -o bench-out/candidate --models adapter --adapter candidate.gguf [--adapter more.gguf:0.5]
 """
 
 from __future__ import annotations
@@ -267,7 +267,12 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
     ap.add_argument("--dry-multiplier", type=float, default=None, help="DRY strength for both models (default: the shipped default; 0 = off)")
-    ap.add_argument("--adapter", type=Path, default=None, help="a candidate LoRA GGUF in place of the shipped one (the 'adapter' model)")
+    ap.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="a candidate LoRA GGUF, FILE or FILE:SCALE, in place of the shipped one (the 'adapter' model); repeat for several",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:
@@ -277,7 +282,7 @@ def main() -> None:
     leaks, embed = leak_grams(), embedder()
     report = {}
     for label in args.models.split(","):
-        adapters = (str(args.adapter),) if args.adapter and label == "adapter" else ()
+        adapters = tuple(args.adapter) if label == "adapter" else ()
         res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
