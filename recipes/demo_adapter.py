@@ -23,7 +23,7 @@ or across sittings):
 4. **export**: ``convert lora-gguf`` -> ``adapter.gguf`` for llama.cpp, and the
    chat format it was trained with recorded beside it.
 
-Phase II (``--stage phase2``, after export; each step resumes too):
+Phase II (run by the default ``--stage all`` after export, or alone with ``--stage phase2``; each step resumes):
 
 5. **phase2-pairs**: the Phase I adapter's own rewrite of every training
    ``refine`` record's reasoning along its review, as it writes it at inference
@@ -35,7 +35,8 @@ Phase II (``--stage phase2``, after export; each step resumes too):
 6. **phase2-train**: ``train orpo`` (``--phase2-method``; ``exo`` is the method's
    DPO-family loss) with a new LoRA on the merged Phase I model, 14 steps.
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
-   ``convert lora-gguf`` -> ``adapter-phase2.gguf`` (not shipped: its rewrites run on, see the README).
+   ``convert lora-gguf`` -> ``adapter-phase2.gguf``: the shipped ``demo-adapter.gguf``. Its rewrites that
+   start their layout over are ended by the engine (``format.rewrite_stops``); see the README.
 
    Measured (``bench/results/demo-quality-phase2.json``): EXO made the critic
    stop ending its turns (nothing in its loss keeps the chosen reply likely);
@@ -371,21 +372,21 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
-    if args.stage == "phase2":
+    roles = tuple(r for r in args.phase2_roles.split(",") if r)
+    if not roles or set(roles) - {"critique", "rewrite"}:
+        ap.error(f"--phase2-roles: {args.phase2_roles!r}; name critique, rewrite or both, comma-separated")
+    want = lambda s: args.stage in ("all", s)  # noqa: E731
+    if args.stage != "phase2":
+        base = stage_base(args.work) if want("base") or want("train") else None
+        pairs = stage_pairs(args.work, args.rejected_tokens, args.seed) if want("pairs") else args.work / "pairs.jsonl"
+        run_dir = stage_train(args.work, base, pairs, args) if want("train") else args.work / "run"
+        if want("export"):
+            print(stage_export(args.work, run_dir))
+    if want("phase2"):
         phase1 = args.phase1 or args.work / "run" / "adapter"
-        roles = tuple(r for r in args.phase2_roles.split(",") if r)
-        if not roles or set(roles) - {"critique", "rewrite"}:
-            ap.error(f"--phase2-roles: {args.phase2_roles!r}; name critique, rewrite or both, comma-separated")
         pairs2 = phase2_training_set(stage_phase2_pairs(args.work, args.seed, roles), roles)
         run_dir = stage_phase2_train(args.work, stage_base(args.work), phase1, pairs2, args)
         print(stage_phase2_export(args.work, phase1, args.phase2_round or run_dir / "adapter"))
-        return
-    want = lambda s: args.stage in ("all", s)  # noqa: E731
-    base = stage_base(args.work) if want("base") or want("train") else None
-    pairs = stage_pairs(args.work, args.rejected_tokens, args.seed) if want("pairs") else args.work / "pairs.jsonl"
-    run_dir = stage_train(args.work, base, pairs, args) if want("train") else args.work / "run"
-    if want("export"):
-        print(stage_export(args.work, run_dir))
 
 
 if __name__ == "__main__":
