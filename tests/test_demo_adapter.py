@@ -48,7 +48,8 @@ def test_default_is_base_plus_adapter_and_the_base_stays_reachable(gemma_gguf, m
 
 
 def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, tmp_path):
-    """Greedy, one round: the adapter's reasoner closes its own thinking and answers (the base never learnt to)."""
+    """One round at the shipped sampling settings, seeded: the adapter's reasoner closes its own thinking and answers
+    (the base never learnt to). Greedy, the shipped adapter's thinking on this question runs past its budget."""
     from preflexor_local.backends import load
     from preflexor_local.config import Recursion
     from preflexor_local.reasoning.engine import Engine
@@ -56,7 +57,7 @@ def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, t
     monkeypatch.setattr("preflexor_local.backends.llamacpp.default_model_path", lambda quiet=False: gemma_gguf)
     b = load(None, LoadOptions(ctx=1024))
     try:
-        t = Engine(b, sampling=Sampling(temperature=0, max_tokens=320, seed=0), recursion=Recursion(rounds=1)).run(
+        t = Engine(b, sampling=Sampling(max_tokens=320, seed=0), recursion=Recursion(rounds=1)).run(
             "What role does the dentin-enamel junction play in stopping cracks that start in the outer enamel of a tooth?"
         )
     finally:
