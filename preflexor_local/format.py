@@ -274,11 +274,30 @@ def section_headings(thinking: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m.group(1) for m in _HEADING.finditer(thinking)))
 
 
-def rewrite_stops(thinking: str) -> tuple[tuple[str, str], ...]:
-    """Where a rewrite of ``thinking`` has finished, as (after, stop) pairs for ``GenerationRequest.stops_after``.
+@dataclass(frozen=True)
+class RewriteFrame:
+    """How the engine frames a critic's rewrite of a thinking text (``rewrite_frame``)."""
 
-    A rewrite keeps the thinking's headings, each once, in order: one that writes a heading a second time is starting
-    its layout over, and one that opens a new section after the last heading is going past its end.
+    opening: str  # pre-filled as the start of the rewrite: the thinking's first heading, if it opens with one
+    stops_after: tuple[tuple[str, str], ...]  # (after, stop) pairs for ``GenerationRequest.stops_after``
+
+
+def rewrite_frame(thinking: str) -> RewriteFrame:
+    """Open a rewrite of ``thinking`` with its first heading, and end it where it has finished.
+
+    A rewrite keeps the thinking's headings, each once, in order. Opening it with the first heading holds a small
+    model to that layout (left alone it may answer in the review's own voice, "1. Step 2 is wrong: ..."). One that
+    writes a heading a second time is starting its layout over; one that goes on after its last section is going
+    past its end: after a last section of one line (heading and text), at the end of that line; otherwise at the
+    next line that opens in bold. The pre-filled heading has been written once already, so its stop is armed from
+    the start (an empty ``after``).
     """
     heads = section_headings(thinking)
-    return tuple((h, h) for h in heads) + (((heads[-1], "\n**"),) if heads else ())
+    if not heads:
+        return RewriteFrame("", ())
+    opening = heads[0] if thinking.lstrip().startswith(heads[0]) else ""
+    gate = {h: ("" if h == opening else h) for h in heads}
+    last = thinking[thinking.rindex(heads[-1]) :].strip()
+    one_line = "\n" not in last and last != heads[-1]
+    end = (gate[heads[-1]], "\n" if one_line else "\n**")
+    return RewriteFrame(opening, (*((gate[h], h) for h in heads), end))

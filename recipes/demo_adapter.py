@@ -36,7 +36,7 @@ Phase II (run by the default ``--stage all`` after export, or alone with ``--sta
    DPO-family loss) with a new LoRA on the merged Phase I model, 14 steps.
 7. **phase2-export**: the two LoRAs as one, ranks stacked (exact, below), then
    ``convert lora-gguf`` -> ``adapter-phase2.gguf``: the shipped ``demo-adapter.gguf``. Its rewrites that
-   start their layout over are ended by the engine (``format.rewrite_stops``); see the README.
+   start their layout over are ended by the engine (``format.rewrite_frame``); see the README.
 
    Measured (``bench/results/demo-quality-phase2.json``): EXO made the critic
    stop ending its turns (nothing in its loss keeps the chosen reply likely);

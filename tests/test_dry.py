@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -93,10 +94,10 @@ def engines(tiny_llama, tmp_path_factory):
         b.close()
 
 
-def greedy(backend, ids: list[int], dry: float, n: int = 40) -> list[int]:
+def greedy(backend, ids: list[int], dry: float, n: int = 40, source: list[int] = ()) -> list[int]:
     sampling = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=dry, max_tokens=n, stop_repeats=False)
     out = []
-    for t in backend.token_stream(ids, sampling, n):  # on past an end of turn: a random model ends early
+    for t in backend.token_stream(ids, sampling, n, dry_source=source):  # on past an end of turn: a random model ends early
         out.append(t)
         if len(out) >= n:
             break
@@ -129,6 +130,29 @@ def test_our_dry_is_llama_cpp_s(engines):
         assert greedy(backend, ids, 0.8) == with_dry, name
         assert greedy(backend, ids, 0.0) == plain, name
     assert len(ref._dry_protos) == 1  # llama.cpp's DRY sampler is built once (a vocabulary scan) and cloned per call
+
+
+def test_a_dry_source_counts_as_written_before_the_reply(engines):
+    """A reply may not copy its source: with the plain greedy reply as the source, DRY steers off it from the first
+    repeated stretch, and the three engines agree; the text form of a request goes through ``source_ids``."""
+    ref = engines["llama.cpp"]
+    request = GenerationRequest(messages=[{"role": "user", "content": "silk bone crack"}], sampling=Sampling(temperature=0, max_tokens=24))
+    ids = ref.encode(ref.render(request))
+    copy = greedy(ref, ids, 0.8, n=24)
+    steered = greedy(ref, ids, 0.8, n=24, source=copy)
+    assert steered != copy and steered[:2] == copy[:2]  # two tokens repeat freely (allowed length), then it pays
+    for name, backend in engines.items():
+        assert backend.encode("silk bone") == backend.encode("") + backend.source_ids("silk bone"), name
+        assert greedy(backend, ids, 0.8, n=24, source=copy) == steered, name
+    # a request's text source reaches the sampler as its tokens, only while DRY is on
+    seen, stream = [], ref.token_stream
+    ref.token_stream = lambda *a, dry_source=(): seen.append(list(dry_source)) or stream(*a, dry_source=dry_source)
+    try:
+        for dry in (0.8, 0.0):
+            ref.generate(dataclasses.replace(request, dry_source="bone silk", sampling=dataclasses.replace(request.sampling, dry_multiplier=dry)))
+    finally:
+        del ref.token_stream
+    assert seen == [ref.source_ids("bone silk"), []] and seen[0]
 
 
 def test_a_degenerate_loop_costs_little():

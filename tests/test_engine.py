@@ -172,8 +172,9 @@ def scripted_reply(tail: str):
         user = request.messages[-1]["content"]
         if "Review this reasoning" in user:
             return "1. Step 1 leaves out the amorphous matrix that stretches."
-        if "Rewrite the reasoning" in user:  # ... and goes on after its hypothesis, as the demo model may
-            return REWRITE + tail
+        if "Rewrite the reasoning" in user:  # opened by the engine; goes on after its hypothesis, as the demo model may
+            assert REWRITE.startswith(request.prefill)
+            return REWRITE[len(request.prefill) :] + tail
         if request.prefill.endswith(FMT.think_start + "\n"):
             return THINKING + "\n" + FMT.think_end
         return "Silk is tough because stiff crystals and a stretchy matrix share the load."
@@ -185,13 +186,23 @@ HEADS = ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
 
 
 @pytest.mark.parametrize("stop_repeats", [True, False])
-@pytest.mark.parametrize("tail", ["\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear", "\n\n**Relevance Steps**:\n1. Silk is used in"])
+@pytest.mark.parametrize(
+    "tail", ["\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear", "\n\n**Relevance Steps**:\n1. Silk is used in", "\n<p><strong>\n**"]
+)
 def test_a_rewrite_ends_where_it_starts_its_layout_over_or_goes_past_it(stop_repeats, tail):
     model = Scripted(scripted_reply(tail))
     sampling = Sampling(temperature=0, max_tokens=64, stop_repeats=stop_repeats)
-    t = Engine(model, sampling=sampling, recursion=Recursion(rounds=2, integrate=False)).run("Why is spider silk tough?")
+    events = []
+    t = Engine(model, sampling=sampling, recursion=Recursion(rounds=2, integrate=False), on_event=events.append).run("Why is spider silk tough?")
     rewrite_request = next(r for r in model.requests if "Rewrite the reasoning" in r.messages[-1]["content"])
-    assert rewrite_request.stops_after == (*((h, h) for h in HEADS), ("**Hypothesis**:", "\n**"))
+    assert rewrite_request.prefill == HEADS[0]  # opened with the thinking's first heading, and shown as the rewrite's
+    assert rewrite_request.stops_after == (("", HEADS[0]), *((h, h) for h in HEADS[1:]), ("**Hypothesis**:", "\n"))
+    streamed = "".join(e.text for e in events if e.channel == "rewrite")
+    assert streamed.strip() == t.rounds[0].improved_thinking
+    # the review may not copy the thinking it reviews; the rewrite is meant to keep what was right
+    review_request = next(r for r in model.requests if "Review this reasoning" in r.messages[-1]["content"])
+    assert review_request.dry_source == t.rounds[0].thinking != "" and rewrite_request.dry_source == ""
+    assert review_request.stop == HEADS  # a review that opens a section of the thinking is rewriting it
     rewrite = next(c for c in t.rounds[0].calls if c.channel == "rewrite")
     if stop_repeats:
         assert t.rounds[0].improved_thinking == t.rounds[1].thinking == REWRITE
@@ -199,3 +210,25 @@ def test_a_rewrite_ends_where_it_starts_its_layout_over_or_goes_past_it(stop_rep
     else:  # --no-stop-repeats lets it run, as it lets loops run
         assert t.rounds[0].improved_thinking == (REWRITE + tail).strip()
         assert rewrite.finish_reason == "eos"
+
+
+def test_an_answer_or_integration_that_writes_a_heading_of_the_thinking_has_gone_back_to_thinking():
+    base = scripted_reply("")
+    relapse = "\n\n**Core Concepts**: silk is a protein fibre.\n\n**Reasoning Steps**:\n1. Crystals"
+
+    def reply(request) -> str:
+        text = base(request)
+        if "Write one final answer" in request.messages[-1]["content"]:
+            return "Silk is tough because crystals and matrix share the load." + relapse
+        return text + relapse if text.startswith("Silk is tough") else text
+
+    model = Scripted(reply)
+    t = Engine(model, sampling=Sampling(temperature=0, max_tokens=64), recursion=Recursion(rounds=2)).run("Why is spider silk tough?")
+    answers = [c for r in t.rounds for c in r.calls if c.channel == "answer"]
+    assert [r.answer for r in t.rounds] == ["Silk is tough because stiff crystals and a stretchy matrix share the load."] * 2
+    assert [c.finish_reason for c in answers] == ["stop", "stop"]
+    assert t.final_answer == "Silk is tough because crystals and matrix share the load." and t.integration.finish_reason == "stop"
+    # after a thinking the engine closed (the model did not) the model may still be thinking: only tags end it there
+    unclosed = Scripted(lambda request: THINKING if request.prefill.endswith(FMT.think_start + "\n") else reply(request))
+    rnd = Engine(unclosed, sampling=Sampling(temperature=0, max_tokens=64), recursion=Recursion(rounds=1)).run("Why is spider silk tough?").rounds[0]
+    assert rnd.thinking_closed is False and unclosed.requests[-1].stop == FMT.opening_tags

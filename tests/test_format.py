@@ -120,9 +120,18 @@ def test_section_headings_are_the_bold_line_openings_each_once():
     assert section_headings("Silk is tough because its crystals bear load.") == ()
 
 
-def test_a_rewrite_stops_at_a_heading_written_again_or_a_section_after_the_last():
-    from preflexor_local.format import rewrite_stops
+def test_a_rewrite_opens_with_the_first_heading_and_stops_at_a_heading_written_again_or_past_the_last_section():
+    from preflexor_local.format import RewriteFrame, rewrite_frame
 
-    pairs = rewrite_stops("**Core Concepts**: silk\n**Hypothesis**: tough")
-    assert pairs == (("**Core Concepts**:", "**Core Concepts**:"), ("**Hypothesis**:", "**Hypothesis**:"), ("**Hypothesis**:", "\n**"))
-    assert rewrite_stops("no headings") == ()
+    # the opening heading is pre-filled, so writing it again is a restart from the start; a one-line last section
+    # ends at its line end
+    frame = rewrite_frame("**Core Concepts**: silk\n**Hypothesis**: tough")
+    assert frame == RewriteFrame("**Core Concepts**:", (("", "**Core Concepts**:"), ("**Hypothesis**:", "**Hypothesis**:"), ("**Hypothesis**:", "\n")))
+    # a last section of several lines (or a bare heading line) ends at the next line that opens in bold
+    for last in ("**Hypothesis**: tough\nand light", "**Hypothesis**:\ntough"):
+        assert rewrite_frame("**Core Concepts**: silk\n" + last).stops_after[-1] == ("**Hypothesis**:", "\n**")
+    # a thinking that does not open with a heading is not opened for the rewrite
+    assert rewrite_frame("Silk is a fibre.\n**Hypothesis**: tough") == RewriteFrame("", (("**Hypothesis**:", "**Hypothesis**:"), ("**Hypothesis**:", "\n")))
+    # one heading, pre-filled: its line end is armed from the start
+    assert rewrite_frame("  **Hypothesis**: tough").stops_after == (("", "**Hypothesis**:"), ("", "\n"))
+    assert rewrite_frame("no headings") == RewriteFrame("", ())

@@ -296,10 +296,10 @@ def test_engine_rounds_on_gemma_reuse_prefixes_and_keep_the_greedy_tokens(gemma_
         record: list[tuple[list[int], list[int]]] = []
         stream = b.token_stream
 
-        def recording(ids, sampling, max_new):
+        def recording(ids, sampling, max_new, dry_source=()):
             tokens = []
             record.append((list(ids), tokens))
-            inner = stream(ids, sampling, max_new)
+            inner = stream(ids, sampling, max_new, dry_source)
             try:
                 for token in inner:
                     tokens.append(token)

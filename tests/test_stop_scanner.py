@@ -65,7 +65,11 @@ def test_loop_detection_is_cheap_on_a_long_text():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="ab*:x|", max_size=40), st.lists(st.sampled_from([("**a**:", "**a**:"), ("ab", "ab"), ("x", "*"), ("a", "\n")]), max_size=2), st.data())
+@given(
+    st.text(alphabet="ab*:x|", max_size=40),
+    st.lists(st.sampled_from([("**a**:", "**a**:"), ("ab", "ab"), ("x", "*"), ("a", "\n"), ("", "b:")]), max_size=2),
+    st.data(),
+)
 def test_a_stop_after_counts_once_its_gate_is_generated(text, after, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
     scanner = StopScanner(("||",), after=tuple(after))
@@ -87,6 +91,13 @@ def test_stops_after_count_generated_text_only():
     # armed: a tail that may begin the stop is held back until it is decided
     assert scanner.push("**Hyp") == "" and scanner.push("othesis**: again") == ""
     assert scanner.restarted and scanner.text == "**Hypothesis**: new\n\n"
+
+
+def test_a_stop_after_nothing_is_armed_from_the_start():
+    # the rewrite's pre-filled first heading: written once already, so writing it again is a restart
+    scanner = StopScanner((), context="**Core Concepts**:", after=(("", "**Core Concepts**:"),))
+    assert scanner.push(" silk\n**Core") == " silk\n" and scanner.push(" Concepts**: silk") == ""
+    assert scanner.restarted and scanner.text == " silk\n"
 
 
 def test_a_stop_that_begins_first_wins_over_one_completed_first():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -33,9 +33,13 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None  # overrides sampling.max_tokens for this call
     # (after, stop) pairs: ``stop`` ends generation where it occurs once ``after`` has been generated (a rewrite that
-    # opens one of its sections a second time is starting over); honoured with ``sampling.stop_repeats``, like the
+    # opens one of its sections a second time is starting over; an empty ``after`` arms it from the start); honoured with ``sampling.stop_repeats``, like the
     # loop guard, and reported as finish_reason "restart".
     stops_after: tuple[tuple[str, str], ...] = ()
+    # Text the DRY penalty counts as already written by this reply, so repeating it verbatim costs what a repeat of
+    # the reply's own words costs (a critique may not restate the thinking it reviews). Honoured by the in-process
+    # backends when DRY is on; an OpenAI-compatible server samples by its own settings.
+    dry_source: str = ""
 
     @property
     def limit(self) -> int:
@@ -101,9 +105,10 @@ class StopScanner:
     def __init__(self, stops: tuple[str, ...], context: str = "", after: tuple[tuple[str, str], ...] = ()):
         """``context`` is the end of the prompt: a stop string may begin in it ("\\nAnswer:" right after a
         pre-filled newline) but what is returned is only generated text. ``after`` holds (after, stop) pairs whose
-        stop counts only once ``after`` is in the generated text; ``restarted`` tells such a match from a plain stop."""
+        stop counts only once ``after`` is in the generated text (an empty ``after``: from the start);
+        ``restarted`` tells such a match from a plain stop."""
         self.stops = tuple(s for s in dict.fromkeys(stops) if s)
-        self.after = tuple(pair for pair in dict.fromkeys(after) if all(pair))
+        self.after = tuple(pair for pair in dict.fromkeys(after) if pair[1])
         self.restarted = False
         keep = max((len(s) for s in self.stops), default=1) - 1
         self._context = context[len(context) - keep :] if keep > 0 else ""
@@ -208,8 +213,9 @@ class LocalBackend(Backend):
         """Token ids of a rendered prompt (BOS added only if the template did not write it)."""
 
     @abstractmethod
-    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
-        """Sampled token ids; the loop stops consuming when it is done."""
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int, dry_source: Sequence[int] = ()) -> Iterator[int]:
+        """Sampled token ids; the loop stops consuming when it is done. ``dry_source``: tokens DRY treats as
+        generated before the first (``GenerationRequest.dry_source``)."""
 
     @abstractmethod
     def is_end(self, token: int) -> bool:
@@ -227,6 +233,10 @@ class LocalBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+    def source_ids(self, text: str) -> list[int]:
+        """Token ids of a plain text, without the BOS (or other prefix) ``encode`` puts before a prompt."""
+        return self.encode(text)[len(self.encode("")) :]
 
     def describe(self) -> dict:
         return {**super().describe(), "template": self.template.name, "context_length": self.context_length}
@@ -247,7 +257,8 @@ class LocalBackend(Backend):
         scanner = request_scanner(request, self.template.stop, prompt)
         detok = self.detokenizer(ids)
         n, finish, ttft = 0, "length", None
-        tokens = self.token_stream(ids, request.sampling, max_new)
+        source = self.source_ids(request.dry_source) if request.dry_source and request.sampling.dry_multiplier > 0 else []
+        tokens = self.token_stream(ids, request.sampling, max_new, dry_source=source)
         try:
             for token in tokens:
                 if ttft is None:

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..config import LoadOptions, Sampling
@@ -185,20 +185,21 @@ class LlamaCppBackend(LocalBackend):
         with self.batcher.lock:  # the plan at this moment; other calls may change the slots before this one starts
             return self.slots.plan(ids)[2]
 
-    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int, dry_source: Sequence[int] = ()) -> Iterator[int]:
         import random
 
         with self._sampler_lock:
             self.llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
-            sampler = self._sampler(sampling)
+            sampler = self._sampler(sampling, dry_source)
         if self.batcher is not None:
             return self.batcher.generate(ids, sampler, max_new)
         return self.slots.generate(ids, sampler, max_new)
 
-    def _sampler(self, sampling: Sampling):
+    def _sampler(self, sampling: Sampling, dry_source: Sequence[int] = ()):
         """The chain llama-cpp-python's ``Llama.generate`` builds, with DRY added after the repeat penalty.
 
-        Repeat penalty over the last 64 generated tokens, DRY (when on) over all of them, then greedy, or top-k,
+        Repeat penalty over the last 64 generated tokens, DRY (when on) over all of them after ``dry_source``
+        (accepted into its history first), then greedy, or top-k,
         typical (off), top-p, min-p, temperature and a draw seeded by ``set_seed``.
         """
         import llama_cpp
@@ -213,7 +214,10 @@ class LlamaCppBackend(LocalBackend):
                 # The window is the context: a fresh sampler sees only this call's tokens, and this binding
                 # reads -1 (documented as "the whole context") as off.
                 self._dry_protos[key] = llama_cpp.llama_sampler_init_dry(self.vocab, *key, self.llm.n_ctx(), breakers, len(DRY_BREAKERS))
-            llama_cpp.llama_sampler_chain_add(chain.sampler, llama_cpp.llama_sampler_clone(self._dry_protos[key]))  # the chain owns the clone
+            dry = llama_cpp.llama_sampler_clone(self._dry_protos[key])
+            for token in dry_source:
+                llama_cpp.llama_sampler_accept(dry, token)
+            llama_cpp.llama_sampler_chain_add(chain.sampler, dry)  # the chain owns the clone
         if sampling.temperature <= 0:
             chain.add_greedy()
         else:

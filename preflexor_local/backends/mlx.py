@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import platform
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..config import LoadOptions, Sampling
@@ -242,7 +242,7 @@ class MLXBackend(LocalBackend):
         self._held = list(ids[:keep])
         return keep
 
-    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int, dry_source: Sequence[int] = ()) -> Iterator[int]:
         from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -264,12 +264,12 @@ class MLXBackend(LocalBackend):
         if sampling.repeat_penalty and sampling.repeat_penalty != 1.0:
             processors = make_logits_processors(repetition_penalty=sampling.repeat_penalty, repetition_context_size=REPEAT_WINDOW)
         keep = self._prepare_cache(ids)
-        dry = dry_for(sampling, self._piece, max_new)
+        dry = dry_for(sampling, self._piece, len(dry_source) + max_new)
         if dry:
             fed_prompt = len(ids) - keep  # generate_step hands processors the tokens it was fed, then its own
 
             def dry_processor(tokens, logits):
-                penalty = dry(tokens[fed_prompt:].tolist())
+                penalty = dry([*dry_source, *tokens[fed_prompt:].tolist()])
                 if not penalty:
                     return logits
                 return logits.at[:, mx.array(list(penalty))].subtract(mx.array(list(penalty.values()), dtype=logits.dtype))

@@ -10,7 +10,7 @@ cropped to the shared prefix and reused instead of re-encoding it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..config import LoadOptions, Sampling
@@ -182,7 +182,7 @@ class TransformersBackend(LocalBackend):
             n += 1
         return min(n, len(ids) - 1)
 
-    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int) -> Iterator[int]:
+    def token_stream(self, ids: list[int], sampling: Sampling, max_new: int, dry_source: Sequence[int] = ()) -> Iterator[int]:
         torch = self._torch
         from transformers import DynamicCache
 
@@ -201,12 +201,12 @@ class TransformersBackend(LocalBackend):
             generator.seed()
         history = list(ids)
         feed = ids[reuse:]
-        dry = dry_for(sampling, self._piece, max_new)
+        dry = dry_for(sampling, self._piece, len(dry_source) + max_new)
         with torch.inference_mode():
             for _ in range(max_new):
                 out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=self._cache, use_cache=True)
                 self._cache_ids.extend(feed)
-                penalty = dry(history[len(ids) :]) if dry else None
+                penalty = dry([*dry_source, *history[len(ids) :]]) if dry else None
                 token = sample_next(out.logits[0, -1].to("cpu"), history, sampling, generator, penalty)
                 history.append(token)
                 yield token

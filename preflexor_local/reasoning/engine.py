@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from ..backends.base import Backend, Generation, GenerationRequest
 from ..config import Recursion, Sampling
 from ..errors import UsageError
-from ..format import OUTSIDE, THINKING, StreamParser, ThinkingFormat
+from ..format import OUTSIDE, THINKING, StreamParser, ThinkingFormat, section_headings
 from . import prompts
 from .strategies import STRATEGIES
 from .transcript import Call, Round, Transcript
@@ -113,7 +113,8 @@ class Engine:
                     *self._examples(self.integrator, "final"),
                     {"role": "user", "content": prompts.integrate_prompt(question, answers)},
                 ],
-                stop=self.fmt.answer_stops,
+                # an integration that opens a section of the rounds' thinking has gone back to thinking
+                stop=(*self.fmt.answer_stops, *section_headings("\n".join(r.thinking for r in t.rounds))),
             )
             t.integration = self._record(self.integrator, "integrator", "final", gen)
             t.final_answer = gen.text.strip()
@@ -122,13 +123,23 @@ class Engine:
             t.final_answer = answers[-1] if answers else ""
         return t
 
-    def critic_call(self, rnd: Round, channel: str, prompt: str, stops_after: tuple[tuple[str, str], ...] = ()) -> str:
-        """A critic turn on behalf of a strategy; recorded in ``rnd.calls``."""
+    def critic_call(
+        self,
+        rnd: Round,
+        channel: str,
+        prompt: str,
+        prefill: str = "",
+        stop: tuple[str, ...] = (),
+        stops_after: tuple[tuple[str, str], ...] = (),
+        dry_source: str = "",
+    ) -> str:
+        """A critic turn on behalf of a strategy, its reply opened with ``prefill``; recorded in ``rnd.calls``.
+        ``dry_source``: text it may not copy (see ``GenerationRequest.dry_source``)."""
         system = self.recursion.critic_system or prompts.CRITIC_SYSTEM
         messages = [{"role": "system", "content": system}, *self._examples(self.critic, channel), {"role": "user", "content": prompt}]
-        gen = self._call(self.critic, rnd.index, "critic", channel, messages, stops_after=stops_after)
+        gen = self._call(self.critic, rnd.index, "critic", channel, messages, prefill, stop, shown=prefill, stops_after=stops_after, dry_source=dry_source)
         rnd.calls.append(self._record(self.critic, "critic", channel, gen))
-        return gen.text.strip()
+        return (prefill + gen.text).strip()
 
     # -- internals ------------------------------------------------------------
     @staticmethod
@@ -192,8 +203,9 @@ class Engine:
         # The answer may not open another section: a model that tries is cut there. After sections the model closed
         # itself (or that were pre-filled) it may not write any tag, whole or half-formed, either; after one the engine
         # closed at its budget the model may still close it itself, and the answer is what follows its closing tag.
+        # Nor may it, then, write a section heading of its thinking ("**Core Concepts**:"): that is thinking again.
         engine_closed = rnd.thinking_closed is False or rnd.reflection_closed is False
-        stop = fmt.opening_tags if engine_closed else fmt.answer_stops
+        stop = fmt.opening_tags if engine_closed else (*fmt.answer_stops, *section_headings(text))
         gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=stop, on_text=lambda s: add(s, True))
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()
@@ -221,12 +233,23 @@ class Engine:
         limit: int | None = None,
         on_text=None,
         stops_after: tuple[tuple[str, str], ...] = (),
+        shown: str = "",
+        dry_source: str = "",
     ) -> Generation:
+        """One model call. ``shown``: the part of the prefill that is the reply's own text, streamed before it."""
         self.on_event(Event("call", index, role, channel))
         if on_text is None:
             on_text = lambda s: self.on_event(Event("text", index, role, channel, s))  # noqa: E731
+        if shown:
+            on_text(shown)
         request = GenerationRequest(
-            messages=[dict(m) for m in messages], prefill=prefill, sampling=self.sampling, stop=stop, max_tokens=limit, stops_after=stops_after
+            messages=[dict(m) for m in messages],
+            prefill=prefill,
+            sampling=self.sampling,
+            stop=stop,
+            max_tokens=limit,
+            stops_after=stops_after,
+            dry_source=dry_source,
         )
         return backend.generate(request, on_text=on_text)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..format import rewrite_stops
+from ..format import rewrite_frame, section_headings
 from . import prompts
 
 if TYPE_CHECKING:
@@ -48,7 +48,10 @@ def strategy(name: str, summary: str, reflect: bool = False):
 
 @strategy("thinking", "a critic reviews the thinking, then rewrites it along its review")
 def critic_feedback(engine: Engine, rnd: Round) -> Refinement:
-    critique = engine.critic_call(rnd, "critique", prompts.critique_prompt(engine.question, rnd.thinking))
+    # A review names what the thinking lacks; restating it is the small critic's habit: DRY makes copying it verbatim
+    # cost what repeating itself costs, and a review that opens one of the thinking's sections is rewriting it: it ends.
+    prompt = prompts.critique_prompt(engine.question, rnd.thinking)
+    critique = engine.critic_call(rnd, "critique", prompt, stop=section_headings(rnd.thinking), dry_source=rnd.thinking)
     return Refinement(critique, "critic", rewrite(engine, rnd, critique))
 
 
@@ -63,9 +66,10 @@ def reflection_feedback(engine: Engine, rnd: Round) -> Refinement:
 def rewrite(engine: Engine, rnd: Round, feedback: str) -> str:
     """The critic's rewrite of the round's thinking along ``feedback``.
 
-    The prompt asks it to keep the thinking's structure and headings, so a rewrite that opens one of them again, or a
-    new section after the last, has finished and is starting over (small models do, until the token limit): it ends
-    there (``format.rewrite_stops``).
+    The prompt asks it to keep the thinking's structure and headings: the engine opens the rewrite with the first
+    heading, and a rewrite that opens one of them again, or goes on past the last section, has finished and is
+    starting over (small models do, until the token limit): it ends there (``format.rewrite_frame``).
     """
+    frame = rewrite_frame(rnd.thinking)
     prompt = prompts.rewrite_prompt(rnd.thinking, feedback)
-    return engine.critic_call(rnd, "rewrite", prompt, stops_after=rewrite_stops(rnd.thinking))
+    return engine.critic_call(rnd, "rewrite", prompt, prefill=frame.opening, stops_after=frame.stops_after)
