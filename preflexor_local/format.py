@@ -274,6 +274,12 @@ def section_headings(thinking: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m.group(1) for m in _HEADING.finditer(thinking)))
 
 
+def heading_stops(*thinkings: str) -> tuple[str, ...]:
+    """Stops for a reply that answers, reviews or merges thinking: its section headings. A reply that writes one is
+    thinking again (an answer restarting the layout, a review rewriting a section), so it ends there."""
+    return section_headings("\n".join(thinkings))
+
+
 @dataclass(frozen=True)
 class RewriteFrame:
     """How the engine frames a critic's rewrite of a thinking text (``rewrite_frame``)."""

@@ -33,8 +33,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None  # overrides sampling.max_tokens for this call
     # (after, stop) pairs: ``stop`` ends generation where it occurs once ``after`` has been generated (a rewrite that
-    # opens one of its sections a second time is starting over; an empty ``after`` arms it from the start); honoured with ``sampling.stop_repeats``, like the
-    # loop guard, and reported as finish_reason "restart".
+    # opens one of its sections a second time is starting over; an empty ``after`` arms it from the start); honoured
+    # with ``sampling.stop_repeats``, like the loop guard, and reported as finish_reason "restart".
     stops_after: tuple[tuple[str, str], ...] = ()
     # Text the DRY penalty counts as already written by this reply, so repeating it verbatim costs what a repeat of
     # the reply's own words costs (a critique may not restate the thinking it reviews). Honoured by the in-process

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from ..backends.base import Backend, Generation, GenerationRequest
 from ..config import Recursion, Sampling
 from ..errors import UsageError
-from ..format import OUTSIDE, THINKING, StreamParser, ThinkingFormat, section_headings
+from ..format import OUTSIDE, THINKING, StreamParser, ThinkingFormat, heading_stops
 from . import prompts
 from .strategies import STRATEGIES
 from .transcript import Call, Round, Transcript
@@ -113,8 +113,7 @@ class Engine:
                     *self._examples(self.integrator, "final"),
                     {"role": "user", "content": prompts.integrate_prompt(question, answers)},
                 ],
-                # an integration that opens a section of the rounds' thinking has gone back to thinking
-                stop=(*self.fmt.answer_stops, *section_headings("\n".join(r.thinking for r in t.rounds))),
+                stop=(*self.fmt.answer_stops, *heading_stops(*(r.thinking for r in t.rounds))),
             )
             t.integration = self._record(self.integrator, "integrator", "final", gen)
             t.final_answer = gen.text.strip()
@@ -137,7 +136,9 @@ class Engine:
         ``dry_source``: text it may not copy (see ``GenerationRequest.dry_source``)."""
         system = self.recursion.critic_system or prompts.CRITIC_SYSTEM
         messages = [{"role": "system", "content": system}, *self._examples(self.critic, channel), {"role": "user", "content": prompt}]
-        gen = self._call(self.critic, rnd.index, "critic", channel, messages, prefill, stop, shown=prefill, stops_after=stops_after, dry_source=dry_source)
+        gen = self._call(
+            self.critic, rnd.index, "critic", channel, messages, prefill=prefill, stop=stop, shown=prefill, stops_after=stops_after, dry_source=dry_source
+        )
         rnd.calls.append(self._record(self.critic, "critic", channel, gen))
         return (prefill + gen.text).strip()
 
@@ -203,9 +204,9 @@ class Engine:
         # The answer may not open another section: a model that tries is cut there. After sections the model closed
         # itself (or that were pre-filled) it may not write any tag, whole or half-formed, either; after one the engine
         # closed at its budget the model may still close it itself, and the answer is what follows its closing tag.
-        # Nor may it, then, write a section heading of its thinking ("**Core Concepts**:"): that is thinking again.
+        # Nor may it, then, write a section heading of its thinking (``format.heading_stops``).
         engine_closed = rnd.thinking_closed is False or rnd.reflection_closed is False
-        stop = fmt.opening_tags if engine_closed else (*fmt.answer_stops, *section_headings(text))
+        stop = fmt.opening_tags if engine_closed else (*fmt.answer_stops, *heading_stops(text))
         gen = self._call(self.reasoner, index, "reasoner", answer_channel, messages, prefill=text, stop=stop, on_text=lambda s: add(s, True))
         rnd.calls.append(self._record(self.reasoner, "reasoner", answer_channel, gen))
         parsed = parser.finish()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..format import rewrite_frame, section_headings
+from ..format import heading_stops, rewrite_frame
 from . import prompts
 
 if TYPE_CHECKING:
@@ -49,9 +49,9 @@ def strategy(name: str, summary: str, reflect: bool = False):
 @strategy("thinking", "a critic reviews the thinking, then rewrites it along its review")
 def critic_feedback(engine: Engine, rnd: Round) -> Refinement:
     # A review names what the thinking lacks; restating it is the small critic's habit: DRY makes copying it verbatim
-    # cost what repeating itself costs, and a review that opens one of the thinking's sections is rewriting it: it ends.
+    # cost what repeating itself costs.
     prompt = prompts.critique_prompt(engine.question, rnd.thinking)
-    critique = engine.critic_call(rnd, "critique", prompt, stop=section_headings(rnd.thinking), dry_source=rnd.thinking)
+    critique = engine.critic_call(rnd, "critique", prompt, stop=heading_stops(rnd.thinking), dry_source=rnd.thinking)
     return Refinement(critique, "critic", rewrite(engine, rnd, critique))
 
 
