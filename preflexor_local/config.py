@@ -9,6 +9,7 @@ and the Python API refuse the same values with the same words.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise UsageError(f"{_label(f)} must be one of {', '.join(choices)}; got {value!r}", param=f.name)
+    # NaN passes every comparison and inf passes gt=0: a float setting is finite, bounded or not.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{_label(f)} must be a finite number, got {value!r}", param=f.name)
     bounds = meta.get("bounds") or {}
     if not bounds:
         return

@@ -199,6 +199,11 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_it_too(server):
         ("{not json", None, "invalid_json"),
         ({"model": "gpt-4o", "messages": Q}, "model", "model_not_found"),
         ({"messages": Q, "temperature": 11}, "temperature", "invalid_value"),
+        # JSON encoders of Python and JavaScript can send these tokens; NaN passed every range check (a 200 on GGUF)
+        ({"messages": Q, "temperature": float("nan")}, "temperature", "invalid_value"),
+        ({"messages": Q, "top_p": float("inf")}, "top_p", "invalid_value"),
+        ({"messages": Q, "min_p": float("-inf")}, "min_p", "invalid_value"),
+        ({"messages": Q, "repetition_penalty": float("nan")}, "repetition_penalty", "invalid_value"),
         ({"messages": Q, "top_p": "high"}, "top_p", "invalid_value"),
         ({"messages": Q, "max_tokens": 10**6}, "max_tokens", "invalid_value"),
         ({"messages": Q, "preflexor": {"rounds": 0}}, "preflexor.rounds", "invalid_value"),

@@ -23,6 +23,10 @@ from preflexor_local.errors import UsageError
         (["--threads", "0"], "--threads must be at least 1"),
         (["--seed", "-3"], "--seed must be at least 0"),
         (["--device", "tpu"], "--device must be one of auto, cuda, mps, cpu"),
+        (["--temperature", "nan"], "--temperature must be a finite number, got nan"),  # was: unexpected RuntimeError
+        (["--top-p", "inf"], "--top-p must be a finite number, got inf"),
+        (["--timeout", "inf"], "--timeout must be a finite number, got inf"),  # passed gt=0
+        (["--repeat-penalty", "-inf"], "--repeat-penalty must be a finite number"),
     ],
 )
 def test_ask_refuses_out_of_range_numbers_in_one_line(args, words):
@@ -39,6 +43,9 @@ def test_ask_refuses_out_of_range_numbers_in_one_line(args, words):
         (["train", "orpo", "--model", "m", "-o", "o", "--steps", "0"], "--steps must be at least 1"),
         (["train", "dpo", "--model", "m", "-o", "o", "--partial-mask", "1.5"], "--partial-mask must be greater than 0 and at most 1"),
         (["index", "add", "docs", "--store", "s.db", "--chunk-tokens", "4"], "--chunk-tokens must be at least 16"),
+        (["train", "orpo", "--model", "m", "-o", "o", "--lr", "nan"], "--lr must be a finite number"),
+        (["serve", "--keepalive", "inf"], "--keepalive must be a finite number"),
+        (["eval", "q.jsonl", "--sample-temperature", "nan"], "--sample-temperature must be a finite number"),
     ],
 )
 def test_other_commands_refuse_out_of_range_numbers(cmd, words, tmp_path, monkeypatch):
@@ -56,3 +63,26 @@ def test_python_api_uses_the_same_rule_and_names_the_setting():
     with pytest.raises(UsageError, match="--recursive must be at least 1 and at most 64"):
         Recursion(rounds=65)
     assert Sampling(temperature=0, max_tokens=1).max_tokens == 1 and LoadOptions(ctx=None).ctx is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_refuses_nan_and_infinity(value):
+    """Each float field of each typed settings class, through the one range check."""
+    import dataclasses
+
+    from preflexor_local.config import Settings
+    from preflexor_local.eval.settings import EvalSettings
+    from preflexor_local.rag.ingest import IndexConfig
+    from preflexor_local.serve.settings import ServeSettings
+    from preflexor_local.train.config import GenerationConfig, TrainConfig
+
+    checked = 0
+    for cls in (Sampling, LoadOptions, Recursion, ServeSettings, EvalSettings, IndexConfig, TrainConfig, GenerationConfig):
+        assert issubclass(cls, Settings)
+        for f in dataclasses.fields(cls):
+            if f.type in ("float", "float | None"):
+                with pytest.raises(UsageError, match="must be a finite number") as e:
+                    cls(**{f.name: value})
+                assert e.value.param == f.name
+                checked += 1
+    assert checked >= 12
