@@ -136,17 +136,11 @@ def run_model(
 ) -> dict:
     from preflexor_local.backends import load
     from preflexor_local.config import LoadOptions, Recursion, Sampling
+    from preflexor_local.jsonl import Appender, whole_rows
     from preflexor_local.reasoning.engine import Engine
 
     path = out / f"{label}.jsonl"
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["id"]] = rec
-            except (ValueError, KeyError):
-                pass
+    done = {rec["id"]: rec for rec in whole_rows(path) if "id" in rec}
     if report_only:  # figures from the transcripts already written (e.g. by several processes with --start)
         return {"load_s": None, "records": [done[q["id"]] for q in questions if q["id"] in done]}
     t0 = time.perf_counter()
@@ -154,14 +148,13 @@ def run_model(
     load_s = time.perf_counter() - t0
     # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier overrides DRY for both models
     sampling = Sampling(seed=0, **({} if dry is None else {"dry_multiplier": dry}))
-    with path.open("a", encoding="utf-8") as fh:
+    with Appender(path) as fh:
         for i, q in enumerate(questions, 1):
             if q["id"] in done:
                 continue
             t = Engine(backend, sampling=sampling, recursion=Recursion(rounds=rounds)).run(q["question"])
             rec = {"id": q["id"], "question": q["question"], "transcript": json.loads(t.to_json())}
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
+            fh.append(rec)
             done[q["id"]] = rec
             print(f"{label}: {i}/{len(questions)}", file=sys.stderr, flush=True)
     backend.close()

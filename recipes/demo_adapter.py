@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+
+from preflexor_local.jsonl import Appender, whole_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "recipes" / "seed"
@@ -118,33 +119,8 @@ def stage_base(work: Path) -> Path:
 
 
 def done_keys(path: Path) -> set[str]:
-    """The pairs already written (``meta.key``): a rerun does only the rest."""
-    done = set()
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(json.loads(line)["meta"]["key"])
-            except (ValueError, KeyError):
-                pass  # a torn last line from a killed run: that pair is redone
-    return done
-
-
-def open_pairs(path: Path):
-    """The pair file, opened to append, less a torn last line: the pair a killed run was writing (``done_keys``
-    skips it, so it is redone), which the next row would otherwise be glued onto, and both lost."""
-    if path.is_file():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with path.open("r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
-    return path.open("a", encoding="utf-8")
-
-
-def append_row(fh, row: dict) -> None:
-    """One pair, on disk before the next is generated: a killed run loses at most the one in progress."""
-    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
+    """The pairs already written (``meta.key``): a rerun does only the rest (a torn last line is not one)."""
+    return {row["meta"]["key"] for row in whole_rows(path) if isinstance(row.get("meta"), dict) and "key" in row["meta"]}
 
 
 def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
@@ -167,7 +143,7 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     base = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048))
     # The base model's own replies as they were sampled for the shipped adapter: repeat penalty 1.1, no DRY.
     sampling = Sampling(temperature=0.8, top_p=0.95, max_tokens=rejected_tokens, seed=seed, dry_multiplier=0.0)
-    with open_pairs(out) as fh:
+    with Appender(out) as fh:
         for i, (rec, (role, msgs, prefill, chosen)) in enumerate(todo, 1):
             # The reasoner starts inside an opened thinking section, as the engine prefills it.
             start = f"{fmt.think_start}\n" if role == "reasoner" else ""
@@ -182,7 +158,7 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
                 row["prefill"] = prefill
             if gen.finish_reason == "length":
                 row["rejected_cut"] = True  # cut by the token limit: trained without an end of turn
-            append_row(fh, row)
+            fh.append(row)
             if i % 20 == 0:
                 print(f"pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
     base.close()
@@ -247,7 +223,7 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
         return out
     model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(work / "adapter.gguf"),)))
     sampling = Sampling(seed=seed, max_tokens=384)  # what the engine asks of the model at inference (DRY on)
-    with open_pairs(out) as fh:
+    with Appender(out) as fh:
         for i, (rec, (role, msgs, _prefill, chosen)) in enumerate(todo, 1):
             gen = model.generate(GenerationRequest(messages=msgs, sampling=sampling))
             row = {
@@ -258,7 +234,7 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
             }
             if gen.finish_reason == "length":
                 row["rejected_cut"] = True
-            append_row(fh, row)
+            fh.append(row)
             if i % 10 == 0:
                 print(f"phase2 pairs: {len(done) + i}/{len(done) + len(todo)}", file=sys.stderr, flush=True)
     model.close()

@@ -75,7 +75,7 @@ def test_judge_keeps_hardest_worse_candidate_and_counts_filtered(tmp_path):
     assert report.written == 1 and rows[0]["rejected"] == "decent answer C"  # worse than the teacher (8), best of the worse
     assert rows[0]["meta"]["judge"] == {"chosen": 8.0, "rejected": 5.0, "candidates": [2.0, 9.0, 5.0]}
     assert report.filtered["student_not_worse"] == 1
-    report2 = gen.generate(1, out, student=student, seed_offset=10)  # every later candidate scores 9 >= 8: nothing kept
+    report2 = gen.generate(2, out, student=student, seed_offset=10)  # n counts the row there; every later candidate scores 9 >= 8: nothing kept
     assert report2.written == 0 and report2.filtered["student_not_worse"] == 3 * report2.attempted == 18
     assert len(out.read_text().splitlines()) == 1
 

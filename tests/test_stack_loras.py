@@ -78,7 +78,7 @@ def test_a_pair_torn_by_a_kill_is_redone_and_the_file_stays_whole(recipe, tmp_pa
     row = lambda i: {"prompt": "q", "chosen": f"c{i}", "rejected": f"r{i}", "meta": {"key": f"x{i}:rewrite", "role": "rewrite"}}  # noqa: E731
     pairs.write_text(json.dumps(row(0)) + "\n" + json.dumps(row(1))[:25])  # killed while writing pair 1
     assert recipe.done_keys(pairs) == {"x0:rewrite"}
-    with recipe.open_pairs(pairs) as fh:  # the resumed run writes pair 1 again
-        recipe.append_row(fh, row(1))
+    with recipe.Appender(pairs) as fh:  # the resumed run writes pair 1 again
+        fh.append(row(1))
     got = [json.loads(line)["chosen"] for line in recipe.phase2_training_set(pairs, ("rewrite",)).read_text().splitlines()]
     assert got == ["c0", "c1"] and recipe.done_keys(pairs) == {"x0:rewrite", "x1:rewrite"}

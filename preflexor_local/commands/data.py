@@ -23,7 +23,9 @@ def data() -> None:
 @data.command("generate")
 @cli_options(GenerationConfig)
 @click.option("--student", required=True, help="Student model spec (the model you will train): its replies are the rejected ones.")
-@click.option("-o", "--output", required=True, help="JSONL file; pairs are appended as they are made.")
+@click.option(
+    "-o", "--output", required=True, help="JSONL file; pairs are appended as they are made. An existing file is finished to -n pairs (a rerun resumes)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def generate(student, output, as_json, **kw):
     """Write preference pairs (teacher = chosen with thinking, student = rejected) to a JSONL file."""
@@ -38,8 +40,10 @@ def generate(student, output, as_json, **kw):
         click.echo(json.dumps(d))
     else:
         filtered = ", ".join(f"{k}: {v}" for k, v in d["filtered"].items()) or "none"
+        had = f"; it held {d['existing']} already" if d["existing"] else ""
         click.echo(
-            f"wrote {d['written']} pairs to {output} ({d['attempted']} questions tried; filtered: {filtered}; {d['pairs_per_minute']} pairs/min)", err=True
+            f"wrote {d['written']} pairs to {output}{had} ({d['attempted']} questions tried; filtered: {filtered}; {d['pairs_per_minute']} pairs/min)",
+            err=True,
         )
-    if report.written == 0:
+    if report.written == 0 and report.existing < cfg.n:  # nothing written where pairs were missing: every try was filtered
         sys.exit(1)

@@ -16,7 +16,6 @@ item is counted once: lines are keyed by item id and the first line wins.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from ..atomic import write_bytes
 from ..config import LoadOptions, Recursion, Sampling
 from ..errors import UsageError
 from ..format import ThinkingFormat
+from ..jsonl import Appender, whole_rows
 from .conditions import ItemRunner, Models
 from .questions import BUILTIN_PREFIX, INSTRUCTIONS, Question, QuestionSet
 from .settings import EvalSettings
@@ -92,35 +92,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def read_items(path: Path, repair: bool = False) -> dict[str, dict]:
-    """Finished items by id (the first line for an id wins). With ``repair``, a torn last line is cut off."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data) and repair:
-        with open(path, "r+b") as f:  # the kill landed mid-write: drop the partial line so appends stay whole
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
+def read_items(path: Path) -> dict[str, dict]:
+    """Finished items by id (the first line for an id wins); a torn last line is not one."""
     items: dict[str, dict] = {}
-    for line in data[:end].decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("id"), str):
+    for row in whole_rows(path):
+        if isinstance(row.get("id"), str):
             items.setdefault(row["id"], row)
     return items
-
-
-def append_item(path: Path, row: dict) -> None:
-    """One line per item, written in one call, then fsynced: a crash keeps every finished item."""
-    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class Run:
@@ -268,7 +246,7 @@ def evaluate(
     if settings.selector == "judge" and not has_judge and "best-of-n" in settings.baselines:
         raise UsageError("--selector judge needs --judge SPEC", hint="or --selector key (the answer key picks: an oracle upper bound)")
 
-    done = read_items(run.items_path, repair=True)
+    done = read_items(run.items_path)
     todo = [q for q in selected if q.id not in done]
     if len(todo) < len(selected):
         notes.append(f"resumed: {len(selected) - len(todo)} of {len(selected)} item(s) were finished by an earlier run into this folder")
@@ -295,10 +273,11 @@ def evaluate(
                 concurrency = 1
             runner = ItemRunner(models, settings, sampling, recursion, fmt)
             bar = progress_bar(len(selected), len(selected) - len(todo), progress)
+            out = Appender(run.items_path)  # cuts a torn last line before the first append
             try:
 
                 def finished(line: dict) -> None:
-                    append_item(run.items_path, line)
+                    out.append(line)
                     done[line["id"]] = line
                     bar.update(1)
 
@@ -306,6 +285,7 @@ def evaluate(
             except KeyboardInterrupt:  # keep what finished: write the report, then stop
                 interrupted = True
             finally:
+                out.close()
                 bar.close()
         finally:
             for b in {id(b): b for b in owned}.values():

@@ -191,7 +191,7 @@ class GenerationConfig(Settings):
         ge=1,
     )
     teacher_ctx: int | None = opt(None, "Context window for a local teacher/student.", "--teacher-ctx", ge=64)
-    n: int = opt(50, "Pairs to write (with train: pairs generated each round).", "--pairs-per-round", "-n", ge=1)
+    n: int = opt(50, "Pairs the output file should hold (rows already there count; with train: pairs generated each round).", "--pairs-per-round", "-n", ge=1)
     phase: int = opt(1, "1: rejected = the student's plain answer; 2: its full thinking + answer.", "--phase", ge=1, le=2)
     tags: str = opt("preflexor", "Thinking tags the pairs are written with (preflexor, think).", "--tags", choices=TAG_PRESETS)
     seed: int = opt(0, "Random seed (chunks, sampling).", "--seed", ge=0)

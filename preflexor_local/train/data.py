@@ -25,7 +25,7 @@ rendering does not start with the prompt rendering falls back to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,17 +173,6 @@ def load_pairs(path: str | Path, fmt: ThinkingFormat | None = None, require_thin
             hint="pass --tags if your data uses other tags, or --no-mask-thinking for replies without thinking (a critic's or an integrator's)",
         )
     return pairs
-
-
-def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Append rows and fsync, so a crash keeps every row written before it."""
-    import os
-
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # -- rendering ---------------------------------------------------------------

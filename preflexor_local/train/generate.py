@@ -44,8 +44,8 @@ from pathlib import Path
 from ..config import Sampling
 from ..errors import ContextOverflowError, PreflexorError, UsageError
 from ..format import ThinkingFormat, parse
+from ..jsonl import Appender, whole_rows
 from .config import GenerationConfig
-from .data import append_jsonl
 
 GRAPH_RELATIONS = ("IS-A", "RELATES-TO", "INFLUENCES")
 
@@ -91,6 +91,7 @@ class TeacherError(PreflexorError):
 @dataclass
 class GenerationReport:
     written: int = 0
+    existing: int = 0  # whole rows the output already held (a resumed run)
     attempted: int = 0
     filtered: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -99,6 +100,7 @@ class GenerationReport:
     def to_dict(self) -> dict:
         return {
             "written": self.written,
+            "existing": self.existing,
             "attempted": self.attempted,
             "filtered": dict(self.filtered),
             "seconds": round(self.seconds, 3),
@@ -304,7 +306,7 @@ class PairGenerator:
         if rejected.strip() == answer.strip():
             filtered["rejected_equals_chosen"] += 1
             return None
-        meta = {"phase": cfg.phase, "chunks": [h.chunk_id for h in hits], "style": cfg.style}
+        meta = {"phase": cfg.phase, "chunks": [h.chunk_id for h in hits], "style": cfg.style, "seed": seed}
         if judge:
             meta["judge"] = judge
         row = {"prompt": self.fmt.question_with_cue(question), "chosen": chosen, "rejected": rejected, "meta": meta}
@@ -313,35 +315,55 @@ class PairGenerator:
         return row
 
     def generate(self, n: int, output: str | Path, student, seed_offset: int = 0) -> GenerationReport:
-        """Append up to ``n`` pairs to ``output`` (tries at most 3n questions); returns the counts."""
+        """Finish ``output`` to ``n`` pairs (tries at most 3x the missing count in questions); returns the counts.
+
+        The whole rows already there count toward ``n``, and the questions go on after the last seed they
+        recorded (``meta.seed``), so rerunning a killed command completes its file and repeats no prompt
+        (a prompt the file already holds is filtered as ``repeated_prompt`` all the same, for files without seeds).
+        """
         output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        report = GenerationReport(output=str(output))
+        have = list(whole_rows(output))
+        seeds = [r["meta"]["seed"] for r in have if isinstance(r.get("meta"), dict) and isinstance(r["meta"].get("seed"), int)]
+        first = self.cfg.seed + seed_offset + len(have)
+        if seeds:
+            first = max(first, max(seeds) + 1)
+        seen = {r.get("prompt") for r in have}
+        report = GenerationReport(output=str(output), existing=len(have))
+        todo = max(0, n - len(have))
         t0 = time.perf_counter()
         progress = None
-        if not self.quiet:
+        if not self.quiet and todo:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=n, desc="pairs", unit="pair", file=sys.stderr, leave=False)
+            progress = tqdm(total=n, initial=len(have), desc="pairs", unit="pair", file=sys.stderr, leave=False)
         try:
-            for row in self._rows(n, student, seed_offset, report):
-                append_jsonl(output, [row])
-                report.written += 1
-                if progress is not None:
-                    progress.update(1)
+            with Appender(output, quiet=self.quiet) as out:
+                for row in self._rows(todo, student, first, report, seen):
+                    out.append(row)
+                    report.written += 1
+                    if progress is not None:
+                        progress.update(1)
         finally:
             if progress is not None:
                 progress.close()
             report.seconds = time.perf_counter() - t0
         return report
 
-    def _rows(self, n: int, student, seed_offset: int, report: GenerationReport) -> Iterator[dict]:
+    def _rows(self, n: int, student, first_seed: int, report: GenerationReport, seen: set) -> Iterator[dict]:
         """The pairs, in the calling thread as each is made; at most ``n``, from at most ``max(3n, n + 5)`` questions."""
+        if n <= 0:
+            return
         limit = max(3 * n, n + 5)
 
         def next_seed() -> int:
             report.attempted += 1
-            return self.cfg.seed + seed_offset + report.attempted - 1
+            return first_seed + report.attempted - 1
+
+        def fresh(row: dict | None) -> bool:
+            if row is not None and row["prompt"] in seen:  # already in the file (one written before seeds were recorded)
+                report.filtered["repeated_prompt"] += 1
+                return False
+            return row is not None
 
         workers = self.cfg.concurrency
         if workers > 1 and self.teacher.kind != "openai":
@@ -352,13 +374,13 @@ class PairGenerator:
             made = 0
             while made < n and report.attempted < limit:
                 row = self.make_pair(student, next_seed(), report.filtered)
-                if row is not None:
+                if fresh(row):
                     made += 1
                     yield row
             return
-        yield from self._rows_parallel(n, workers, _one_at_a_time(student), limit, next_seed, report)
+        yield from self._rows_parallel(n, workers, _one_at_a_time(student), limit, next_seed, report, fresh)
 
-    def _rows_parallel(self, n: int, workers: int, student, limit: int, next_seed, report: GenerationReport) -> Iterator[dict]:
+    def _rows_parallel(self, n: int, workers: int, student, limit: int, next_seed, report: GenerationReport, keep) -> Iterator[dict]:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         def one(seed: int) -> tuple[dict | None, Counter]:
@@ -383,7 +405,7 @@ class PairGenerator:
                         error = error or err
                         continue
                     report.filtered.update(filtered)
-                    if row is not None:
+                    if keep(row):
                         made += 1
                         yield row
             if error is not None:

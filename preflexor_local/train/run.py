@@ -31,6 +31,7 @@ from pathlib import Path
 from ..atomic import atomic_dir, write_json
 from ..errors import UsageError
 from ..format import ThinkingFormat
+from ..jsonl import append_jsonl
 from .config import GenerationConfig, PreflexorPhases, TrainConfig
 from .data import PreferencePair, iter_jsonl, load_pairs, pair_from_obj
 from .engines import get_engine
@@ -94,7 +95,7 @@ class GeneratedPairs:
         path = rounds_dir / PAIRS_FILE.format(round_index)
         have = [pair_from_obj(o, str(path), n) for n, o in iter_jsonl(path)] if path.exists() else []
         if len(have) < self.n:
-            report = self.generator.generate(self.n - len(have), path, student=student_factory(), seed_offset=round_index * 100_003 + len(have))
+            report = self.generator.generate(self.n, path, student=student_factory(), seed_offset=round_index * 100_003)
             self.reports.append(report.to_dict())
             have = [pair_from_obj(o, str(path), n) for n, o in iter_jsonl(path)] if path.exists() else []
         return have
@@ -138,12 +139,6 @@ def last_complete_round(rounds_dir: Path) -> tuple[int, dict] | None:
                 if best is None or state["round"] > best[0]:
                     best = (state["round"], state)
     return best
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
 
 
 def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True, on_round: Callable[[dict], None] | None = None) -> TrainResult:
@@ -194,7 +189,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
 
     def log(row: dict) -> None:
         if is_main:
-            _append(metrics_path, {"type": "step", **row})
+            append_jsonl(metrics_path, [{"type": "step", **row}])
 
     steps_per_round = cfg.steps_per_round if cfg.steps is None else -(-cfg.steps // cfg.rounds)
     if isinstance(source, FixedPairs) and source.per_round is None:
@@ -229,7 +224,7 @@ def train(cfg: TrainConfig, source=None, quiet: bool = False, merge: bool = True
                 with atomic_dir(rounds_dir / ROUND_DIR.format(r)) as tmp:  # the round exists only once it is complete
                     session.save_checkpoint(tmp)
                     write_json(tmp / "state.json", {"round": r, "global_step": ctx.global_step, "method": cfg.method, "summary": summary})
-                _append(metrics_path, {"type": "round", **summary})
+                append_jsonl(metrics_path, [{"type": "round", **summary}])
             barrier()
             result.rounds.append(summary)
             result.rounds_done, result.global_step = r + 1, ctx.global_step
