@@ -108,7 +108,7 @@ def start_theirs(gguf: Path, adapters: list[str], args, workdir: Path) -> tuple[
     cmd = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "preflexor_local.backends.llamacpp_load",  # llama_cpp.server, under the same AMX verdict as ours
         "--model",
         str(gguf),
         "--host",

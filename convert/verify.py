@@ -152,9 +152,9 @@ class _HF:
 
 class _GGUF:
     def __init__(self, path: Path, n_ctx: int):
-        import llama_cpp
+        from preflexor_local.backends.llamacpp_load import open_llama
 
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
+        self.llm = open_llama(path, n_ctx=n_ctx, logits_all=True, n_threads=2)
         self.add_bos = bool(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") in ("true", True, "1"))
         self.n_vocab = self.llm.n_vocab()
 

@@ -34,7 +34,7 @@ def server(gemma_gguf, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "preflexor_local.backends.llamacpp_load",  # llama_cpp.server under our AMX verdict: it cannot crash where we do not
             "--model",
             str(gemma_gguf),
             "--host",

@@ -11,6 +11,7 @@ import pytest
 from convert_cli import run_cli
 from convert_fixtures import build_tiny
 
+from preflexor_local.backends.llamacpp_load import open_llama
 from preflexor_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,6 @@ def test_llama_logits_match_and_f16(tiny_dirs, tmp_path):
 
 
 def test_quantised_outputs_load_and_generate(tiny_dirs, tmp_path):
-    import llama_cpp
 
     from preflexor_local.convert.hf_to_gguf import convert_to_gguf
     from preflexor_local.convert.verify import gguf_weight_type, verify
@@ -69,7 +69,7 @@ def test_quantised_outputs_load_and_generate(tiny_dirs, tmp_path):
         out = tmp_path / f"m-{outtype}.gguf"
         convert_to_gguf(tiny_dirs["llama"], out, outtype, quiet=True)
         assert gguf_weight_type(out) == outtype
-        llm = llama_cpp.Llama(str(out), n_ctx=128, verbose=False)
+        llm = open_llama(out, n_ctx=128)
         try:
             text = llm.create_completion("Spider silk", max_tokens=8, temperature=0.0)["choices"][0]["text"]
             assert llm.tokenize(b"<|thinking|>", add_bos=False, special=True) == [llm.tokenize(b"<|thinking|>", add_bos=False, special=True)[0]]
@@ -161,7 +161,6 @@ ORDINARY = [
 )
 def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
     """Known pre-tokenizers map by their regex; an unknown one gets the stated fallback (and verify shows the damage)."""
-    import llama_cpp
     from transformers import AutoTokenizer
 
     from preflexor_local.convert.hf_to_gguf import convert_to_gguf
@@ -172,7 +171,7 @@ def test_tokenizer_kinds(tmp_path, tokenizer, kind, pre):
     assert (res.tokenizer, res.pre_tokenizer) == (kind, pre)
     assert any("fallback" in n for n in res.notes) == (tokenizer == "custom")
     hf = AutoTokenizer.from_pretrained(src)
-    llm = llama_cpp.Llama(res.output, vocab_only=True, verbose=False)
+    llm = open_llama(res.output, vocab_only=True)
     try:
 
         def same(s):

@@ -17,6 +17,7 @@ from tiny_model import CORPUS
 from preflexor_local.backends import GenerationRequest, load
 from preflexor_local.backends.kv_slots import _common
 from preflexor_local.backends.llamacpp import LlamaCppBackend
+from preflexor_local.backends.llamacpp_load import open_llama
 from preflexor_local.config import LoadOptions, Recursion, Sampling
 from preflexor_local.errors import UsageError
 
@@ -220,10 +221,9 @@ def test_a_full_context_gives_up_other_slots_and_changes_no_token(tiny_gguf, ope
 )
 def test_sampling_is_llama_cpp_python_s_own(tiny, tiny_gguf, sampling):
     """The same tokens as the single-sequence ``Llama.generate`` this backend used before, seed for seed."""
-    import llama_cpp
 
     ids = tiny.encode(tiny.render(user("Why is spider silk tough?")))
-    raw = llama_cpp.Llama(str(tiny_gguf[1]), n_ctx=tiny.context_length, n_threads=1, n_threads_batch=1, verbose=False)
+    raw = open_llama(tiny_gguf[1], n_ctx=tiny.context_length, n_threads=1, n_threads_batch=1)
     try:
         raw.set_seed(sampling.seed)
         greedy = sampling.temperature <= 0

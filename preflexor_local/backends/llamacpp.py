@@ -31,6 +31,7 @@ from .base import Detokenizer, LocalBackend
 from .batching import BatchDecoder
 from .dry import DRY_BREAKERS
 from .kv_slots import DEFAULT_SLOTS, KVSlots
+from .llamacpp_load import open_llama
 
 DEFAULT_CTX_CAP = 8192
 
@@ -126,13 +127,12 @@ class LlamaCppBackend(LocalBackend):
         _install_log_sink()
         _LOG.clear()
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
+            self.llm = open_llama(
+                path,
                 n_ctx=n_ctx * parallel,  # one window per concurrent call, in one unified KV buffer
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=options.gpu_layers,
-                verbose=False,
             )
             self.slots = KVSlots(self.llm, slots * parallel)  # before the adapters: they are set on this context
         except ValueError:
@@ -247,6 +247,10 @@ class LlamaCppBackend(LocalBackend):
 
     def describe(self) -> dict:
         d = {**super().describe(), "path": str(self.path), "architecture": self.info.architecture}
+        verdict = getattr(self.llm, "preflexor_verdict", None)
+        if verdict is not None and not verdict.extra_bufts:  # the AMX fallback (llamacpp_load), in --json, the transcript and `models`
+            d["extra_bufts"] = False
+            d["note"] = verdict.note
         if self.adapters:
             d["adapters"] = [{"path": a["path"], "scale": a["scale"]} for a in self.adapters]
         return d

@@ -28,6 +28,12 @@ def list_models() -> dict:
         }
         for e in entries()
     ]
+    llama = next((b for b in backends if b["name"] == "llamacpp" and b["available"]), None)
+    if llama is not None:  # the AMX verdict (probed once per machine): whether loads keep llama.cpp's extra buffer types
+        from ..backends.llamacpp_load import verdict
+
+        v = verdict()
+        llama.update(extra_bufts=v.extra_bufts, extra_bufts_reason=v.reason)
     return {"default": default_model_status(), "local_gguf": ggufs, "hub_cache": hub, "hub_cache_dir": str(cache), "backends": backends}
 
 
@@ -60,4 +66,6 @@ def models(json_out: bool) -> None:
     for b in info["backends"]:
         mark = "yes" if b["available"] else "no "
         click.echo(f"  [{mark}] {b['name']:<13} {b['summary']}" + (f"  ({b['install']})" if b["install"] else ""))
+        if b.get("extra_bufts") is False:
+            click.echo(click.style(f"        note: loads without extra buffer types: {b['extra_bufts_reason']}", dim=True))
     click.echo("\nAny local .gguf path, HF checkpoint directory or http(s)://…/v1 URL also works with --model.")
