@@ -132,3 +132,11 @@ def test_the_peer_server_entry_point_applies_the_same_verdict(q4_model, tmp_path
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "note: llama.cpp loads without extra buffer types" in done.stderr
+
+
+def test_the_fallback_cost_bench_runs(q4_model):
+    from scripts import load_script
+
+    bench = load_script("bench/extra_bufts.py")
+    got = bench.main(["--model", str(q4_model), "--tokens", "4", "--runs", "1", "--threads", "1"])
+    assert got["on_tok_s"] > 0 and got["off_tok_s"] > 0 and got["ratio"] == got["off_tok_s"] / got["on_tok_s"]
