@@ -1,7 +1,8 @@
 """The HTTP face: Starlette routes that parse a request, queue it and answer (whole or as SSE).
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``
-(and ``/v1/models/{id}``), ``GET /health``. Every error is an OpenAI error object.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``
+(responses.py), ``GET /v1/models`` (and ``/v1/models/{id}``), ``GET /health``, and the
+playground at ``GET /`` (playground.py). Every error is an OpenAI error object.
 No engine logic lives here: the request becomes a ``Job`` (request.py), the
 worker runs it (worker.py), and the events become response pieces (stream.py).
 """
@@ -23,9 +24,11 @@ from ..config import Recursion, Sampling
 from ..reasoning.engine import Event
 from .auth import check_bearer
 from .errors import APIError
+from .playground import routes as playground_routes
 from .request import Job, parse_chat, parse_completion
+from .responses import ResponseBuilder, parse_responses, run
 from .settings import ServeSettings
-from .stream import DONE, KEEPALIVE, ChunkMaker, Translator, finish_reason, new_id, sse, usage
+from .stream import DONE, KEEPALIVE, ChunkMaker, Translator, empty_answer_note, finish_reason, new_id, sse, usage
 from .worker import Failed, Ticket, Worker
 
 
@@ -67,12 +70,30 @@ def create_app(worker: Worker, settings: ServeSettings, sampling: Sampling | Non
         job = parse_completion(await _read_json(request, settings.max_body), settings, sampling, recursion)
         return await _answer(request, job, chat=False)
 
+    async def responses(request: Request) -> Response:
+        check_bearer(request.headers.get("authorization"), settings.api_key)
+        body = await _read_json(request, settings.max_body)
+        job = parse_responses(body, settings, sampling, recursion)
+        await asyncio.to_thread(worker.check_fits, job)
+        ticket = worker.submit(job, asyncio.get_running_loop())
+        builder = ResponseBuilder(settings.model_id, body)
+        if job.stream:
+            return StreamingResponse(run(ticket, builder, settings.keepalive), media_type="text/event-stream", headers=_SSE_HEADERS)
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, ticket))
+        try:
+            async for _ in run(ticket, builder, None):  # the same builder as the stream: the whole response cannot differ
+                pass
+        finally:
+            watcher.cancel()
+        if builder.error is not None:
+            raise builder.error
+        return JSONResponse(builder.body)
+
     async def _answer(request: Request, job: Job, chat: bool) -> Response:
         await asyncio.to_thread(worker.check_fits, job)
         ticket = worker.submit(job, asyncio.get_running_loop())
         if job.stream:
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not buffer the stream
-            return StreamingResponse(_stream(ticket, chat), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(_stream(ticket, chat), media_type="text/event-stream", headers=_SSE_HEADERS)
         return await _whole(request, ticket, chat)
 
     async def _stream(ticket: Ticket, chat: bool):
@@ -130,6 +151,8 @@ def create_app(worker: Worker, settings: ServeSettings, sampling: Sampling | Non
         content, stopped = _cut(transcript.final_answer, job.stop)
         reason = finish_reason(transcript, stopped)
         reasoning = tr.reasoning_text if job.show_reasoning else None
+        if not content and (note := empty_answer_note(transcript)):
+            reasoning = (reasoning + "\n\n" if reasoning else "") + note  # never an empty success without a word why
         if chat:
             message = {"role": "assistant", "content": content}
             if reasoning is not None:
@@ -152,9 +175,14 @@ def create_app(worker: Worker, settings: ServeSettings, sampling: Sampling | Non
         Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        *playground_routes(settings, sampling, recursion),
     ]
     handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not buffer the stream
 
 
 async def _read_json(request: Request, cap: int):

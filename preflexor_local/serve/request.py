@@ -14,10 +14,11 @@ Mapping:
   ``top_k``, ``min_p``, ``repeat_penalty``, ``dry_multiplier``, ``dry_base``,
   ``dry_allowed_length`` -> ``Sampling``;
 * ``preflexor: {rounds, mode, integrate, thinking_budget, transcript}`` -> ``Recursion``;
-* ``reasoning_effort`` (or ``reasoning.effort``): none -> 1 round with the
-  reasoning hidden, minimal/low/medium/high -> the server's ``--effort-*`` rounds;
-  ``preflexor.rounds`` wins over it. ``think: false`` and
-  ``chat_template_kwargs.enable_thinking: false`` mean the same as none;
+* ``reasoning_effort`` (or ``reasoning.effort``, Ollama's ``think``, ...): none -> 1 round
+  with the reasoning hidden, minimal/low/medium/high -> the server's ``--effort-*`` rounds;
+  ``preflexor.rounds`` wins over it. The budget names clients send
+  (``thinking_budget_tokens``, ``reasoning_budget``, ``chat_template_kwargs.thinking_budget``,
+  ``think: N``) -> ``thinking_budget``; ``preflexor.thinking_budget`` wins. budgets.py states the rules;
 * ``messages``: system/developer messages -> the system prompt (replacing
   ``--system``), the last user message -> the question, earlier turns -> a short
   "earlier in this conversation" preamble (the engine answers one question);
@@ -32,10 +33,10 @@ from typing import Any
 
 from ..config import Recursion, Sampling
 from ..errors import UsageError
+from . import budgets
 from .errors import APIError
 from .settings import ServeSettings
 
-EFFORTS = ("none", "minimal", "low", "medium", "high")
 _EXTENSION_KEYS = ("rounds", "mode", "integrate", "thinking_budget", "transcript")
 
 
@@ -102,11 +103,13 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
     if unknown:
         raise bad(f"unknown preflexor setting {unknown[0]!r}; known: {', '.join(_EXTENSION_KEYS)}", f"preflexor.{unknown[0]}")
 
-    effort = _effort(body)
-    show_reasoning = effort != "none"
+    effort = budgets.effort(body)
+    show_reasoning = effort is None or effort[0] != "none"
     rec: dict[str, tuple[str, Any]] = {}
     if effort is not None:
-        rec["rounds"] = ("reasoning_effort", settings.effort_rounds(effort))
+        rec["rounds"] = (effort[1], settings.effort_rounds(effort[0]))
+    if (budget := budgets.thinking_budget(body, settings.max_tokens_limit)) is not None:
+        rec["thinking_budget"] = budget
     for key, kind in (("rounds", int), ("mode", str), ("integrate", bool), ("thinking_budget", int)):
         if ext.get(key) is not None:
             rec[key] = (f"preflexor.{key}", _typed(ext, key, kind, None, f"preflexor.{key}"))
@@ -131,7 +134,7 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
         (("dry_multiplier",), "dry_multiplier", float),
         (("dry_base",), "dry_base", float),
         (("dry_allowed_length",), "dry_allowed_length", int),
-        (("max_completion_tokens", "max_tokens"), "max_tokens", int),
+        (("max_completion_tokens", "max_tokens", "max_output_tokens"), "max_tokens", int),  # max_output_tokens: /v1/responses
         (("seed",), "seed", int),
     ):
         name = next((k for k in names if body.get(k) is not None), None)
@@ -190,21 +193,6 @@ def _flags(cls: type, field: str | None) -> list[str]:
         if f.name == field:
             return sorted((x.split("/")[0] for x in f.metadata.get("flags", ()) if x.startswith("--")), key=len, reverse=True)
     return []
-
-
-def _effort(body: dict) -> str | None:
-    effort, param = body.get("reasoning_effort"), "reasoning_effort"
-    reasoning = body.get("reasoning")
-    if effort is None and isinstance(reasoning, dict) and reasoning.get("effort") is not None:
-        effort, param = reasoning["effort"], "reasoning.effort"
-    if effort is None:
-        kwargs = body.get("chat_template_kwargs")
-        if body.get("think") is False or (isinstance(kwargs, dict) and kwargs.get("enable_thinking") is False):
-            return "none"
-        return None
-    if effort not in EFFORTS:
-        raise bad(f"{param} must be one of {', '.join(EFFORTS)}; got {effort!r}", param)
-    return effort
 
 
 def _stops(stop: Any) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import uuid
 
 from ..backends.base import StopScanner
 from ..reasoning.engine import Event
-from ..reasoning.transcript import Transcript
+from ..reasoning.transcript import Call, Transcript
 
 _WHAT = {"thinking": "thinking", "reflection": "reflection", "answer": "answer", "critique": "critique", "rewrite": "improved thinking"}
 
@@ -76,6 +76,10 @@ class Translator:
             out = []
         if self._scanner is not None and not self.stopped:
             out += self._trimmed(self._scanner.flush())
+        if not self.content and (note := empty_answer_note(transcript)):
+            text = ("\n\n" if self.reasoning else "") + note  # shown even with the reasoning hidden: it says why nothing came
+            self.reasoning.append(text)
+            out.append(("reasoning", text))
         return out
 
     def _content(self, text: str) -> list[tuple[str, str]]:
@@ -105,19 +109,44 @@ class Translator:
         return "".join(self.reasoning)
 
 
+def final_call(transcript: Transcript) -> Call | None:
+    """The model call that wrote the final answer: the integration, else the last round's answer."""
+    if transcript.integrated:
+        return transcript.integration
+    return transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None
+
+
 def finish_reason(transcript: Transcript, stopped: bool) -> str:
     """ "length" when the call that wrote the final answer ran out of tokens, else "stop"."""
     if stopped:
         return "stop"
-    call = transcript.integration if transcript.integrated else (transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None)
+    call = final_call(transcript)
     return "length" if call is not None and call.finish_reason == "length" else "stop"
+
+
+def empty_answer_note(transcript: Transcript) -> str | None:
+    """Why the final answer is empty, as a labelled reasoning piece; None when it is not empty.
+
+    Clients otherwise see ``content: ""`` as a success (the most reported failure of reasoning
+    servers): a call cut at its token limit before any answer text says so, with the fix.
+    """
+    if transcript.final_answer.strip():
+        return None
+    call = final_call(transcript)
+    where = f"[round {len(transcript.rounds)} · no answer]\n"
+    if call is not None and call.finish_reason == "length":
+        limit = (transcript.settings.get("sampling") or {}).get("max_tokens")
+        tokens = f"all {limit} tokens" if limit else "all the tokens"
+        return where + (
+            f"The answer call used {tokens} of its max_tokens before writing any answer text (finish_reason: length). "
+            "max_tokens applies to each model call: raise max_tokens (max_output_tokens on /v1/responses), or lower the thinking budget."
+        )
+    return where + "The model ended its answer without writing any text."
 
 
 def usage(transcript: Transcript) -> dict:
     """Every token of every call: the critic's and the integrator's count as completion tokens too."""
-    final = (
-        transcript.integration if transcript.integrated else (transcript.rounds[-1].calls[-1] if transcript.rounds and transcript.rounds[-1].calls else None)
-    )
+    final = final_call(transcript)
     completion = transcript.completion_tokens
     return {
         "prompt_tokens": transcript.prompt_tokens,
