@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..reasoning.transcript import Transcript
 from .errors import APIError
 from .request import Job, bad, parse_chat
 from .settings import ServeSettings
-from .stream import KEEPALIVE, Translator, finish_reason, new_id, usage
+from .stream import KEEPALIVE, Translator, finish_reason, usage
 from .worker import Failed, Ticket
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -130,7 +131,7 @@ class ResponseBuilder:
 
     def __init__(self, model: str, request: dict | None = None):
         self.model, self.request = model, request or {}
-        self.id = new_id("resp")
+        self.id = _id("resp")
         self.created_at = int(time.time())
         self.output: list[dict] = []
         self.seq = 0
@@ -182,15 +183,16 @@ class ResponseBuilder:
         out = self._close_item("incomplete")
         out.append(self._event("error", code=error.code, message=error.message, param=error.param))
         body = self.response("failed")
-        body["error"] = {"code": error.code or "server_error", "message": error.message}
+        # response.error.code is one of OpenAI's fixed words; the error event above carries ours
+        body["error"] = {"code": "invalid_prompt" if 400 <= error.status < 500 else "server_error", "message": error.message, "param": error.param}
         return out + [self._event("response.failed", response=body)]
 
     # -- items ----------------------------------------------------------------
     def _open_item(self, item_type: str) -> list[bytes]:
         if item_type == "reasoning":
-            item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
+            item = {"id": _id("rs"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
         else:
-            item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            item = {"id": _id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
         self.output.append(item)
         self._open = item
         return [self._event("response.output_item.added", output_index=len(self.output) - 1, item=_copy(item))]
@@ -287,6 +289,10 @@ async def run(ticket: Ticket, builder: ResponseBuilder, keepalive: float | None)
             return
     finally:
         ticket.cancel()  # the client left (or we are done: then a no-op); stops generation at the next token
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"  # OpenAI's shape for Responses ids: resp_…, rs_…, msg_…
 
 
 def _copy(item: dict) -> dict:

@@ -30,39 +30,53 @@ function showError(message) {
 }
 
 // -- word diff ---------------------------------------------------------------------------------------------------
-// Longest common subsequence over words and the spaces between them; the common prefix and suffix are cut first.
+// Longest common subsequence over words (each with the space after it, compared without it); the common prefix and
+// suffix are cut first. Between two unchanged stretches the removed words come first, then the added ones, so a
+// rewritten phrase reads as one deletion and one insertion rather than alternating words.
 function wordDiff(before, after) {
-  const a = before.match(/\s+|\S+/g) || [];
-  const b = after.match(/\s+|\S+/g) || [];
+  const split = (text) => text.match(/^\s+|\S+\s*/g) || [];
+  const a = split(before), b = split(after);
+  const ka = a.map((t) => t.trim()), kb = b.map((t) => t.trim());
   let start = 0;
-  while (start < a.length && start < b.length && a[start] === b[start]) start++;
+  while (start < a.length && start < b.length && ka[start] === kb[start]) start++;
   let endA = a.length, endB = b.length;
-  while (endA > start && endB > start && a[endA - 1] === b[endB - 1]) { endA--; endB--; }
-  const x = a.slice(start, endA), y = b.slice(start, endB);
-  const ops = a.slice(0, start).map((t) => ["=", t]);
-  const n = x.length, m = y.length;
+  while (endA > start && endB > start && ka[endA - 1] === kb[endB - 1]) { endA--; endB--; }
+  const ops = b.slice(0, start).map((t) => ["=", t]);
+  const n = endA - start, m = endB - start;
   if (n * m > 4e6) { // too long to align here: show it as replaced
-    x.forEach((t) => ops.push(["-", t]));
-    y.forEach((t) => ops.push(["+", t]));
+    a.slice(start, endA).forEach((t) => ops.push(["-", t]));
+    b.slice(start, endB).forEach((t) => ops.push(["+", t]));
   } else {
     const w = m + 1, lcs = new Uint32Array((n + 1) * w);
     for (let i = n - 1; i >= 0; i--)
       for (let j = m - 1; j >= 0; j--)
-        lcs[i * w + j] = x[i] === y[j] ? lcs[(i + 1) * w + j + 1] + 1 : Math.max(lcs[(i + 1) * w + j], lcs[i * w + j + 1]);
+        lcs[i * w + j] = ka[start + i] === kb[start + j] ? lcs[(i + 1) * w + j + 1] + 1 : Math.max(lcs[(i + 1) * w + j], lcs[i * w + j + 1]);
     let i = 0, j = 0;
     while (i < n || j < m) {
-      if (i < n && j < m && x[i] === y[j]) { ops.push(["=", x[i]]); i++; j++; }
-      else if (j < m && (i === n || lcs[i * w + j + 1] >= lcs[(i + 1) * w + j])) { ops.push(["+", y[j]]); j++; }
-      else { ops.push(["-", x[i]]); i++; }
+      if (i < n && j < m && ka[start + i] === kb[start + j]) { ops.push(["=", b[start + j]]); i++; j++; }
+      else if (j < m && (i === n || lcs[i * w + j + 1] >= lcs[(i + 1) * w + j])) { ops.push(["+", b[start + j]]); j++; }
+      else { ops.push(["-", a[start + i]]); i++; }
     }
   }
-  a.slice(endA).forEach((t) => ops.push(["=", t]));
+  b.slice(endB).forEach((t) => ops.push(["=", t]));
   const merged = [];
+  let dels = "", ins = "";
+  const flush = () => {
+    if (dels) merged.push(["-", dels]);
+    if (ins) merged.push(["+", ins]);
+    dels = ins = "";
+  };
   for (const [op, t] of ops) {
-    const last = merged[merged.length - 1];
-    if (last && last[0] === op) last[1] += t;
-    else merged.push([op, t]);
+    if (op === "-") dels += t;
+    else if (op === "+") ins += t;
+    else {
+      flush();
+      const last = merged[merged.length - 1];
+      if (last && last[0] === "=") last[1] += t;
+      else merged.push(["=", t]);
+    }
   }
+  flush();
   return merged;
 }
 
