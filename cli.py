@@ -26,6 +26,7 @@ COMMANDS = {
     "data": "preflexor_local.commands.data:data",
     "eval": "preflexor_local.commands.eval:eval_command",
     "serve": "preflexor_local.commands.serve:serve",
+    "export": "preflexor_local.commands.export:export",
 }
 DEFAULT_COMMAND = "ask"
 _GROUP_FLAGS = {"--help", "-h", "--version"}
