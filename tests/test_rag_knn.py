@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from preflexor_local.rag import index as knn
-from preflexor_local.rag import open_store
+from preflexor_local.rag import open_store, vec_reader
 from preflexor_local.rag.index import KnnSettings
 
 DIM = 32
@@ -272,9 +272,9 @@ def test_private_sqlite_vec_layout_is_checked_and_has_a_public_fallback(tmp_path
         assert np.allclose(some, unit(vecs[99:199]), atol=1e-6)
 
         def other_layout(row, dim):
-            raise knn._LayoutError
+            raise vec_reader._LayoutError
 
-        monkeypatch.setattr(knn, "_parse_chunk", other_layout)
+        monkeypatch.setattr(vec_reader, "_parse_chunk", other_layout)
         with store.read() as db:
             ids2, slow = knn.read_all(db, DIM)
             assert knn.read_some(db, [5], DIM) is None  # a removed id is missing, not guessed
