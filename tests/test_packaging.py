@@ -1,6 +1,7 @@
 """Installed, every module ships and nothing generic lands at the top of site-packages."""
 
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,3 +23,14 @@ def test_every_package_directory_is_listed_and_mapped_inside_preflexor_local():
 def test_root_holds_no_other_module_than_cli():
     # the root is installed as preflexor_local.app: any other .py here would ship too
     assert sorted(p.name for p in ROOT.glob("*.py")) == ["__init__.py", "cli.py"]
+
+
+def test_every_question_set_and_corpus_matches_a_package_data_glob():
+    # include-package-data is off: a file under sets/ ships only if a package-data glob names it
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["include-package-data"] is False
+    globs = tool["package-data"]["preflexor_local.eval"]
+    sets = ROOT / "preflexor_local" / "eval" / "sets"
+    files = {p.relative_to(sets.parent).as_posix() for p in sets.iterdir() if p.is_file()}
+    assert {"sets/grounded.jsonl", "sets/grounded-corpus.jsonl", "sets/grounded.md"} <= files
+    assert all(any(fnmatch(f, g) for g in globs) for f in files), sorted(files)

@@ -10,10 +10,16 @@ One question per line, a JSON object:
   (0.02 = within 2 %; default 0.01; absolute when the key is 0);
 * exact: ``answer`` (a string, or a list of accepted strings);
 * open: no ``answer``; optional ``reference`` (shown to the judge);
-* optional ``reference`` (any kind) and ``topic``.
+* optional ``reference`` (any kind) and ``topic``;
+* optional grounding (any kind): ``passages``, the ids of the corpus passages the
+  answer stands in (a non-empty list of non-empty strings), and ``evidence``, the
+  sentence of one of them that decides it (a non-empty string, copied verbatim).
+  Neither is shown to the model: they document and test where the key comes from.
 
 Unknown fields are errors, never silently dropped. Blank lines are skipped.
-``builtin:NAME`` names a set shipped in ``preflexor_local/eval/sets/NAME.jsonl``.
+``builtin:NAME`` names a set shipped in ``preflexor_local/eval/sets/NAME.jsonl``;
+``NAME-corpus.jsonl`` beside it is the passage corpus its items are grounded in
+(``corpus.load_corpus``), not a question set.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from pathlib import Path
 from ..errors import PreflexorError, UsageError
 
 KINDS = ("choice", "numeric", "exact", "open")
-FIELDS = {"id", "question", "kind", "answer", "choices", "tolerance", "reference", "topic"}
+FIELDS = {"id", "question", "kind", "answer", "choices", "tolerance", "reference", "topic", "evidence", "passages"}
 DEFAULT_TOLERANCE = 0.01
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 BUILTIN_PREFIX = "builtin:"
+CORPUS_SUFFIX = "-corpus"  # sets/NAME-corpus.jsonl holds passages, not questions
 _FORMAT_HINT = (
     'each line is a JSON object like {"id": "q1", "question": "…", "kind": "choice", "choices": ["…", "…"], "answer": "B"}; see the README, "Evaluating"'
 )
@@ -61,6 +68,8 @@ class Question:
     tolerance: float | None = None
     reference: str | None = None
     topic: str | None = None
+    evidence: str | None = None  # the corpus sentence that decides the answer
+    passages: tuple[str, ...] | None = None  # ids of the corpus passages that ground it
 
     @property
     def keyed(self) -> bool:
@@ -81,7 +90,7 @@ class Question:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if v is not None}
-        for key in ("choices", "answer"):
+        for key in ("choices", "answer", "passages"):
             if isinstance(d.get(key), tuple):
                 d[key] = list(d[key])
         return d
@@ -100,7 +109,8 @@ class QuestionSet:
 
 
 def builtin_sets() -> list[str]:
-    return sorted(p.name[:-6] for p in resources.files(__package__).joinpath("sets").iterdir() if p.name.endswith(".jsonl"))
+    names = (p.name[:-6] for p in resources.files(__package__).joinpath("sets").iterdir() if p.name.endswith(".jsonl"))
+    return sorted(n for n in names if not n.endswith(CORPUS_SUFFIX))
 
 
 def resolve_source(source: str) -> Path:
@@ -175,6 +185,13 @@ def parse_question(line: str) -> Question:
     for key in ("reference", "topic"):
         if key in row and not isinstance(row[key], str):
             raise ValueError(f"'{key}' must be a string")
+    if "evidence" in row and (not isinstance(row["evidence"], str) or not row["evidence"].strip()):
+        raise ValueError("'evidence' must be a non-empty string (the sentence that decides the answer)")
+    passages = row.get("passages")
+    if passages is not None:
+        if not isinstance(passages, list) or not passages or not all(isinstance(p, str) and p.strip() for p in passages):
+            raise ValueError("'passages' must be a non-empty list of passage ids (non-empty strings)")
+        passages = tuple(p.strip() for p in passages)
     if "choices" in row and kind != "choice":
         raise ValueError(f"'choices' only belongs to choice questions, not {kind}")
     if "tolerance" in row and kind != "numeric":
@@ -218,4 +235,6 @@ def parse_question(line: str) -> Question:
         tolerance=tolerance,
         reference=row.get("reference"),
         topic=row.get("topic"),
+        evidence=row["evidence"].strip() if "evidence" in row else None,
+        passages=passages,
     )
