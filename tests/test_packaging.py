@@ -34,3 +34,18 @@ def test_every_question_set_and_corpus_matches_a_package_data_glob():
     files = {p.relative_to(sets.parent).as_posix() for p in sets.iterdir() if p.is_file()}
     assert {"sets/grounded.jsonl", "sets/grounded-corpus.jsonl", "sets/grounded.md"} <= files
     assert all(any(fnmatch(f, g) for g in globs) for f in files), sorted(files)
+
+
+def test_the_playground_files_ship_as_package_data(monkeypatch):
+    # setuptools' own list of the data files build_py copies into the wheel (nothing is built or written)
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)
+    dist = Distribution()
+    apply_configuration(dist, ROOT / "pyproject.toml")
+    build = dist.get_command_obj("build_py")
+    build.ensure_finalized()
+    shipped = {pkg: names for pkg, _src, _dst, names in build.data_files}
+    static = sorted(f"static/{p.name}" for p in (ROOT / "preflexor_local/serve/static").iterdir())
+    assert static and sorted(shipped["preflexor_local.serve"]) == static
