@@ -149,8 +149,8 @@ function renderRound(round, previous) {
   card.append(el("h3", null, `Round ${round.index}`));
   if (previous) {
     const diff = el("div");
-    diff.append(el("div", "legend", `the rewrite of round ${previous.index}'s thinking: added, removed`), renderDiff(previous.thinking || "", round.thinking || ""));
-    section(card, "improved thinking", diff);
+    diff.append(el("div", "legend", `against round ${previous.index}'s thinking: added, removed`), renderDiff(previous.thinking || "", round.thinking || ""));
+    section(card, round.thinking_source === "improved" ? "improved thinking" : "thinking", diff);
   } else {
     section(card, round.thinking_closed === false ? "thinking (closed at the budget)" : "thinking", round.thinking || "");
   }
