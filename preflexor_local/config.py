@@ -113,14 +113,40 @@ class LoadOptions(Settings):
 
 @dataclass
 class Recursion(Settings):
-    rounds: int = opt(1, "Answers to produce; each after the critic improves the previous thinking.", "--recursive", "-r", ge=1, le=64)
+    rounds: int = opt(1, "Most answers to produce; each after the critic improves the previous thinking.", "--recursive", "-r", ge=1, le=64)
     mode: str = opt("thinking", "thinking: a critic critiques the thinking. reflect: the model's own reflection is the feedback.", "--mode")
     integrate: bool = opt(True, "Merge all answers into one final answer (only with 2+ rounds).", "--integrate/--no-integrate")
     thinking_budget: int | None = opt(
         None, "Most tokens for a thinking or reflection section before it is closed for the model (default: --max-tokens).", "--thinking-budget", ge=1
     )
+    early_stop: bool = opt(
+        True,
+        "Stop before --recursive rounds when the critic finds nothing to fix or two answers agree (--all-rounds: run every round).",
+        "--early-stop/--all-rounds",
+    )
+    keyed: str | None = opt(
+        None,
+        "The answer is keyed (choice, numeric or exact): the final answer is selected from the rounds' stated answers.",
+        "--keyed",
+        choices=("choice", "numeric", "exact"),
+    )
+    guards: str = opt(
+        "auto",
+        "Small-model guards (heading stops, the tag-prefix stop, the rewrite frame, the critique's DRY source): auto = on for the embedded models.",
+        "--guards",
+        choices=("auto", "on", "off"),
+    )
     system: str | None = opt(None, "System prompt for the reasoning model.", "--system")
     critic_system: str | None = opt(None, "System prompt for the critic (default: built in).", "--critic-system")
+
+
+@dataclass
+class Retrieval(Settings):
+    """A RAG store for ask, serve and eval: cited context for the reasoner, evidence for the critic."""
+
+    rag: str | None = opt(None, "A RAG store (from `index add`): the reasoner gets cited context, the critic checks each thinking against passages.", "--rag")
+    rag_k: int = opt(5, "Chunks retrieved for the reasoner's context with --rag.", "-k", "--rag-k", ge=1, le=50)
+    evidence_k: int = opt(4, "Passages the critic checks each thinking against with --rag (retrieved for its claims).", "--evidence-k", ge=1, le=20)
 
 
 def cli_options(cls: type, exclude: tuple[str, ...] = ()):

@@ -307,3 +307,19 @@ def rewrite_frame(thinking: str) -> RewriteFrame:
     one_line = "\n" not in last and last != heads[-1]
     end = (gate[heads[-1]], "\n" if one_line else "\n**")
     return RewriteFrame(opening, (*((gate[h], h) for h in heads), end))
+
+
+# The critic's structured verdict: the last line of a review that reads "Verdict: fix." or "Verdict: nothing to fix.".
+_VERDICT = re.compile(r"^[ \t>*_-]*verdict[ \t*_]*:[ \t*_]*(nothing to fix|fix)\b", re.IGNORECASE | re.MULTILINE)
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def critic_verdict(review: str) -> str | None:
+    """ "fix" or "nothing to fix", from the review's last verdict line; None when it wrote none (read as: fix)."""
+    found = _VERDICT.findall(review)
+    return found[-1].lower() if found else None
+
+
+def cited_passages(text: str, n: int) -> list[int]:
+    """The passage numbers ``[k]`` that ``text`` cites, 1..n, sorted, each once."""
+    return sorted({int(k) for k in _CITATION.findall(text) if 1 <= int(k) <= n})

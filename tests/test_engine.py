@@ -44,6 +44,8 @@ def tiny(tiny_llama):
 def run(tiny, rounds=3, mode="thinking", **kw):
     rec = Recording(tiny)
     events = []
+    kw.setdefault("early_stop", False)  # the tiny model's greedy answers agree at once: these tests count every round
+    kw.setdefault("guards", "on")  # the small-model guards these tests check (auto: on for the embedded models only)
     engine = Engine(rec, sampling=SAMPLING, recursion=Recursion(rounds=rounds, mode=mode, **kw), on_event=events.append)
     return engine.run("Why is spider silk tough?"), rec, events
 
@@ -185,6 +187,11 @@ def scripted_reply(tail: str):
 HEADS = ("**Core Concepts**:", "**Reasoning Steps**:", "**Hypothesis**:")
 
 
+def GUARDED(**kw) -> Recursion:
+    """The small-model guards on (a scripted model is not an embedded one), every round run."""
+    return Recursion(guards="on", early_stop=False, **kw)
+
+
 @pytest.mark.parametrize("stop_repeats", [True, False])
 @pytest.mark.parametrize(
     "tail", ["\n\n**Reasoning Steps**:\n1. Crystals bear the load, crystals bear", "\n\n**Relevance Steps**:\n1. Silk is used in", "\n<p><strong>\n**"]
@@ -193,7 +200,7 @@ def test_a_rewrite_ends_where_it_starts_its_layout_over_or_goes_past_it(stop_rep
     model = Scripted(scripted_reply(tail))
     sampling = Sampling(temperature=0, max_tokens=64, stop_repeats=stop_repeats)
     events = []
-    t = Engine(model, sampling=sampling, recursion=Recursion(rounds=2, integrate=False), on_event=events.append).run("Why is spider silk tough?")
+    t = Engine(model, sampling=sampling, recursion=GUARDED(rounds=2, integrate=False), on_event=events.append).run("Why is spider silk tough?")
     rewrite_request = next(r for r in model.requests if "Rewrite the reasoning" in r.messages[-1]["content"])
     assert rewrite_request.prefill == HEADS[0]  # opened with the thinking's first heading, and shown as the rewrite's
     assert rewrite_request.stops_after == (("", HEADS[0]), *((h, h) for h in HEADS[1:]), ("**Hypothesis**:", "\n"))
@@ -223,12 +230,12 @@ def test_an_answer_or_integration_that_writes_a_heading_of_the_thinking_has_gone
         return text + relapse if text.startswith("Silk is tough") else text
 
     model = Scripted(reply)
-    t = Engine(model, sampling=Sampling(temperature=0, max_tokens=64), recursion=Recursion(rounds=2)).run("Why is spider silk tough?")
+    t = Engine(model, sampling=Sampling(temperature=0, max_tokens=64), recursion=GUARDED(rounds=2)).run("Why is spider silk tough?")
     answers = [c for r in t.rounds for c in r.calls if c.channel == "answer"]
     assert [r.answer for r in t.rounds] == ["Silk is tough because stiff crystals and a stretchy matrix share the load."] * 2
     assert [c.finish_reason for c in answers] == ["stop", "stop"]
     assert t.final_answer == "Silk is tough because crystals and matrix share the load." and t.integration.finish_reason == "stop"
     # after a thinking the engine closed (the model did not) the model may still be thinking: only tags end it there
     unclosed = Scripted(lambda request: THINKING if request.prefill.endswith(FMT.think_start + "\n") else reply(request))
-    rnd = Engine(unclosed, sampling=Sampling(temperature=0, max_tokens=64), recursion=Recursion(rounds=1)).run("Why is spider silk tough?").rounds[0]
+    rnd = Engine(unclosed, sampling=Sampling(temperature=0, max_tokens=64), recursion=GUARDED(rounds=1)).run("Why is spider silk tough?").rounds[0]
     assert rnd.thinking_closed is False and unclosed.requests[-1].stop == FMT.opening_tags

@@ -51,8 +51,8 @@ def _request(r) -> dict:
 def _record(backend, sampling: Sampling, question: str, **recursion) -> dict:
     rec = Recording(backend)
     context = recursion.pop("context", None)
-    guards = {"guards": "on"} if "guards" in {f for f in Recursion.__dataclass_fields__} else {}
-    t = Engine(rec, sampling=sampling, recursion=Recursion(**recursion, **guards), context=context).run(question)
+    # the guards on, every round run: the engine as it was (before the table, both were always so)
+    t = Engine(rec, sampling=sampling, recursion=Recursion(**recursion, guards="on", early_stop=False), context=context).run(question)
     return {
         "requests": [_request(r) for r in rec.requests],
         "rounds": [[r.thinking, r.reflection, r.answer, r.critique, r.improved_thinking] for r in t.rounds],

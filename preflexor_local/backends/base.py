@@ -69,6 +69,8 @@ class Backend(ABC):
     """One loaded model. ``stream`` yields text chunks, then one ``Generation``."""
 
     kind: ClassVar[str] = "backend"
+    # One of the embedded models (the default and its base): the engine's small-model guards are on for it by default.
+    embedded: bool = False
 
     def __init__(self, name: str):
         self.name = name

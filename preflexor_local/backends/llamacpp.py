@@ -334,7 +334,9 @@ def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
         adapter = demo_adapter_path() if spec.text != BASE_ALIAS else None
         if adapter is not None and not options.adapters:
             options = dataclasses.replace(options, adapters=(str(adapter),))
-            return LlamaCppBackend(default_model_path(), options, name="gemma3-270m + preflexor demo adapter (default)")
-        # --adapter on the default model replaces the demo adapter: the name says the base runs with the user's
-        return LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)" + (" + --adapter" if options.adapters else ""))
+            backend = LlamaCppBackend(default_model_path(), options, name="gemma3-270m + preflexor demo adapter (default)")
+        else:  # --adapter on the default model replaces the demo adapter: the name says the base runs with the user's
+            backend = LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)" + (" + --adapter" if options.adapters else ""))
+        backend.embedded = True
+        return backend
     return LlamaCppBackend(spec.path, options)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
+from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..errors import UsageError
 
 _LABELS = {
@@ -21,8 +21,10 @@ _LABELS = {
     "critique": "critique",
     "rewrite": "improved thinking",
     "final": "final answer",
+    "evidence": "evidence",
+    "stop": "stop",
 }
-_DIM = {"thinking", "reflection", "critique", "rewrite"}
+_DIM = {"thinking", "reflection", "critique", "rewrite", "evidence", "stop"}
 
 
 class Display:
@@ -89,13 +91,10 @@ def _read_question(words: tuple[str, ...]) -> str:
     show_default=True,
     help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.",
 )
-@click.option(
-    "--rag", "rag_store", default=None, type=click.Path(dir_okay=False), help="A RAG store (from `index add`): retrieved chunks become cited context."
-)
-@click.option("-k", "rag_k", default=5, show_default=True, type=int, help="Chunks to retrieve with --rag.")
+@cli_options(Retrieval)
 @click.option("--json", "json_out", is_flag=True, help="Print the whole transcript as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Show only the final answer (no thinking on stderr).")
-def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, quiet, **kwargs):
+def ask(question, model, critic, integrator, tags, json_out, quiet, **kwargs):
     """Answer QUESTION with recursive thinking (`-` reads it from stdin).
 
     \b
@@ -104,31 +103,46 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
     preflexor-local ask "..." --model http://127.0.0.1:8080/v1 --json > transcript.json
     """
     from ..format import ThinkingFormat
+    from ..rag.evidence import open_rag
     from ..reasoning.ask import ask as run_ask
 
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = from_kwargs(LoadOptions, kwargs)
+    retrieval = from_kwargs(Retrieval, kwargs)
     _validate_early(recursion, options)
     text = _read_question(question)
     if not text.strip():
         raise UsageError("the question is empty", hint='preflexor-local ask "your question"  (or `-` to read it from stdin)')
-    context = _retrieve(rag_store, text, rag_k, quiet) if rag_store else None
-    display = Display(quiet=quiet, json_out=json_out)
-    if not quiet:
-        click.secho(f"loading {model or 'the default model (gemma3-270m)'} …", err=True, dim=True)
-    transcript = run_ask(
-        text,
-        model,
-        critic=critic,
-        integrator=integrator,
-        sampling=sampling,
-        recursion=recursion,
-        options=options,
-        fmt=ThinkingFormat.preset(tags),
-        context=context,
-        on_event=display,
-    )
+    store = open_rag(retrieval.rag) if retrieval.rag else None
+    try:
+        context, evidence = None, None
+        if store is not None:
+            from ..rag.evidence import Evidence, chunk_dict
+
+            if not quiet:
+                click.secho(f"retrieving {retrieval.rag_k} chunks from {retrieval.rag} …", err=True, dim=True)
+            context = [chunk_dict(h) for h in store.search(text, k=retrieval.rag_k)]
+            evidence = Evidence(store, k=retrieval.evidence_k)
+        display = Display(quiet=quiet, json_out=json_out)
+        if not quiet:
+            click.secho(f"loading {model or 'the default model (gemma3-270m)'} …", err=True, dim=True)
+        transcript = run_ask(
+            text,
+            model,
+            critic=critic,
+            integrator=integrator,
+            sampling=sampling,
+            recursion=recursion,
+            options=options,
+            fmt=ThinkingFormat.preset(tags),
+            context=context,
+            evidence=evidence,
+            on_event=display,
+        )
+    finally:
+        if store is not None:
+            store.close()
     if json_out:
         click.echo(transcript.to_json())
         return
@@ -140,11 +154,15 @@ def ask(question, model, critic, integrator, tags, rag_store, rag_k, json_out, q
         secs = transcript.seconds
         rate = transcript.completion_tokens / secs if secs else 0.0
         click.secho(
-            f"── {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''} · "
+            f"── {len(transcript.rounds)} round(s){' + integration' if transcript.integrated else ''}{_stopped(transcript)} · "
             f"{transcript.completion_tokens} tokens · {secs:.1f} s · {rate:.1f} tok/s",
             err=True,
             dim=True,
         )
+
+
+def _stopped(t) -> str:
+    return {"nothing_to_fix": " (stopped: nothing to fix)", "answers_agree": " (stopped: answers agree)"}.get(t.stop_reason, "")
 
 
 def _validate_early(recursion: Recursion, options: LoadOptions) -> None:
@@ -155,22 +173,3 @@ def _validate_early(recursion: Recursion, options: LoadOptions) -> None:
     if recursion.mode not in STRATEGIES:
         raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
     check_template_option(options.chat_template)
-
-
-def _retrieve(store_path: str, question: str, k: int, quiet: bool) -> list[dict]:
-    from pathlib import Path
-
-    from ..rag import open_store
-
-    if not Path(store_path).is_file():
-        raise UsageError(f"RAG store not found: {store_path}", hint="build one with `preflexor-local index add DOCS --store FILE`")
-    if not quiet:
-        click.secho(f"retrieving {k} chunks from {store_path} …", err=True, dim=True)
-    store = open_store(store_path, readonly=True)
-    try:
-        hits = store.search(question, k=k)
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
-    return [{"id": h.chunk_id, "text": h.text, "source": f"{h.path} {h.span}".strip(), "score": round(float(h.score), 4)} for h in hits]

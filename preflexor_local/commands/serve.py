@@ -12,7 +12,7 @@ import dataclasses
 
 import click
 
-from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
+from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..serve.settings import ServeSettings
 
 
@@ -29,6 +29,7 @@ from ..serve.settings import ServeSettings
 @cli_options(Recursion)
 @cli_options(Sampling)
 @cli_options(LoadOptions, exclude=("api_key",))
+@cli_options(Retrieval)
 @click.option(
     "--tags",
     type=click.Choice(["preflexor", "think"]),
@@ -56,4 +57,15 @@ def serve(model, critic, integrator, tags, **kwargs):
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = dataclasses.replace(from_kwargs(LoadOptions, kwargs), api_key=settings.upstream_api_key)
-    run_server(model, critic, integrator, settings=settings, sampling=sampling, recursion=recursion, options=options, fmt=ThinkingFormat.preset(tags))
+    retrieval = from_kwargs(Retrieval, kwargs)
+    run_server(
+        model,
+        critic,
+        integrator,
+        settings=settings,
+        sampling=sampling,
+        recursion=recursion,
+        options=options,
+        fmt=ThinkingFormat.preset(tags),
+        retrieval=retrieval,
+    )

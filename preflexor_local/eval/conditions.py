@@ -82,8 +82,10 @@ class ItemRunner:
         return sel
 
     def _engine(self, sampling: Sampling, rounds: int) -> Engine:
+        """The engine for a fixed ``rounds-K`` condition (or one sample): it always runs K rounds."""
         m = self.models
-        return Engine(m.reasoner, m.critic, m.integrator, sampling=sampling, recursion=replace(self.recursion, rounds=rounds), fmt=self.fmt)
+        recursion = replace(self.recursion, rounds=rounds, early_stop=False)
+        return Engine(m.reasoner, m.critic, m.integrator, sampling=sampling, recursion=recursion, fmt=self.fmt)
 
     # -- conditions -------------------------------------------------------------
     def _rounds_record(self, q: Question, k: int, seed: int, t: Transcript) -> dict:

@@ -1,188 +1,19 @@
-"""Extraction and rule scoring: the final choice, number or phrase in a model's answer, and whether it is right.
-
-Models state answers in many ways ("Answer: (b)", "**C**", "\\boxed{42}",
-"≈ 1.2 × 10^5 Pa", "the correct option is B. Calcite is wrong because…").
-The rules, in order; the first that finds something wins:
-
-choice
-  1. ``\\boxed{X}``; 2. the last answer marker ("answer is", "Answer:",
-  "correct option is", "I choose") that a single letter follows ("a"/"A"
-  followed by a word counts only when bracketed, so the article in "the answer
-  is a composite" is not read as option A);
-  3. an answer that is only a letter, or starts with "B)" / "(B)" / "B.";
-  4. exactly one option's text after the last marker, then in the whole answer;
-  5. exactly one distinct letter written as "(X)" or "X)".
-  More than one candidate at a step means no prediction (it counts as wrong).
-numeric
-  ``\\boxed{}``, then the first number after the last answer marker, then the
-  last **bold** number, then the number after the last "=" or "≈", then the last
-  number. Thousands separators, 1.2e5, 1.2 × 10^5, 10^{-3}, 10⁻³, unicode minus,
-  simple fractions (1/4) and LaTeX ``\\times`` are understood; units are ignored.
-  Digits inside words (H2O, Fe3O4) are not numbers.
-exact
-  The text after the last marker (else the first sentence) must contain one of
-  the accepted strings as whole words, compared case-, accent- and
-  punctuation-insensitively.
-"""
+"""Rule scoring: whether the answer a model states (``preflexor_local.answers``) matches an item's key."""
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 
-from .questions import LETTERS, Question
+from ..answers import extract_choice, extract_number, extract_phrase, numbers_match, phrase_matches, same_key
+from .questions import Question
 
-_MARKER = re.compile(
-    r"\b(?:(?:final|correct|right|best)\s+)?answer\b\s*(?:is|would\s+be|will\s+be|should\s+be)?\s*(?:[:=-]\s*)?"
-    r"|\b(?:final|correct|right|best)\s+(?:option|choice)\b\s*(?:is|would\s+be)?\s*(?:[:=-]\s*)?"
-    r"|\bI\s+(?:choose|select|pick|go\s+with)\b\s*:?\s*",
-    re.I,
-)
-_BOXED = re.compile(r"\\boxed\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
-_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
-_NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-+])?(?P<mant>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-    r"(?:\s*/\s*(?P<den>\d+)(?![\d.,eE/]))?"  # a simple fraction (1/4), not 40000/2e-4 or a date
-    r"(?:\s*[eE](?P<e>[-+]?\d+)"
-    r"|\s*(?:×|x|\*|·)\s*10\s*(?:\^|\*\*)\s*\(?(?P<x>[-+]?\d+)\)?"
-    r"|\s*(?:\^|\*\*)\s*\(?(?P<p>[-+]?\d+)\)?)?"
-    r"(?!\d)"
-)
+__all__ = ["Score", "extract_choice", "extract_number", "extract_phrase", "numbers_match", "phrase_matches", "score", "same_prediction"]
 
 
 @dataclass(frozen=True)
 class Score:
     prediction: str | float | None  # what was extracted (a letter, a number, a phrase); None when nothing was
     correct: bool | None  # None for open questions (judged, not scored by rule)
-
-
-def _clean(text: str) -> str:
-    """Unify the notations that would otherwise need a rule each."""
-    text = text.replace("−", "-").replace("–", "-").replace("\u2009", " ").replace("\u00a0", " ")
-    text = re.sub(r"\\(?:times|cdot)", "×", text)
-    text = re.sub(r"\\[,;! ]", " ", text)  # LaTeX spacing
-    text = re.sub(r"\^\s*\{\s*([-+]?\d+)\s*\}", r"^\1", text)  # 10^{-3} -> 10^-3
-    text = re.sub(r"10([⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)", lambda m: "10^" + m.group(1).translate(_SUPERSCRIPT), text)
-    return text.replace("$", "")
-
-
-def _norm(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower().replace("'", "").replace("’", "")
-    return " ".join(re.sub(r"[^\w]+", " ", text).split())
-
-
-def _after_markers(text: str) -> list[str]:
-    """The text after each answer marker, up to the end of its line; last marker first."""
-    spans = [m.end() for m in _MARKER.finditer(text) if m.group(0).strip()]
-    return [text[end:].split("\n", 1)[0] for end in reversed(spans)]
-
-
-# -- choice ---------------------------------------------------------------------
-
-
-def _letter_at_start(segment: str, letters: str) -> str | None:
-    """A single option letter at the start of ``segment`` ("B", "(b)", "**C**", "D) …"), else None."""
-    m = re.match(r"^[\s*_]*([(\[]?)\s*([A-Za-z])(?![A-Za-z0-9'’-])", segment)
-    if not m or m.group(2).upper() not in letters:
-        return None
-    letter, rest = m.group(2), segment[m.end() :]
-    # "a"/"A" is also an article ("the answer is a composite"): refuse it when a word follows unless it is set off.
-    if letter in "aA" and not m.group(1) and re.match(r"\s+[A-Za-z]", rest):
-        return None
-    return letter.upper()
-
-
-def extract_choice(text: str, choices: tuple[str, ...]) -> str | None:
-    text = _clean(text)
-    letters = LETTERS[: len(choices)]
-    for boxed in reversed(_BOXED.findall(text)):
-        if (letter := _letter_at_start(boxed.strip(), letters)) is not None:
-            return letter
-    segments = _after_markers(text)
-    for segment in segments:
-        if (letter := _letter_at_start(segment, letters)) is not None:
-            return letter
-    lead = re.match(r"^[\s*_]*[(\[]?([A-Za-z])(?:[)\].:](?!\w)|[\s*_)\].]*$)", text)
-    if lead and lead.group(1).upper() in letters:  # the answer is a bare letter, or starts with a label "B) …"
-        return lead.group(1).upper()
-    normed = [_norm(c) for c in choices]
-    for scope in ([segments[0]] if segments else []) + [text]:
-        hay = f" {_norm(scope)} "
-        found = {letters[i] for i, c in enumerate(normed) if c and f" {c} " in hay}
-        if len(found) == 1:
-            return found.pop()
-        if found:
-            break  # several options named: ambiguous
-    labelled = {m.group(1).upper() for m in re.finditer(r"(?:\(|\b)([A-Za-z])\)", text) if m.group(1).upper() in letters}
-    return labelled.pop() if len(labelled) == 1 else None
-
-
-# -- numbers --------------------------------------------------------------------
-
-
-def _value(m: re.Match) -> float | None:
-    try:
-        v = float(m.group("mant").replace(",", ""))
-        if m.group("den"):
-            den = float(m.group("den"))
-            if den == 0:
-                return None
-            v /= den
-        if m.group("e"):
-            v *= 10.0 ** int(m.group("e"))
-        elif m.group("x"):
-            v *= 10.0 ** int(m.group("x"))
-        elif m.group("p"):
-            v = v ** int(m.group("p"))
-    except (ValueError, OverflowError, ZeroDivisionError):
-        return None
-    return -v if m.group("sign") == "-" else v
-
-
-def _numbers(text: str) -> list[float]:
-    return [v for m in _NUMBER.finditer(text) if (v := _value(m)) is not None]
-
-
-def extract_number(text: str) -> float | None:
-    text = _clean(text)
-    for boxed in reversed(_BOXED.findall(text)):
-        if nums := _numbers(boxed):
-            return nums[0]
-    for segment in _after_markers(text):
-        if nums := _numbers(segment):
-            return nums[0]
-    for bold in reversed(re.findall(r"\*\*([^*]+)\*\*", text)):
-        if nums := _numbers(bold):
-            return nums[0]
-    parts = re.split(r"=|≈|~", text)
-    if len(parts) > 1 and (nums := _numbers(parts[-1])):
-        return nums[0]
-    nums = _numbers(text)
-    return nums[-1] if nums else None
-
-
-def numbers_match(a: float, b: float, tolerance: float) -> bool:
-    """Whether ``a`` equals the key ``b`` within a relative tolerance (absolute when the key is 0)."""
-    if b == 0:
-        return abs(a) <= tolerance
-    return abs(a - b) <= tolerance * abs(b) + 1e-12 * abs(b)
-
-
-# -- exact ------------------------------------------------------------------------
-
-
-def extract_phrase(text: str) -> str | None:
-    segments = _after_markers(_clean(text))
-    phrase = segments[0] if segments else re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
-    phrase = phrase.strip().strip("*_ ").rstrip(".")
-    return phrase or None
-
-
-def phrase_matches(phrase: str, accepted: tuple[str, ...]) -> bool:
-    hay = f" {_norm(phrase)} "
-    return any(f" {_norm(a)} " in hay for a in accepted if _norm(a))
 
 
 # -- scoring ----------------------------------------------------------------------
@@ -204,10 +35,4 @@ def score(question: Question, answer: str) -> Score:
 
 def same_prediction(question: Question, a, b) -> bool:
     """Whether two predictions count as the same vote (self-consistency)."""
-    if a is None or b is None:
-        return False
-    if question.kind == "numeric":
-        return numbers_match(float(a), float(b), question.rel_tolerance)
-    if question.kind == "exact":
-        return _norm(str(a)) == _norm(str(b))
-    return a == b
+    return same_key(question.kind, a, b, question.rel_tolerance)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from ..backends import Backend, load
 from ..config import LoadOptions, Recursion, Sampling
 from ..format import ThinkingFormat
-from .engine import Engine, Event
+from .engine import Engine, Event, Evidence
 from .transcript import Transcript
 
 
@@ -39,16 +39,20 @@ def ask(
     options: LoadOptions | None = None,
     fmt: ThinkingFormat | None = None,
     context: list[dict] | None = None,
+    evidence: Evidence | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> Transcript:
     """Answer ``question`` with recursive thinking; models load, run and are freed here.
+
+    ``context``: retrieved chunks for the reasoner; ``evidence``: passages for the critic to check each round's
+    thinking against (``rag.evidence.Evidence(store)``).
 
     >>> t = ask("Why is spider silk tough?", recursion=Recursion(rounds=3))  # doctest: +SKIP
     >>> print(t.final_answer)  # doctest: +SKIP
     """
     roles = load_roles(model, critic, integrator, options)
     try:
-        engine = Engine(*roles, sampling=sampling, recursion=recursion, fmt=fmt, context=context, on_event=on_event)
+        engine = Engine(*roles, sampling=sampling, recursion=recursion, fmt=fmt, context=context, evidence=evidence, on_event=on_event)
         return engine.run(question)
     finally:
         for backend in {id(b): b for b in roles}.values():

@@ -40,6 +40,32 @@ Question:
 
 Write one final answer that keeps every correct and useful point of the drafts, settles any disagreement in favour of the best-supported claim, and drops repetition. Begin directly with the answer; do not restate the question or mention the drafts."""
 
+GROUNDED_CRITIQUE = """Below are a question, numbered passages of evidence, and the reasoning someone wrote while working on the question.
+
+Question:
+{question}
+
+Passages:
+{passages}
+
+Reasoning:
+{thinking}
+
+Check each claim of the reasoning against the passages. For each claim a passage contradicts, each claim no passage supports, and each fact a passage gives that the reasoning misses, say what the passage states, cite it as [n], and say how to fix the reasoning. Reply with the review only, and end it with one line: "Verdict: fix." if anything needs fixing, else "Verdict: nothing to fix."."""
+
+GROUNDED_REWRITE = """Below are numbered passages of evidence, a piece of reasoning, and feedback on it.
+
+Passages:
+{passages}
+
+Reasoning:
+{thinking}
+
+Feedback:
+{feedback}
+
+Rewrite the reasoning so that it acts on every point of the feedback: keep the claims the passages support, correct the ones they contradict, and add what they show is missing, citing them as [n]. Keep its structure and headings, and do not write the final answer. Reply with the rewritten reasoning only."""
+
 CONTEXT = """Context:
 {chunks}
 
@@ -62,6 +88,19 @@ def rewrite_prompt(thinking: str, feedback: str) -> str:
     return fill(REWRITE, thinking=thinking, feedback=feedback)
 
 
+def passages_block(passages) -> str:
+    """Numbered evidence, one per line: ``[n] (source) text`` (numbered in order from 1)."""
+    return "\n".join(f"[{i}] ({p.get('source', '?')}) {p['text'].strip()}" for i, p in enumerate(passages, 1))
+
+
+def grounded_critique_prompt(question: str, thinking: str, passages) -> str:
+    return fill(GROUNDED_CRITIQUE, question=question, passages=passages_block(passages), thinking=thinking)
+
+
+def grounded_rewrite_prompt(thinking: str, feedback: str, passages) -> str:
+    return fill(GROUNDED_REWRITE, passages=passages_block(passages), thinking=thinking, feedback=feedback)
+
+
 def integrate_prompt(question: str, answers: list[str]) -> str:
     blocks = "\n\n".join(f"Draft {i}:\n{a.strip()}" for i, a in enumerate(answers, 1))
     return fill(INTEGRATE, n=str(len(answers)), question=question, answers=blocks)
@@ -70,8 +109,7 @@ def integrate_prompt(question: str, answers: list[str]) -> str:
 def with_context(question: str, chunks: list[dict]) -> str:
     if not chunks:
         return question
-    lines = "\n".join(f"[{i}] ({c.get('source', '?')}) {c['text'].strip()}" for i, c in enumerate(chunks, 1))
-    return fill(CONTEXT, chunks=lines, question=question)
+    return fill(CONTEXT, chunks=passages_block(chunks), question=question)
 
 
 # One worked example, used to show base models (plain completion format) each task once.

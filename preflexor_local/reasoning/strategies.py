@@ -1,30 +1,33 @@
 """How the thinking of one round becomes the improved thinking of the next.
 
-Each strategy is a small function behind one signature, registered by name;
-``--mode NAME`` picks one, and a new strategy needs no change to the engine or
-the CLI. A strategy returns the feedback it used, where that feedback came
-from, and the rewritten thinking.
+Each strategy is a small function behind one signature, registered by name; ``--mode NAME`` picks one, and a new
+strategy needs no change to the engine or the CLI. A strategy gets a ``Critic`` — one call of a critic frame
+(``frames.FRAMES``: "critique", "rewrite") on the round's behalf, recorded in the round — and returns the feedback
+it used, where that feedback came from, the critic's verdict, and the rewritten thinking.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ..format import heading_stops, rewrite_frame
-from . import prompts
+from ..format import critic_verdict
+from .transcript import Round
 
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .transcript import Round
+
+class Critic(Protocol):
+    def __call__(self, frame: str, rnd: Round, **inputs: str) -> str:
+        """The critic's reply in frame ``frame`` ("critique" or "rewrite") with the frame's ``inputs``."""
+        ...
 
 
 @dataclass(frozen=True)
 class Refinement:
     critique: str
     source: str  # "critic" or "reflection"
-    improved_thinking: str
+    improved_thinking: str | None  # None: nothing to fix, no rewrite
+    verdict: str | None = None  # the critic's "fix" / "nothing to fix"; None without a structured verdict
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,14 @@ class Strategy:
     name: str
     summary: str
     reflect: bool  # whether the reasoner writes a reflection section after its thinking
-    refine: Callable[[Engine, Round], Refinement]
+    refine: Callable[[Critic, Round], Refinement]
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
 def strategy(name: str, summary: str, reflect: bool = False):
-    def register(fn: Callable[[Engine, Round], Refinement]):
+    def register(fn: Callable[[Critic, Round], Refinement]):
         STRATEGIES[name] = Strategy(name, summary, reflect, fn)
         return fn
 
@@ -47,29 +50,17 @@ def strategy(name: str, summary: str, reflect: bool = False):
 
 
 @strategy("thinking", "a critic reviews the thinking, then rewrites it along its review")
-def critic_feedback(engine: Engine, rnd: Round) -> Refinement:
-    # A review names what the thinking lacks; restating it is the small critic's habit: DRY makes copying it verbatim
-    # cost what repeating itself costs.
-    prompt = prompts.critique_prompt(engine.question, rnd.thinking)
-    critique = engine.critic_call(rnd, "critique", prompt, stop=heading_stops(rnd.thinking), dry_source=rnd.thinking)
-    return Refinement(critique, "critic", rewrite(engine, rnd, critique))
+def critic_feedback(critic: Critic, rnd: Round) -> Refinement:
+    critique = critic("critique", rnd, thinking=rnd.thinking)
+    verdict = critic_verdict(critique)
+    if verdict == "nothing to fix":
+        return Refinement(critique, "critic", None, verdict)
+    return Refinement(critique, "critic", critic("rewrite", rnd, thinking=rnd.thinking, feedback=critique), verdict)
 
 
 @strategy("reflect", "the model's own reflection is the feedback the critic rewrites the thinking with", reflect=True)
-def reflection_feedback(engine: Engine, rnd: Round) -> Refinement:
+def reflection_feedback(critic: Critic, rnd: Round) -> Refinement:
     feedback = rnd.reflection or ""
     if not feedback.strip():  # no usable reflection: fall back to a critic review for this round
-        return critic_feedback(engine, rnd)
-    return Refinement(feedback, "reflection", rewrite(engine, rnd, feedback))
-
-
-def rewrite(engine: Engine, rnd: Round, feedback: str) -> str:
-    """The critic's rewrite of the round's thinking along ``feedback``.
-
-    The prompt asks it to keep the thinking's structure and headings: the engine opens the rewrite with the first
-    heading, and a rewrite that opens one of them again, or goes on past the last section, has finished and is
-    starting over (small models do, until the token limit): it ends there (``format.rewrite_frame``).
-    """
-    frame = rewrite_frame(rnd.thinking)
-    prompt = prompts.rewrite_prompt(rnd.thinking, feedback)
-    return engine.critic_call(rnd, "rewrite", prompt, prefill=frame.opening, stops_after=frame.stops_after)
+        return critic_feedback(critic, rnd)
+    return Refinement(feedback, "reflection", critic("rewrite", rnd, thinking=rnd.thinking, feedback=feedback))

@@ -42,6 +42,9 @@ class Round:
     critique: str | None = None  # feedback on this round's thinking, used to improve it for the next round
     critique_source: str | None = None  # "critic" or "reflection" (the model's own)
     improved_thinking: str | None = None  # the rewrite the next round starts from
+    passages: list[dict] = field(default_factory=list)  # evidence the critique checked against: {"n", "source", "text"}
+    cited: list[int] = field(default_factory=list)  # the passage numbers the critique cited
+    verdict: str | None = None  # the critic's: "fix" or "nothing to fix"; None when it gave none
     calls: list[Call] = field(default_factory=list)
 
     @property
@@ -68,6 +71,8 @@ class Transcript:
     models: dict = field(default_factory=dict)  # role -> backend description
     settings: dict = field(default_factory=dict)  # sampling, recursion, format
     context: list[dict] = field(default_factory=list)  # retrieved chunks given to the reasoner
+    stop_reason: str = "rounds"  # "rounds" (ran the most), "nothing_to_fix" or "answers_agree" (stopped early)
+    selection: dict | None = None  # a keyed answer's selection: stated answers, votes, chosen, rule
     version: int = SCHEMA_VERSION
 
     @property

@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from ..config import LoadOptions, Recursion, Sampling
+from ..config import LoadOptions, Recursion, Retrieval, Sampling
 from ..errors import UsageError
 from ..extras import require
 from ..format import ThinkingFormat
@@ -37,9 +37,13 @@ def serve(
     recursion: Recursion | None = None,
     options: LoadOptions | None = None,
     fmt: ThinkingFormat | None = None,
+    retrieval: Retrieval | None = None,
     log: Callable[[str], None] = _stderr,
 ) -> None:
-    """Serve the recursive engine over an OpenAI-compatible API until interrupted."""
+    """Serve the recursive engine over an OpenAI-compatible API until interrupted.
+
+    ``retrieval.rag``: every request's reasoner gets cited context from the store, and its critic checks each
+    round's thinking against passages retrieved for the thinking's claims."""
     settings, sampling, recursion = settings or ServeSettings(), sampling or Sampling(), recursion or Recursion()
     options = options or LoadOptions()
     check_bind(settings.host, settings.api_key)
@@ -51,17 +55,25 @@ def serve(
     from .app import create_app
     from .worker import Worker
 
+    retrieval = retrieval or Retrieval()
     sock = bind(settings.host, settings.port)  # before loading: a taken port fails in a second, not after a minute
     roles: tuple = ()
+    store = None
     try:
+        if retrieval.rag:
+            from ..rag.evidence import open_rag
+
+            store = open_rag(retrieval.rag)
         roles = load_roles(model, critic, integrator, dataclasses.replace(options, parallel=settings.parallel))
         check_parallel(roles, settings.parallel)
     except BaseException:
         sock.close()
         for backend in {id(b): b for b in roles}.values():
             backend.close()
+        if store is not None:
+            store.close()
         raise
-    worker = Worker(roles, fmt, settings.max_queue, log, parallel=settings.parallel)
+    worker = Worker(roles, fmt, settings.max_queue, log, parallel=settings.parallel, store=store, retrieval=retrieval)
     try:
         app = create_app(worker, settings, sampling, recursion)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
@@ -70,13 +82,16 @@ def serve(
         where = f"[{host}]" if ":" in host else host
         log(
             f"serving {roles[0].name} as {settings.model_id!r} on http://{where}:{port}/v1 "
-            f"({recursion.rounds} round(s) by default, {settings.parallel} at once, {settings.max_queue} may wait"
+            f"({recursion.rounds} round(s) at most by default, {settings.parallel} at once, {settings.max_queue} may wait"
+            f"{f', grounded in {retrieval.rag}' if store is not None else ''}"
             f"{', key required' if settings.api_key else ''}); Ctrl-C stops"
         )
         server.run(sockets=[sock])
     finally:
         worker.close()
         sock.close()
+        if store is not None:
+            store.close()
     log("stopped")
 
 

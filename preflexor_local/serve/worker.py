@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backends import Backend, GenerationRequest, LocalBackend
+from ..config import Retrieval
 from ..errors import PreflexorError
 from ..format import ThinkingFormat
 from ..reasoning.engine import Engine, Event
@@ -97,8 +98,11 @@ class Worker:
         max_queue: int = 16,
         log: Callable[[str], None] = lambda line: None,
         parallel: int = 1,
+        store=None,
+        retrieval: Retrieval | None = None,
     ):
         self.roles, self.fmt, self.max_queue, self.log, self.parallel = roles, fmt or ThinkingFormat(), max_queue, log, parallel
+        self.store, self.retrieval = store, retrieval or Retrieval()  # a RAG store grounds every request
         self._cond = threading.Condition()  # an RLock inside: stop_all may run in a signal handler on the loop's thread
         self._waiting: deque[Ticket] = deque()
         self._running: set[Ticket] = set()
@@ -210,10 +214,20 @@ class Worker:
                 with self._cond:
                     self._running.discard(ticket)
 
+    def _grounding(self, question: str):
+        """The reasoner's context and the critic's evidence source from the store (none without one)."""
+        if self.store is None:
+            return None, None
+        from ..rag.evidence import Evidence, chunk_dict
+
+        context = [chunk_dict(h) for h in self.store.search(question, k=self.retrieval.rag_k)]
+        return context, Evidence(self.store, k=self.retrieval.evidence_k)
+
     def _run(self, ticket: Ticket) -> None:
         job, t0 = ticket.job, time.perf_counter()
         try:
-            engine = Engine(*self.roles, sampling=job.sampling, recursion=job.recursion, fmt=self.fmt, on_event=ticket.emit)
+            context, evidence = self._grounding(job.question)
+            engine = Engine(*self.roles, sampling=job.sampling, recursion=job.recursion, fmt=self.fmt, context=context, evidence=evidence, on_event=ticket.emit)
             transcript = engine.run(job.question)
         except Cancelled:
             self._count("cancelled")
