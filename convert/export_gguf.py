@@ -96,10 +96,11 @@ class ExportResult:
         return dict(self.__dict__)
 
 
-def parse_adapter_arg(text: str) -> AdapterArg:
+def parse_adapter_arg(text: str | Path) -> AdapterArg:
     """``FILE.gguf``, ``FILE.gguf:SCALE`` (the rule of ``ask --adapter``) or a PEFT/MLX folder, optionally ``:SCALE``."""
     from preflexor_local.backends.llamacpp import parse_adapter
 
+    text = str(text)
     head, sep, tail = text.rpartition(":")
     if Path(text).expanduser().is_dir():
         path, scale = Path(text).expanduser(), 1.0
@@ -128,14 +129,14 @@ class _Lora:
     path: Path
     scale: float
     alpha: float
-    pairs: dict  # base tensor name -> (lora_a reader tensor, lora_b reader tensor)
+    layout: object  # gguf_copy.Layout of the adapter file
+    pairs: dict  # base tensor name -> (lora_a, lora_b) as gguf_copy.Tensor
     template_name: str | None
     template_source: str | None
 
 
 def _read_lora(adapter: AdapterArg, arch: str) -> _Lora:
-    import gguf
-
+    from preflexor_local.convert.gguf_copy import read_layout
     from preflexor_local.gguf_meta import read_gguf
 
     info = read_gguf(adapter.path)  # names a bad or truncated file first
@@ -153,7 +154,8 @@ def _read_lora(adapter: AdapterArg, arch: str) -> _Lora:
             f"cannot merge {adapter.path.name}: it is an activated LoRA (aLoRA), which acts only after its invocation tokens",
             hint="merged it would act on every token; serve it as an adapter (llama-server --lora)",
         )
-    tensors = {t.name: t for t in gguf.GGUFReader(str(adapter.path)).tensors}
+    layout = read_layout(adapter.path)
+    tensors = {t.name: t for t in layout.tensors}
     other = sorted(n for n in tensors if not n.endswith((".lora_a", ".lora_b")))
     if other:
         raise InvalidModelError(f"cannot merge {adapter.path.name}: tensor {other[0]} is not a LoRA factor (.lora_a / .lora_b)")
@@ -165,7 +167,7 @@ def _read_lora(adapter: AdapterArg, arch: str) -> _Lora:
     if not pairs:
         raise InvalidModelError(f"cannot merge {adapter.path.name}: it holds no LoRA tensors")
     alpha = float(info.get("adapter.lora.alpha", 0.0) or 0.0)
-    return _Lora(adapter.path, adapter.scale, alpha, pairs, info.get("preflexor.chat_template"), info.get("tokenizer.chat_template"))
+    return _Lora(adapter.path, adapter.scale, alpha, layout, pairs, info.get("preflexor.chat_template"), info.get("tokenizer.chat_template"))
 
 
 def _check_fits(lora: _Lora, base_tensors: dict) -> None:
@@ -179,7 +181,7 @@ def _check_fits(lora: _Lora, base_tensors: dict) -> None:
                 f"adapter {lora.path.name} does not fit this base: it targets {name}, which the base does not have",
                 hint="pass the base the adapter was trained on",
             )
-        w_ne, a_ne, b_ne = [int(x) for x in w.shape], [int(x) for x in a.shape], [int(x) for x in b.shape]
+        w_ne, a_ne, b_ne = list(w.ne), list(a.ne), list(b.ne)
         if len(w_ne) != 2 or len(a_ne) != 2 or len(b_ne) != 2 or a_ne[0] != w_ne[0] or b_ne[1] != w_ne[1] or a_ne[1] != b_ne[0]:
             raise InvalidModelError(
                 f"adapter {lora.path.name} does not fit this base: {name} has ne {w_ne}, its lora_a {a_ne} and lora_b {b_ne} need ne [{a_ne[0]}, {b_ne[-1]}]",
@@ -188,7 +190,7 @@ def _check_fits(lora: _Lora, base_tensors: dict) -> None:
 
 
 def _scale(lora: _Lora, b) -> float:
-    rank = int(b.shape[0])  # ne[0] of B, as llama.cpp reads it
+    rank = b.ne[0]  # as llama.cpp reads it
     return lora.scale * lora.alpha / rank if lora.alpha else lora.scale
 
 
@@ -198,12 +200,12 @@ def _merged_type(t, merged_type: str):
 
     Q = gguf.GGMLQuantizationType
     if merged_type == "same":
-        return t.tensor_type
+        return t.qtype
     want = Q[merged_type.upper()]
-    if want == Q.Q8_0 and int(t.shape[0]) % 32:  # Q8_0 blocks are 32 weights of a row
+    if want == Q.Q8_0 and t.ne[0] % 32:  # Q8_0 blocks are 32 weights of a row
         want = Q.F16
     bits = lambda q: gguf.GGML_QUANT_SIZES[q][1] / gguf.GGML_QUANT_SIZES[q][0]  # noqa: E731  (bytes per weight)
-    return want if bits(want) > bits(t.tensor_type) else t.tensor_type
+    return want if bits(want) > bits(t.qtype) else t.qtype
 
 
 def merge_gguf(
@@ -222,15 +224,15 @@ def merge_gguf(
     from preflexor_local.convert import ggml_quants
     from preflexor_local.convert._common import atomic_file, info
     from preflexor_local.convert.export_templates import resolve
-    from preflexor_local.convert.gguf_copy import copy_kv, write_gguf
+    from preflexor_local.convert.gguf_copy import entry, read_layout, write_gguf
     from preflexor_local.gguf_meta import read_gguf
 
     t0 = time.perf_counter()
     meta = read_gguf(base)
     if meta.get("general.type", "model") != "model":
         raise InvalidModelError(f"{base} is not a model GGUF (general.type {meta.get('general.type')!r})", hint="pass the base model's .gguf as MODEL")
-    reader = gguf.GGUFReader(str(base))
-    base_tensors = {t.name: t for t in reader.tensors}
+    layout = read_layout(base)
+    base_tensors = {t.name: t for t in layout.tensors}
     loras = [_read_lora(a, meta.architecture or "") for a in adapters]
     for lora in loras:
         _check_fits(lora, base_tensors)
@@ -245,46 +247,45 @@ def merge_gguf(
         recorded.template_name if recorded else meta.get("preflexor.chat_template"),
         recorded.template_source if recorded else meta.get("tokenizer.chat_template"),
     )
-    kv = copy_kv(reader, skip={"general.architecture", "general.alignment"})
-    T = gguf.GGUFValueType
+    kv = dict(layout.entries)  # every entry of the base, byte for byte, in its order
     if source:
-        kv["tokenizer.chat_template"] = (source, T.STRING, None)
+        kv["tokenizer.chat_template"] = entry("tokenizer.chat_template", source)
     if name:
-        kv["preflexor.chat_template"] = (name, T.STRING, None)
+        kv["preflexor.chat_template"] = entry("preflexor.chat_template", name)
     if loras:
-        labels = [f"{lo.path.name}:{lo.scale:g}" for lo in loras]
-        kv["general.name"] = (f"{meta.get('general.name') or base.stem} + {', '.join(lo.path.stem for lo in loras)}", T.STRING, None)
-        kv["preflexor.merged_adapters"] = (labels, T.ARRAY, T.STRING)
+        label = f"{meta.get('general.name') or base.stem} + {', '.join(lo.path.stem for lo in loras)}"
+        kv["general.name"] = entry("general.name", label)
+        kv["preflexor.merged_adapters"] = entry("preflexor.merged_adapters", [f"{lo.path.name}:{lo.scale:g}" for lo in loras])
     res = ExportResult(outtype=outtype, base=str(base), adapters=[a.label for a in adapters], chat_template=name)
     floats = outtype != "same"
     if floats:
-        kv["general.file_type"] = (int(gguf.LlamaFileType.ALL_F32), T.UINT32, None)
+        kv["general.file_type"] = entry("general.file_type", int(gguf.LlamaFileType.ALL_F32))
     info(f"merging {len(loras)} adapter(s) into {len(targets)} tensors of {base.name} ({outtype}) ...", quiet)
     planned = []
-    for t in reader.tensors:
+    for t in layout.tensors:
         if t.name not in targets and not floats:
-            planned.append((t.name, t.data, t.tensor_type))  # byte for byte
+            planned.append((t.name, t.ne, t.qtype, layout.data(t)))  # byte for byte
             res.copied_tensors += 1
             continue
-        w = ggml_quants.decode(t.data, t.tensor_type, t.name)
+        w = ggml_quants.decode(layout.data(t), t.qtype, t.name)
         for lora in loras:
             if t.name in lora.pairs:
                 a, b = lora.pairs[t.name]
-                a_w = ggml_quants.decode(a.data, a.tensor_type, a.name)
-                b_w = ggml_quants.decode(b.data, b.tensor_type, b.name)
+                a_w = ggml_quants.decode(lora.layout.data(a), a.qtype, a.name)
+                b_w = ggml_quants.decode(lora.layout.data(b), b.qtype, b.name)
                 w = w + _scale(lora, b) * (b_w @ a_w)
         res.merged_tensors += t.name in targets
         qtype = gguf.GGMLQuantizationType.F32 if floats else _merged_type(t, merged_type)
-        planned.append((t.name, ggml_quants.encode(w, qtype), qtype))
+        planned.append((t.name, t.ne, qtype, ggml_quants.encode(w, qtype)))
     if outtype in ("same", "f32"):
         with atomic_file(out) as tmp:
-            write_gguf(reader, tmp, kv, planned)
+            write_gguf(layout, tmp, kv, planned)
     else:
         from preflexor_local.convert.quantize import quantize_gguf
 
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_dir:
             f32 = Path(tmp_dir) / "merged-f32.gguf"
-            write_gguf(reader, f32, kv, planned)
+            write_gguf(layout, f32, kv, planned)
             del planned
             info(f"quantizing to {outtype} with llama.cpp ...", quiet)
             with atomic_file(out) as tmp:

@@ -92,14 +92,12 @@ def _model_files(folder: Path, work: Path, model: str, adapters: tuple[str, ...]
         if lora.scale == 1.0:
             _place(lora.path, dst)
         else:
-            import gguf
-
-            from preflexor_local.convert.gguf_copy import rewrite_gguf
+            from preflexor_local.convert.gguf_copy import read_layout, rewrite_gguf
 
             alpha = float(read_gguf(lora.path).get("adapter.lora.alpha", 0.0) or 0.0)
-            rank = next(int(t.shape[0]) for t in gguf.GGUFReader(str(lora.path)).tensors if t.name.endswith(".lora_b"))
+            rank = next(t.ne[0] for t in read_layout(lora.path).tensors if t.name.endswith(".lora_b"))
             folded = lora.scale * (alpha or rank)  # alpha 0 means s = user_scale, i.e. alpha = r
-            rewrite_gguf(lora.path, dst, {gguf.Keys.Adapter.LORA_ALPHA: (folded, gguf.GGUFValueType.FLOAT32, None)})
+            rewrite_gguf(lora.path, dst, {"adapter.lora.alpha": float(folded)})
         placed.append(dst)
     template, info = _ask_view(folder / "base.gguf", placed, opts["chat_template"])
     return _Files(folder / "base.gguf", placed, template, info, [a.label for a in args] or [lo.label for lo in loras])
