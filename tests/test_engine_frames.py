@@ -1,5 +1,6 @@
 """Every engine call comes from the frame table: the requests and greedy tokens are those the engine made before the
-table (``tests/data/engine_golden.json``, recorded from the engine as it was: 173e6df), with the small-model guards on.
+table (``tests/data/engine_golden.json``, recorded from the engine as it was at 173e6df; unchanged by the table at
+702cf94), with the small-model guards on. Re-recorded since for one change of wording: the critic's verdict line.
 
 Regenerate only on purpose: ``PREFLEXOR_REGEN_GOLDEN=1 python -m pytest tests/test_engine_frames.py``.
 """

@@ -19,7 +19,7 @@ Question:
 Reasoning:
 {thinking}
 
-Review this reasoning. Name its gaps, mistakes, unsupported steps and missing considerations, and for each one say concretely how to fix it. Reply with the review only."""
+Review this reasoning. Name its gaps, mistakes, unsupported steps and missing considerations, and for each one say concretely how to fix it. Reply with the review only, and end it with one line: "Verdict: fix." if anything needs fixing, else "Verdict: nothing to fix."."""
 
 REWRITE = """Below are a piece of reasoning and feedback on it.
 
@@ -123,7 +123,8 @@ _EX_WEAK_THINKING = "Paper is made of fibres. Water makes things soft, so wet pa
 _EX_CRITIQUE = (
     "1. It never says what holds the fibres together: name the hydrogen bonds between cellulose fibres.\n"
     '2. "Water makes things soft" is vague: explain that water molecules take over those bonds.\n'
-    "3. It misses that the fibres stay strong and the network fails at its joints."
+    "3. It misses that the fibres stay strong and the network fails at its joints.\n"
+    "Verdict: fix."
 )
 _EX_ANSWER = (
     "Water breaks the hydrogen bonds that hold the cellulose fibres to one another, so the fibre network "
