@@ -368,7 +368,7 @@ def export_gguf(
         if spec.kind == "dir":
             cfg = read_hf_config(spec.path)
             outtype = _hf_dtype(cfg) if outtype == "same" else outtype
-            if all(not a.is_gguf and a.scale == 1.0 for a in args):
+            if all((a.path / "adapter_config.json").is_file() and a.scale == 1.0 for a in args):  # PEFT folders at scale 1
                 return _export_hf_with_peft(spec.path, args, out, outtype, tmp, chat_template, quiet)
         base, loras = resolve_inputs(str(model), args, tmp, hf_type="f32", quiet=quiet)
         res = merge_gguf(base, loras, out, outtype, merged_type=merged_type, chat_template=chat_template, quiet=quiet)
