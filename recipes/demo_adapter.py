@@ -62,13 +62,32 @@ SEED = ROOT / "recipes" / "seed"
 TEMPLATE = "gemma"
 
 
-def role_examples(rec: dict, fmt) -> list[tuple[str, list[dict], str, str]]:
-    """(role, messages, prefill, chosen) for one seed record, in the engine's own prompt wording."""
-    from preflexor_local.reasoning import prompts
+def question_text(rec: dict) -> str:
+    """The question as the engine is asked it: a keyed one with its lettered options and how to state the answer
+    (eval's ``Question.prompt``, what ``eval`` sends), an open one as written."""
+    from preflexor_local.eval.questions import Question
 
-    q = rec["question"]
+    kind = rec.get("kind", "open")
+    if kind == "open":
+        return rec["question"]
+    return Question(rec["id"], rec["question"], kind, None, tuple(rec["choices"]) if rec.get("choices") else None).prompt()
+
+
+def role_examples(rec: dict, fmt) -> list[tuple[str, list[dict], str, str]]:
+    """(role, messages, prefill, chosen) for one seed record, built by the engine's own call frames
+    (``reasoning.frames``: the same messages and pre-fills as at inference, the guards on as for the embedded model).
+
+    A record's passages are the reasoner's context and the critic's evidence. A review without a verdict line
+    (the older records, whose thinking always has flaws) gets "Verdict: fix.", as the critic prompt asks; a
+    review of nothing to fix has no rewrite.
+    """
+    from preflexor_local.format import critic_verdict
+    from preflexor_local.reasoning.frames import FRAMES, Context, Guards
+
+    passages = tuple(rec.get("passages") or ())
+    ctx = Context(fmt=fmt, question=question_text(rec), guards=dict.fromkeys(("reasoner", "critic", "integrator"), Guards(True)), chunks=passages)
     if rec["task"] == "reason":
-        msgs = [{"role": "user", "content": fmt.question_with_cue(q)}]
+        msgs = ctx.reasoner_messages()
         think = f"{fmt.think_start}\n{rec['thinking'].strip()}\n{fmt.think_end}\n"
         out = [("reasoner", msgs, "", think + rec["answer"].strip())]
         if rec.get("reflection"):
@@ -77,19 +96,19 @@ def role_examples(rec: dict, fmt) -> list[tuple[str, list[dict], str, str]]:
             out.append(("reflection", msgs, think + f"{fmt.reflect_start}\n", f"{rec['reflection'].strip()}\n{fmt.reflect_end}\n{rec['answer'].strip()}"))
         return out
     if rec["task"] == "refine":
-        crit = [{"role": "system", "content": prompts.CRITIC_SYSTEM}]
-        return [
-            ("critique", crit + [{"role": "user", "content": prompts.critique_prompt(q, rec["weak_thinking"].strip())}], "", rec["critique"].strip()),
-            (
-                "rewrite",
-                crit + [{"role": "user", "content": prompts.rewrite_prompt(rec["weak_thinking"].strip(), rec["critique"].strip())}],
-                "",
-                rec["improved_thinking"].strip(),
-            ),
-        ]
+        weak, review = rec["weak_thinking"].strip(), rec["critique"].strip()
+        if critic_verdict(review) is None:
+            review += "\nVerdict: fix."
+        out = [("critique", FRAMES["critique"].build(ctx, thinking=weak, passages=passages).messages, "", review)]
+        if rec.get("improved_thinking"):
+            plan = FRAMES["rewrite"].build(ctx, thinking=weak, feedback=review, passages=passages)
+            improved = rec["improved_thinking"].strip()
+            prefill = plan.prefill if improved.startswith(plan.prefill) else ""
+            out.append(("rewrite", plan.messages, prefill, improved[len(prefill) :]))
+        return out
     if rec["task"] == "integrate":
-        sys_msg = [{"role": "system", "content": prompts.INTEGRATOR_SYSTEM}]
-        return [("integrate", sys_msg + [{"role": "user", "content": prompts.integrate_prompt(q, rec["drafts"])}], "", rec["final"].strip())]
+        plan = FRAMES["integration"].build(ctx, answers=rec["drafts"], thinkings=[])
+        return [("integrate", plan.messages, "", rec["final"].strip())]
     raise ValueError(f"unknown task {rec['task']!r}")
 
 
@@ -123,6 +142,23 @@ def done_keys(path: Path) -> set[str]:
     return {row["meta"]["key"] for row in whole_rows(path) if isinstance(row.get("meta"), dict) and "key" in row["meta"]}
 
 
+def drop_stale(path: Path, current: dict[str, tuple]) -> set[str]:
+    """Remove the pairs whose prompt, pre-fill or chosen reply no longer match the seed set and prompts (a record or
+    the engine's wording changed since they were made): they are redone. Returns the keys of the pairs kept."""
+    from preflexor_local.atomic import write_bytes
+
+    rows = list(whole_rows(path))
+    keep = []
+    for row in rows:
+        ex = current.get(row.get("meta", {}).get("key"))
+        if ex is not None and (row["prompt"], row.get("prefill", ""), row["chosen"]) == (ex[1], ex[2], ex[3]):
+            keep.append(row)
+    if len(keep) < len(rows):
+        print(f"pairs: {len(rows) - len(keep)} made from an older seed set or wording: redone", file=sys.stderr, flush=True)
+        write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep).encode("utf-8"))
+    return {r["meta"]["key"] for r in keep}
+
+
 def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     """Append (chosen = seed, rejected = base model's own reply) pairs; resumes by id."""
     from preflexor_local.backends import load
@@ -132,10 +168,12 @@ def stage_pairs(work: Path, rejected_tokens: int, seed: int) -> Path:
     from preflexor_local.models import default_model_path
 
     out = work / "pairs.jsonl"
-    done = done_keys(out)
     fmt = ThinkingFormat()
     todo = [(rec, ex) for rec in seed_records("train") for ex in role_examples(rec, fmt)]
+    done = drop_stale(out, {f"{rec['id']}:{ex[0]}": ex for rec, ex in todo})
     random.Random(seed).shuffle(todo)  # any prefix of the work is a fair sample of roles and domains
+    # the grounded records (passages) first: the part of the set the current adapter has never seen
+    todo.sort(key=lambda item: not item[0].get("passages"))
     todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:{ex[0]}" not in done]
     print(f"pairs: {len(done)} done, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
@@ -224,14 +262,16 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
     model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(work / "adapter.gguf"),)))
     sampling = Sampling(seed=seed, max_tokens=384)  # what the engine asks of the model at inference (DRY on)
     with Appender(out) as fh:
-        for i, (rec, (role, msgs, _prefill, chosen)) in enumerate(todo, 1):
-            gen = model.generate(GenerationRequest(messages=msgs, sampling=sampling))
+        for i, (rec, (role, msgs, prefill, chosen)) in enumerate(todo, 1):
+            gen = model.generate(GenerationRequest(messages=msgs, prefill=prefill, sampling=sampling))
             row = {
                 "prompt": msgs,
                 "chosen": chosen,
                 "rejected": gen.text.strip(),
                 "meta": {"key": f"{rec['id']}:{role}", "role": role, "domain": rec.get("domain")},
             }
+            if prefill:  # the rewrite's opening heading, pre-filled as the engine does
+                row["prefill"] = prefill
             if gen.finish_reason == "length":
                 row["rejected_cut"] = True
             fh.append(row)

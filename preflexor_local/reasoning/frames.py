@@ -11,7 +11,8 @@ stops lives at a call site. Frames:
 * ``critique``: the critic reviews a thinking text — against numbered passages when the round has evidence
   (``prompts.grounded_critique_prompt``) — ending with a verdict line (``format.critic_verdict``).
 * ``rewrite``: the critic rewrites the thinking along the feedback (and the passages, when there are any).
-* ``integration``: the integrator merges the rounds' answers into one.
+* ``integration``: the integrator merges the rounds' answers into one; with retrieved context it sees the passages
+  the answers cite, numbered as the reasoner saw them.
 
 **Small-model guards** (``Guards``), one switchable set, on by default for the embedded models and off for others
 (``--guards auto|on|off``):
@@ -146,6 +147,7 @@ def _rewrite(ctx: Context, thinking: str, feedback: str, passages: tuple[dict, .
 
 @frame("integration", "integrator", "final")
 def _integration(ctx: Context, answers: list[str], thinkings: list[str]) -> Plan:
-    messages = ctx.task_messages("integrator", prompts.INTEGRATOR_SYSTEM, "final", prompts.integrate_prompt(ctx.question, answers))
+    prompt = prompts.integrate_prompt(ctx.question, answers, ctx.chunks)
+    messages = ctx.task_messages("integrator", prompts.INTEGRATOR_SYSTEM, "final", prompt)
     g = ctx.guards["integrator"]
     return Plan(messages, stop=(*g.tag_stops(ctx.fmt), *g.headings(*thinkings)))

@@ -66,6 +66,11 @@ Feedback:
 
 Rewrite the reasoning so that it acts on every point of the feedback: keep the claims the passages support, correct the ones they contradict, and add what they show is missing, citing them as [n]. Keep its structure and headings, and do not write the final answer. Reply with the rewritten reasoning only."""
 
+GROUNDED_INTEGRATE = """Passages the drafts were written from:
+{passages}
+
+{prompt} Where the drafts disagree, the passages decide; cite them as [n]."""
+
 CONTEXT = """Context:
 {chunks}
 
@@ -101,9 +106,11 @@ def grounded_rewrite_prompt(thinking: str, feedback: str, passages) -> str:
     return fill(GROUNDED_REWRITE, passages=passages_block(passages), thinking=thinking, feedback=feedback)
 
 
-def integrate_prompt(question: str, answers: list[str]) -> str:
+def integrate_prompt(question: str, answers: list[str], passages=()) -> str:
+    """With ``passages`` (the context the drafts cite as [n]), they are shown, numbered as the drafts saw them."""
     blocks = "\n\n".join(f"Draft {i}:\n{a.strip()}" for i, a in enumerate(answers, 1))
-    return fill(INTEGRATE, n=str(len(answers)), question=question, answers=blocks)
+    prompt = fill(INTEGRATE, n=str(len(answers)), question=question, answers=blocks)
+    return fill(GROUNDED_INTEGRATE, passages=passages_block(passages), prompt=prompt) if passages else prompt
 
 
 def with_context(question: str, chunks: list[dict]) -> str:
