@@ -30,7 +30,9 @@ def claims(thinking: str, most: int = 4) -> list[str]:
 
 
 def chunk_dict(hit) -> dict:
-    return {"id": hit.chunk_id, "text": hit.text, "source": f"{hit.path} {hit.span}".strip(), "score": round(float(hit.score), 4)}
+    """A retrieved chunk as prompts and transcripts show it; its source is short (``nacre.md lines 3-9``): a small
+    model reads every character of it."""
+    return {"id": hit.chunk_id, "text": hit.text, "source": hit.cite(), "path": hit.path, "score": round(float(hit.score), 4)}
 
 
 class Evidence:
@@ -51,13 +53,51 @@ class Evidence:
         return out
 
 
-def open_rag(store_path: str):
-    """The store a ``--rag`` names, read-only; a missing file is one clear line."""
+BUILTIN = "builtin:"
+
+
+def open_rag(spec: str):
+    """The store a ``--rag`` names, read-only: a store file, or ``builtin:NAME`` — a corpus shipped with the package
+    (``builtin:grounded``), indexed into a cached store on first use. A missing file is one clear line."""
     from pathlib import Path
 
     from ..errors import UsageError
     from .store import open_store
 
-    if not Path(store_path).is_file():
-        raise UsageError(f"RAG store not found: {store_path}", hint="build one with `preflexor-local index add DOCS --store FILE`")
-    return open_store(store_path, readonly=True)
+    if spec.startswith(BUILTIN):
+        return open_store(builtin_store(spec[len(BUILTIN) :]), readonly=True)
+    if not Path(spec).is_file():
+        raise UsageError(f"RAG store not found: {spec}", hint="build one with `preflexor-local index add DOCS --store FILE`, or use --rag builtin:grounded")
+    return open_store(spec, readonly=True)
+
+
+def builtin_store(name: str):
+    """The cached store of the shipped corpus ``name`` (``<home>/stores/NAME-<hash>.db``), built once: each passage
+    is one file (``<id>.md``, its source as the title) under ``<home>/corpora/NAME``, indexed with the defaults. The
+    hash is the corpus's, so an updated corpus gets a new store."""
+    import hashlib
+    import json
+    import sys
+
+    from ..atomic import atomic_dir
+    from ..eval.corpus import load_corpus
+    from ..models import home
+    from .ingest import IndexConfig, index_folder
+
+    passages = load_corpus(name)
+    digest = hashlib.sha256(json.dumps(passages, sort_keys=True).encode()).hexdigest()[:12]
+    store = home() / "stores" / f"{name}-{digest}.db"
+    if store.is_file():
+        return store
+    print(f"note: indexing the built-in {name} corpus ({len(passages)} passages) into {store} once …", file=sys.stderr, flush=True)
+    folder = home() / "corpora" / f"{name}-{digest}"
+    if not folder.is_dir():
+        with atomic_dir(folder) as tmp:
+            for p in passages:
+                (tmp / f"{p['id']}.md").write_text(f"# {p['source']}\n\n{p['text'].strip()}\n", encoding="utf-8")
+    store.parent.mkdir(parents=True, exist_ok=True)
+    partial = store.with_name(store.name + ".part")
+    partial.unlink(missing_ok=True)
+    index_folder([folder], partial, IndexConfig(progress=False))
+    partial.replace(store)  # whole or absent: an interrupted build starts over
+    return store

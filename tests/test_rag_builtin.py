@@ -1,0 +1,34 @@
+"""``--rag builtin:grounded``: the shipped corpus is indexed into a cached store on first use, one passage a chunk."""
+
+from __future__ import annotations
+
+import pytest
+
+from preflexor_local.errors import UsageError
+from preflexor_local.eval.corpus import load_corpus
+from preflexor_local.rag.evidence import Evidence, open_rag
+
+
+def test_the_builtin_corpus_becomes_a_cached_store_whose_passages_are_found(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFLEXOR_HOME", str(tmp_path))
+    corpus = {p["id"]: p for p in load_corpus("grounded")}
+    store = open_rag("builtin:grounded")
+    try:
+        assert "indexing the built-in grounded corpus" in capsys.readouterr().err
+        first = next(iter(corpus.values()))
+        hits = Evidence(store, k=2)(first["text"][:200], "")
+        assert hits[0]["source"].startswith(f"{first['id']}.md") and first["text"].strip() in hits[0]["text"]
+        assert len(list((tmp_path / "stores").glob("grounded-*.db"))) == 1
+    finally:
+        store.close()
+    again = open_rag("builtin:grounded")  # cached: no second build
+    again.close()
+    assert "indexing" not in capsys.readouterr().err
+
+
+def test_an_unknown_builtin_or_a_missing_store_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLEXOR_HOME", str(tmp_path))
+    with pytest.raises(UsageError, match="no built-in corpus named 'nope'"):
+        open_rag("builtin:nope")
+    with pytest.raises(UsageError, match="RAG store not found: missing.db"):
+        open_rag("missing.db")
