@@ -103,24 +103,28 @@ def test_rounds_one_is_round_one_of_the_longest_run_and_budgets_are_equal():
     recs = {rec["condition"]: rec for rec in line["records"]}
     assert list(recs) == ["rounds-1", "rounds-3", "self-consistency"]
     three, one, sc = recs["rounds-3"], recs["rounds-1"], recs["self-consistency"]
-    # rounds-3: R1 4+2+5+3, R2 2+5+3, R3 2, integration 2 = 28 generated tokens
-    assert three["tokens"] == 28 and three["integrated"] and three["calls"] == 9
+    # rounds-3: R1 4+2+5+3, R2 2+5+3, R3 2 = 26 generated tokens. The item is keyed (a choice), so its final answer
+    # is selected from the rounds' stated answers (A, B, B: the majority B), not merged: no integration call.
+    assert three["tokens"] == 26 and not three["integrated"] and three["calls"] == 8
+    assert three["selected"] and three["selection_rule"] == "majority" and three["prediction"] == "B" and three["correct"]
+    assert not any("draft answers" in last_user(req) for req in backend.requests)
     assert [x["tokens"] for x in three["rounds"]] == [14, 10, 2]
     # rounds-1 is not generated again: round 1's reasoner calls (thinking 4 + answer 2)
     assert one["derived_from"] == "rounds-3" and one["tokens"] == 6 and one["final_answer"] == three["rounds"][0]["answer"]
     assert sum(1 for req in backend.requests if req.prefill.endswith("<|thinking|>\n") and req.sampling.temperature == 0) == 1
-    # samples (6 tokens each) are drawn while spent + mean/2 < 28: 5 samples, 30 tokens, the closest total to 28
-    assert sc["budget"] == 28 and sc["samples"] == 5 and sc["tokens"] == 30
+    # samples (6 tokens each) are drawn while spent + mean/2 < 26: 4 samples, 24 tokens, the closest total to 26
+    assert sc["budget"] == 26 and sc["samples"] == 4 and sc["tokens"] == 24
     assert abs(sc["tokens"] - sc["budget"]) <= 6 / 2
+    assert sc["launched"] == 4 and sc["batches"] == [1, 1, 1, 1] and sc["overshoot_tokens"] == 0  # a scripted model: one at a time
     seeds = [s["seed"] for s in sc["sample_records"]]
-    assert len(set(seeds)) == 5 and seeds[0] == item_seed(0, "up", "sample-0") and sc["temperature"] == 0.7
+    assert len(set(seeds)) == 4 and seeds[0] == item_seed(0, "up", "sample-0") and sc["temperature"] == 0.7
     assert all(req.sampling.temperature == 0.7 for req in backend.requests if req.sampling.seed in seeds)
 
 
 def test_max_samples_caps_the_budget():
     r, _ = runner(EvalSettings(rounds="3", baselines="self-consistency", max_samples=2))
     sc = r.run(QUESTIONS[0])["records"][-1]
-    assert sc["samples"] == 2 and sc["tokens"] == 12 and sc["budget"] == 28
+    assert sc["samples"] == 2 and sc["tokens"] == 12 and sc["budget"] == 26  # 26: the keyed rounds-3 selects, no integration
 
 
 def test_self_consistency_majority_vote_and_best_of_n_with_the_key():
@@ -259,8 +263,9 @@ def test_report_figures_recompute_from_item_records(tmp_path):
     assert [(s["from"], s["to"], s["right_to_wrong"], s["wrong_to_right"]) for s in steps] == [
         ("round 1", "round 2", 1, 3),
         ("round 2", "round 3", 1, 0),
-        ("round 3", "integrated", 0, 0),
+        ("round 3", "selected", 0, 0),  # keyed items are selected from the rounds (majority), not integrated
     ]
+    assert steps[1]["stayed_right"] == 3  # up, stay and num kept their right answer from round 2 to 3
     assert summary["flips"]["versus_baseline"]["rounds-3"] == {"n": 5, "right_to_wrong": 1, "wrong_to_right": 2, "stayed_right": 1, "stayed_wrong": 1, "net": 1}
     assert by[("down", "rounds-1")]["correct"] and not by[("down", "rounds-3")]["correct"]
     assert summary["conditions"]["self-consistency"]["mean_samples"] == by[("up", "self-consistency")]["samples"]
@@ -291,3 +296,81 @@ def test_concurrency_only_for_servers(tmp_path):
         )
         assert any("--concurrency 3 ignored" in n for n in notes) == ignored
         assert report["question_set"]["evaluated"] == len(QUESTIONS)
+
+
+def calm_reply(request) -> str:
+    """``reasoner_reply``, except that the critic finds nothing to fix in the thinking for the [calm] item."""
+    user = last_user(request)
+    if "Review this reasoning" in user and "[calm]" in user:
+        return "All good.\nVerdict: nothing to fix."  # 6 tokens; the verdict is a line of its own
+    return reasoner_reply(request)
+
+
+def test_adaptive_rounds_stop_early_and_the_report_counts_the_tokens_saved(tmp_path):
+    SCRIPT["calm"] = ["B", "B", "B"]
+    questions = (*QUESTIONS, q("calm"))
+    backend = Scripted(calm_reply)
+    qset = QuestionSet(source="scripted", path="scripted", sha256="0", questions=questions)
+    settings = EvalSettings(rounds="1,3", baselines="none", adaptive=True)
+    report = evaluate(qset, tmp_path / "out", "scripted", settings=settings, sampling=GREEDY, progress=False, loaded=Models(backend, backend, backend))
+    assert report["conditions"] == ["rounds-1", "rounds-3", "adaptive"]
+    by = {(it["id"], it["condition"]): it for it in report["items"]}
+    # stay (B, B): the second answer agrees with the first, so no critique of round 2 and no round 3: R1 14 + R2 2
+    stay = by[("stay", "adaptive")]
+    assert (stay["rounds_run"], stay["stop_reason"], stay["tokens"], stay["tokens_saved"], stay["versus"]) == (2, "answers_agree", 16, 10, "rounds-3")
+    assert stay["correct"] and stay["selected"] and stay["max_rounds"] == 3
+    # calm: the critic finds nothing to fix after round 1 (thinking 4 + answer 2 + critique 6). The fixed run goes on
+    # without a rewrite (round 1's thinking is pre-filled again): 12 + (2 + 6) + 2 = 22.
+    calm, calm_fixed = by[("calm", "adaptive")], by[("calm", "rounds-3")]
+    assert (calm["rounds_run"], calm["stop_reason"], calm["tokens"]) == (1, "nothing_to_fix", 12)
+    assert (calm_fixed["rounds_run"], calm_fixed["stop_reason"], calm_fixed["tokens"], calm["tokens_saved"]) == (3, "rounds", 22, 10)
+    assert calm["rounds"][0]["verdict"] == "nothing to fix"
+    # the others never agree twice in a row: every round, as many tokens as the fixed run, the same rounds
+    for qid in ("up", "down", "zig", "num"):
+        a, fixed = by[(qid, "adaptive")], by[(qid, "rounds-3")]
+        assert (a["rounds_run"], a["stop_reason"], a["tokens_saved"]) == (3, "rounds", 0)
+        assert [r["answer"] for r in a["rounds"]] == [r["answer"] for r in fixed["rounds"]] and a["correct"] == fixed["correct"]
+        assert fixed["stop_reason"] == "rounds"  # fixed runs never stop early
+    assert all(by[(x.id, "rounds-3")]["rounds_run"] == 3 for x in questions)
+    ad = report["summary"]["conditions"]["adaptive"]["adaptive"]
+    assert ad == {
+        "max_rounds": 3,
+        "versus": "rounds-3",
+        "mean_rounds": (2 + 1 + 3 * 4) / 6,
+        "stopped_early": 2,
+        "stop_reasons": {"answers_agree": 1, "nothing_to_fix": 1, "rounds": 4},
+        "tokens_saved": 20,
+        "tokens_versus": 26 * 5 + 22,
+        "saved_fraction": 20 / 152,
+    }
+    # per round over the items that ran it: round 1 → 2 for the 5 that went on, round 2 → 3 for the 4 that did
+    steps = report["summary"]["flips"]["within_run"]["adaptive"]
+    assert [(s["from"], s["to"], s["n"]) for s in steps] == [("round 1", "round 2", 5), ("round 2", "round 3", 4), ("last round", "selected", 5)]
+    assert (steps[0]["wrong_to_right"], steps[0]["right_to_wrong"], steps[0]["stayed_right"]) == (3, 1, 1)  # up, zig, num corrected; down lost; stay kept
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- adaptive (at most 3 rounds): stopped early on 2 of 6 items (answers agree: 1, nothing to fix: 1, rounds: 4)" in md
+    assert "tokens saved against rounds-3: 20 of 152 (13.2 %)" in md
+    assert "| adaptive | round 1 → round 2 | 5 | 1 | 3 | +2 | 1 |" in md
+
+
+def test_batched_draws_keep_exactly_the_samples_drawn_one_at_a_time():
+    from preflexor_local.eval.samples import draw, kept
+
+    sizes = [7, 3, 9, 4, 6, 5, 8, 2, 7, 3]
+    for budget in (1, 10, 17, 30, 44, 200):
+        for most in (1, 3, 16):
+            # the rule, written out as the sequential loop it replaces
+            expected, spent = 0, 0
+            while expected < most and expected < len(sizes):
+                if expected and spent + (spent / expected) / 2 >= budget:
+                    break
+                spent += sizes[expected]
+                expected += 1
+            for batch in (1, 2, 4, 8):
+                for estimate in (1, 5, 50):
+                    pool = draw(lambda i: {"i": i, "tokens": sizes[i]}, budget, min(most, len(sizes)), batch, estimate)
+                    assert [s["i"] for s in pool.samples] == list(range(expected)), (budget, most, batch, estimate)
+                    assert pool.launched == sum(pool.batches) >= expected and max(pool.batches) <= batch
+                    assert pool.overshoot_tokens == sum(sizes[expected : pool.launched])
+                    assert pool.launched - expected < batch or expected == 0  # launching stops once the rule is met
+                    assert kept([sizes[i] for i in range(pool.launched)], budget, most)[0] == expected

@@ -12,7 +12,7 @@ import json
 
 import click
 
-from ..config import LoadOptions, Recursion, Sampling, cli_options, from_kwargs
+from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..eval.settings import EvalSettings
 
 
@@ -25,7 +25,9 @@ from ..eval.settings import EvalSettings
 @click.option("--integrator", default=None, help="Model that merges the rounds' answers (default: the critic).")
 @click.option("--judge", default=None, help="Pairwise judge (any model spec): scores open items and picks best-of-n. Without it open items are skipped.")
 @cli_options(EvalSettings)
-@cli_options(Recursion, exclude=("rounds",))
+# The rounds, their early stop and the key are the conditions' and the items' own (--rounds, --adaptive, each item's kind).
+@cli_options(Recursion, exclude=("rounds", "early_stop", "keyed"))
+@cli_options(Retrieval)
 @cli_options(Sampling)
 @cli_options(LoadOptions)
 @click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set.")
@@ -46,6 +48,7 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     preflexor-local eval questions.jsonl --model ./m.gguf --rounds 1,3 -o report/
     preflexor-local eval builtin:materials --model ./m.gguf --critic http://gpu:8000/v1 --rounds 1,2,3 \\
         --baselines best-of-n,self-consistency --judge ./judge.gguf --concurrency 8 --json
+    preflexor-local eval builtin:grounded --rag grounded.db --rounds 1,3 --adaptive -o report/
     """
     from ..eval import evaluate, load_questions
     from ..eval.report import markdown
@@ -57,12 +60,17 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = from_kwargs(LoadOptions, kwargs)
+    retrieval = from_kwargs(Retrieval, kwargs)
     if recursion.mode not in STRATEGIES:
         from ..errors import UsageError
 
         raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
     check_template_option(options.chat_template)
     qset = load_questions(questions)  # a bad file is refused before any model loads
+    if retrieval.rag:
+        from ..rag.evidence import open_rag
+
+        open_rag(retrieval.rag).close()  # so is a missing store
 
     def note(msg: str) -> None:
         if not quiet:
@@ -71,7 +79,8 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     if not quiet:
         click.secho(
             f"evaluating {model or 'the default model (gemma3-270m)'} on {questions} "
-            f"(rounds {','.join(map(str, settings.rounds))}; baselines {', '.join(settings.baselines) or 'none'}) → {output}",
+            f"(rounds {','.join(map(str, settings.rounds))}{'; adaptive' if settings.adaptive else ''}; baselines {', '.join(settings.baselines) or 'none'}"
+            f"{f'; grounded in {retrieval.rag}' if retrieval.rag else ''}) → {output}",
             err=True,
             dim=True,
         )
@@ -87,6 +96,7 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
         recursion=recursion,
         options=options,
         fmt=ThinkingFormat.preset(tags),
+        retrieval=retrieval,
         progress=not quiet,
         note=note,
     )

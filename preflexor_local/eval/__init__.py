@@ -2,7 +2,9 @@
 
 Modules, one job each: ``questions`` (the JSONL format, validation, built-in
 sets), ``settings`` (the typed ``EvalSettings``), ``conditions`` (what runs on
-an item and its token budget), ``extract`` (rule scoring), ``judge`` (pairwise,
+an item and its token budget), ``samples`` (the budget rule; samples drawn in
+batches that decode together), ``grounding`` (``--rag``: the same retrieval for
+every condition), ``extract`` (rule scoring), ``judge`` (pairwise,
 both orders), ``stats`` (intervals, flips), ``runner`` (resume, parallel items,
 ``evaluate``), ``report`` and ``plot``.
 """

@@ -8,15 +8,23 @@ anyone can recompute every figure from ``report.json["items"]``:
   interval; for open items win/tie/loss against the baseline condition (the
   smallest round count), with Wilson intervals for the win and loss rates; mean
   generated tokens and seconds per item with 95 % intervals;
-* flips inside each multi-round run: round i → round i+1, and the last round →
-  the integrated final answer (keyed items);
-* flips against the baseline condition, paired by item (keyed items).
+* flips inside each multi-round run (``rounds-K`` and ``adaptive``): round i →
+  round i+1 over the items that ran round i+1 — the correct answers kept
+  (right → right) and the wrong ones corrected (wrong → right) —, and the last
+  round → the final answer where it was integrated (open items of old runs) or
+  selected from the rounds (keyed items);
+* flips against the baseline condition, paired by item (keyed items);
+* ``adaptive``: how many items stopped early and why, mean rounds, and the tokens
+  saved against ``rounds-K`` (the largest K) on the same items;
+* baselines drawn in batches: samples launched, and the tokens of samples
+  launched past the budget and dropped (``overshoot_tokens``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from .stats import flips, mean_ci, wilson
@@ -82,23 +90,55 @@ def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
         if samples:
             entry["mean_samples"] = sum(samples) / len(samples)
             entry["mean_budget"] = sum(r["budget"] for r in recs) / len(recs)
+            launched = [r for r in recs if "launched" in r]
+            if launched:
+                entry["mean_launched"] = sum(r["launched"] for r in launched) / len(launched)
+                entry["overshoot_tokens"] = sum(r["overshoot_tokens"] for r in launched)
+        adaptive = [r for r in recs if r.get("family") == "adaptive"]
+        if adaptive:
+            entry["adaptive"] = _adaptive(adaptive)
         summary["conditions"][cond] = entry
         multi = [r for r in keyed if r.get("rounds") and len(r["rounds"]) > 1]
         if multi:
-            steps = []
-            for i in range(len(multi[0]["rounds"]) - 1):
-                pairs = [(r["rounds"][i]["correct"], r["rounds"][i + 1]["correct"]) for r in multi]
-                steps.append({"from": f"round {i + 1}", "to": f"round {i + 2}", **flips(pairs)})
-            integrated = [r for r in multi if r.get("integrated")]
-            if integrated:
-                pairs = [(r["rounds"][-1]["correct"], r["correct"]) for r in integrated]
-                steps.append({"from": f"round {len(multi[0]['rounds'])}", "to": "integrated", **flips(pairs)})
-            summary["flips"]["within_run"][cond] = steps
+            summary["flips"]["within_run"][cond] = _round_steps(multi)
     base = {r["id"]: r["correct"] for r in by_cond.get(baseline, []) if r["kind"] != "open"}
     for cond, recs in by_cond.items():
         if cond != baseline and base:
             summary["flips"]["versus_baseline"][cond] = flips((base[r["id"]], r["correct"]) for r in recs if r["id"] in base and r["kind"] != "open")
     return summary
+
+
+def _round_steps(recs: list[dict]) -> list[dict]:
+    """Round i → i+1 over the records that ran round i+1, then the last round → the final answer where it was
+    integrated or selected (the last round is "round K" when every record ran K rounds)."""
+    lengths = {len(r["rounds"]) for r in recs}
+    steps = []
+    for i in range(max(lengths) - 1):
+        pairs = [(r["rounds"][i]["correct"], r["rounds"][i + 1]["correct"]) for r in recs if len(r["rounds"]) > i + 1]
+        steps.append({"from": f"round {i + 1}", "to": f"round {i + 2}", **flips(pairs)})
+    last = f"round {lengths.pop()}" if len(lengths) == 1 else "last round"
+    for flag, label in (("integrated", "integrated"), ("selected", "selected")):
+        chosen = [r for r in recs if r.get(flag)]
+        if chosen:
+            steps.append({"from": last, "to": label, **flips((r["rounds"][-1]["correct"], r["correct"]) for r in chosen)})
+    return steps
+
+
+def _adaptive(recs: list[dict]) -> dict:
+    """Early stops of the adaptive condition and the tokens they saved against the fixed run of the same items."""
+    versus = sum(r["tokens"] + r["tokens_saved"] for r in recs)
+    saved = sum(r["tokens_saved"] for r in recs)
+    reasons = Counter(r["stop_reason"] for r in recs)
+    return {
+        "max_rounds": max(r["max_rounds"] for r in recs),
+        "versus": recs[0]["versus"],
+        "mean_rounds": sum(r["rounds_run"] for r in recs) / len(recs),
+        "stopped_early": sum(n for reason, n in reasons.items() if reason != "rounds"),
+        "stop_reasons": dict(sorted(reasons.items())),
+        "tokens_saved": saved,
+        "tokens_versus": versus,
+        "saved_fraction": saved / versus if versus else None,
+    }
 
 
 def build_report(lines: list[dict], conditions: list[str], baseline: str, meta: dict) -> dict:
@@ -147,11 +187,36 @@ def markdown(report: dict) -> str:
     flip_rows = []
     for cond, steps in s["flips"]["within_run"].items():
         for st in steps:
-            flip_rows.append(f"| {cond} | {st['from']} → {st['to']} | {st['n']} | {st['right_to_wrong']} | {st['wrong_to_right']} | {st['net']:+d} |")
+            flip_rows.append(
+                f"| {cond} | {st['from']} → {st['to']} | {st['n']} | {st['right_to_wrong']} | {st['wrong_to_right']} | {st['net']:+d} | {st['stayed_right']} |"
+            )
     for cond, f in s["flips"]["versus_baseline"].items():
-        flip_rows.append(f"| {cond} | {base} → {cond} (paired) | {f['n']} | {f['right_to_wrong']} | {f['wrong_to_right']} | {f['net']:+d} |")
+        flip_rows.append(
+            f"| {cond} | {base} → {cond} (paired) | {f['n']} | {f['right_to_wrong']} | {f['wrong_to_right']} | {f['net']:+d} | {f['stayed_right']} |"
+        )
     if flip_rows:
-        lines += ["", "| condition | step | keyed items | right → wrong | wrong → right | net |", "|---|---|---|---|---|---|", *flip_rows]
+        lines += [
+            "",
+            "| condition | step | keyed items | right → wrong | wrong → right (corrected) | net | right → right (kept) |",
+            "|---|---|---|---|---|---|---|",
+            *flip_rows,
+        ]
+    for cond in report["conditions"]:
+        c = s["conditions"].get(cond) or {}
+        if "adaptive" in c:
+            a = c["adaptive"]
+            why = ", ".join(f"{reason.replace('_', ' ')}: {n}" for reason, n in a["stop_reasons"].items())
+            saved = f"{_num(a['tokens_saved'])} of {_num(a['tokens_versus'])} ({_pct(a['saved_fraction'])})"
+            lines += [
+                "",
+                f"- {cond} (at most {a['max_rounds']} rounds): stopped early on {a['stopped_early']} of {c['items']} items ({why}); "
+                f"mean rounds {a['mean_rounds']:.2f}; tokens saved against {a['versus']}: {saved}",
+            ]
+        if c.get("overshoot_tokens"):
+            lines += [
+                "",
+                f"- {cond}: {c['mean_launched']:.1f} samples launched per item (in batches); {c['overshoot_tokens']:,} tokens past the budget dropped",
+            ]
     for note in report.get("notes", []):
         lines += ["", f"- {note}"]
     return "\n".join(lines) + "\n"

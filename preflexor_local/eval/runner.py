@@ -20,21 +20,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..atomic import write_bytes
-from ..config import LoadOptions, Recursion, Sampling
+from ..config import LoadOptions, Recursion, Retrieval, Sampling
 from ..errors import UsageError
 from ..format import ThinkingFormat
 from ..jsonl import Appender, whole_rows
 from .conditions import ItemRunner, Models
+from .grounding import Grounding
 from .questions import BUILTIN_PREFIX, INSTRUCTIONS, Question, QuestionSet
 from .settings import EvalSettings
 
 SETTINGS_FILE, ITEMS_FILE = "settings.json", "items.jsonl"
 # Settings that change how fast a run goes, not what it measures: a resumed run may change them.
-_FREE = {"eval": ("concurrency", "limit"), "load": ("threads", "api_key", "timeout")}
+# ``batch`` too: the samples kept are the same whether they are drawn together or one at a time.
+_FREE = {"eval": ("concurrency", "limit", "batch"), "load": ("threads", "api_key", "timeout")}
+# What a keyed item's final answer is: selected from the rounds (runs from before, which merged them, differ).
+KEYED_FINAL = "selected from the rounds"
 
 
 def _spec(spec: str | None) -> str:
@@ -55,12 +59,14 @@ def fingerprint(
     recursion: Recursion,
     options: LoadOptions,
     fmt: ThinkingFormat,
+    retrieval: Retrieval | None = None,
 ) -> dict:
     """Everything that decides what the numbers mean; resumed runs must match it."""
     eval_d = {k: v for k, v in settings.to_dict().items() if k not in _FREE["eval"]}
     eval_d["instructions"] = INSTRUCTIONS  # the wording asked of the model is part of what is measured
+    eval_d["keyed_final"] = KEYED_FINAL
     load_d = {k: v for k, v in asdict(options).items() if k not in _FREE["load"]}
-    rec = {k: v for k, v in asdict(recursion).items() if k != "rounds"}
+    rec = {k: v for k, v in asdict(recursion).items() if k not in ("rounds", "early_stop", "keyed")}  # the conditions and items set these
     samp = asdict(sampling)
     samp["seed"] = 0 if sampling.seed is None else sampling.seed  # eval always seeds: runs repeat
     fp = {
@@ -77,8 +83,15 @@ def fingerprint(
         "recursion": rec,
         "load": load_d,
         "format": fmt.to_dict(),
+        "retrieval": _retrieval(retrieval),
     }
     return json.loads(json.dumps(fp))  # as stored in settings.json (tuples become lists), so comparisons are exact
+
+
+def _retrieval(retrieval: Retrieval | None) -> dict | None:
+    if retrieval is None or not retrieval.rag:
+        return None
+    return {"rag": str(Path(retrieval.rag).expanduser().resolve()), "rag_k": retrieval.rag_k, "evidence_k": retrieval.evidence_k}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -183,12 +196,25 @@ def progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="item", desc="eval", file=sys.stderr, dynamic_ncols=True, disable=not enabled, smoothing=0.1)
 
 
+def _open_store(retrieval: Retrieval | None):
+    if retrieval is None or not retrieval.rag:
+        return None
+    from ..rag.evidence import open_rag
+
+    return open_rag(retrieval.rag)
+
+
 def _load_models(model, critic, integrator, judge, options: LoadOptions, settings: EvalSettings, fmt: ThinkingFormat):
-    """Load each distinct spec once (the judge too, when it names a role's model)."""
+    """Load each distinct spec once (the judge too, when it names a role's model).
+
+    When the baselines draw samples, llama.cpp models get ``--batch`` parallel slots, so an item's samples decode
+    together (``samples.draw``); each call still has the whole context window."""
     from ..backends import load
     from ..reasoning.ask import load_roles
     from .judge import PairwiseJudge
 
+    if settings.baselines and settings.batch > 1 and options.parallel < settings.batch:
+        options = replace(options, parallel=settings.batch)
     reasoner, critic_b, integrator_b = load_roles(model, critic, integrator, options)
     judge_b = None
     if judge is not None:
@@ -212,6 +238,7 @@ def evaluate(
     recursion: Recursion | None = None,
     options: LoadOptions | None = None,
     fmt: ThinkingFormat | None = None,
+    retrieval: Retrieval | None = None,
     progress: bool = True,
     note: Callable[[str], None] | None = None,
     loaded: Models | None = None,
@@ -223,6 +250,7 @@ def evaluate(
 
     ``loaded`` runs already-loaded models instead of loading the specs (the
     caller keeps them; the specs still name the run in ``settings.json``).
+    ``retrieval.rag``: a store every condition retrieves from alike (``grounding``).
     """
     from .conditions import condition_names, rounds_name
     from .report import build_report, write_report
@@ -230,7 +258,7 @@ def evaluate(
     settings, sampling = settings or EvalSettings(), sampling or Sampling()
     recursion, options, fmt = recursion or Recursion(), options or LoadOptions(), fmt or ThinkingFormat()
     note = note or (lambda msg: None)
-    fp = fingerprint(questions, model, critic, integrator, judge, settings, sampling, recursion, options, fmt)
+    fp = fingerprint(questions, model, critic, integrator, judge, settings, sampling, recursion, options, fmt, retrieval)
     run = Run(out_dir, fp)
     stored = run.check()
 
@@ -253,13 +281,14 @@ def evaluate(
     models_desc = stored.get("models") if stored else None
     interrupted = False
     if todo:
-        if loaded is not None:
-            models, backends, owned = loaded, [loaded.reasoner, loaded.critic, loaded.integrator], []
-            backends += [loaded.judge.backend] if loaded.judge else []
-        else:
-            models, backends = _load_models(model, critic, integrator, judge, options, settings, fmt)
-            owned = backends
+        store = _open_store(retrieval)  # a missing store is refused before any model loads
+        models, backends, owned = loaded, [], []
         try:
+            if loaded is not None:
+                backends = [loaded.reasoner, loaded.critic, loaded.integrator] + ([loaded.judge.backend] if loaded.judge else [])
+            else:
+                models, backends = _load_models(model, critic, integrator, judge, options, settings, fmt)
+                owned = backends
             models_desc = {
                 "reasoner": models.reasoner.describe(),
                 "critic": models.critic.describe(),
@@ -271,7 +300,8 @@ def evaluate(
             if concurrency > 1 and not all(b.kind == "openai" for b in backends):
                 note(f"--concurrency {concurrency} ignored: in-process models run one item at a time (parallel items need OpenAI-compatible servers)")
                 concurrency = 1
-            runner = ItemRunner(models, settings, sampling, recursion, fmt)
+            grounding = Grounding(store, retrieval.rag_k, retrieval.evidence_k) if store is not None else None
+            runner = ItemRunner(models, settings, sampling, recursion, fmt, grounding)
             bar = progress_bar(len(selected), len(selected) - len(todo), progress)
             out = Appender(run.items_path)  # cuts a torn last line before the first append
             try:
@@ -290,6 +320,8 @@ def evaluate(
         finally:
             for b in {id(b): b for b in owned}.values():
                 b.close()
+            if store is not None:
+                store.close()
     else:
         run.start(models_desc or {})
     lines = [done[q.id] for q in selected if q.id in done]

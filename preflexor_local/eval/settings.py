@@ -57,6 +57,18 @@ class EvalSettings(Settings):
         0.7, "Temperature of the baselines' independent samples (at 0 they would all be the same answer).", "--sample-temperature", ge=0, le=10
     )
     max_samples: int = opt(16, "Most samples a baseline draws per item, whatever the budget.", "--max-samples", ge=1)
+    batch: int = opt(
+        4,
+        "Baseline samples of one item launched at once: they decode together on a llama.cpp model (loaded with as many parallel slots) or a server.",
+        "--batch",
+        ge=1,
+        le=16,
+    )
+    adaptive: bool = opt(
+        False,
+        "Add the adaptive condition: rounds that stop early (the critic finds nothing to fix, or two answers agree), at most the largest --rounds.",
+        "--adaptive/--no-adaptive",
+    )
     selector: str = opt(
         "auto",
         "How best-of-n picks its sample: judge (pairwise, both orders), key (oracle: the answer key; an upper bound), auto (judge if --judge is given, else key).",
