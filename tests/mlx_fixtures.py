@@ -1,8 +1,8 @@
-"""Fixtures for the MLX tests: the tiny Llama converted to MLX with mlx_lm.convert (fp32 and 4-bit).
+"""Helpers for the MLX tests: preference pairs, a training config, ``_convert`` (mlx_lm.convert, fp32 or 4-bit).
 
-Import with ``from mlx_fixtures import *`` in a test module. Every test module
-that uses them skips as a whole where MLX is not installed (the issue's rule for
-machines MLX does not support).
+Import with ``from mlx_fixtures import *`` in a test module. The MLX models themselves (``tiny_mlx``,
+``tiny_mlx_q4``, ``tiny_mlx_notags``) are session fixtures in ``conftest.py``, built once. Every test module
+that uses them skips as a whole where MLX is not installed (the issue's rule for machines MLX does not support).
 """
 
 from __future__ import annotations
@@ -45,27 +45,6 @@ def _convert(hf: Path, out: Path, quantize: bool = False) -> Path:
     else:
         convert(str(hf), str(out), dtype="float32")
     return out
-
-
-@pytest.fixture(scope="session")
-def tiny_mlx(tiny_llama, tmp_path_factory) -> Path:
-    """The ``tiny_llama`` weights as an fp32 MLX directory (identical values)."""
-    return _convert(tiny_llama, tmp_path_factory.mktemp("mlx") / "tiny-mlx")
-
-
-@pytest.fixture(scope="session")
-def tiny_mlx_q4(tiny_llama, tmp_path_factory) -> Path:
-    """The ``tiny_llama`` weights quantized to 4 bits (group 64): a QLoRA base."""
-    return _convert(tiny_llama, tmp_path_factory.mktemp("mlxq") / "tiny-mlx-q4", quantize=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_mlx_notags(tmp_path_factory) -> Path:
-    """A tiny MLX model whose tokenizer lacks the thinking tags (for add_tokens)."""
-    from tiny_model import build_tiny_llama
-
-    hf = build_tiny_llama(tmp_path_factory.mktemp("hf-notags"), tags=False)
-    return _convert(hf, tmp_path_factory.mktemp("mlx-notags") / "tiny-mlx-notags")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 
@@ -69,26 +68,21 @@ def test_settings_are_checked():
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_llama, tmp_path_factory):
+def engines(tiny_llama, tiny_llama_gguf, request):
     """The tiny Llama on llama.cpp (f32 GGUF), transformers and, where installed, MLX (fp32): the same weights."""
     from preflexor_local.backends.llamacpp import LlamaCppBackend
     from preflexor_local.backends.transformers import TransformersBackend
-    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
 
-    root = tmp_path_factory.mktemp("dry")
-    gguf = Path(convert_to_gguf(tiny_llama, root / "tiny.gguf", "f32", quiet=True).output)
     opts = LoadOptions(threads=1, device="cpu", dtype="float32")
-    out = {"llama.cpp": LlamaCppBackend(gguf, opts), "transformers": TransformersBackend(tiny_llama, opts)}
+    out = {"llama.cpp": LlamaCppBackend(tiny_llama_gguf, opts), "transformers": TransformersBackend(tiny_llama, opts)}
     try:
         import mlx_lm  # noqa: F401
     except ImportError:
         pass
     else:
-        from mlx_fixtures import _convert
-
         from preflexor_local.backends.mlx import MLXBackend
 
-        out["mlx"] = MLXBackend(_convert(tiny_llama, root / "tiny-mlx"), opts)
+        out["mlx"] = MLXBackend(request.getfixturevalue("tiny_mlx"), opts)
     yield out
     for b in out.values():
         b.close()
