@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_ask_with_rag_context(tmp_path, tiny_llama):
     from preflexor_local.rag import IndexConfig, index_folder
 

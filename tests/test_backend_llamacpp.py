@@ -43,6 +43,7 @@ def test_generation_is_deterministic_and_reuses_the_cache(gemma):
     assert b.ttft < a.ttft + 1.0
 
 
+@pytest.mark.slow
 def test_two_rounds_on_the_default_style_model(gemma):
     events = []
     t = Engine(gemma, sampling=GREEDY, recursion=Recursion(rounds=2), on_event=events.append).run("Why is spider silk so tough?")

@@ -82,6 +82,7 @@ def _notes(err: str) -> list[str]:
     return [line for line in err.splitlines() if "note:" in line]
 
 
+@pytest.mark.slow
 def test_listing_fails_without_a_cache_folder_but_generation_works(mlx_server, capsys):
     url, model, cache = mlx_server
     shutil.rmtree(cache.parent, ignore_errors=True)

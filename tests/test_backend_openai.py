@@ -69,6 +69,7 @@ def server(gemma_gguf, tmp_path_factory):
     log.close()
 
 
+@pytest.mark.slow
 def test_completions_mode_with_our_template_prefills_exactly(server):
     b = load(server, LoadOptions(chat_template="plain"))
     assert b.mode == "completions" and b.name == "gemma-test"
@@ -78,6 +79,7 @@ def test_completions_mode_with_our_template_prefills_exactly(server):
     b.close()
 
 
+@pytest.mark.slow
 def test_named_model_and_chat_mode(server):
     b = load(server + "#gemma-test")
     assert b.mode == "chat"  # this server publishes no template, so the trailing-assistant route is used
@@ -87,6 +89,7 @@ def test_named_model_and_chat_mode(server):
     b.close()
 
 
+@pytest.mark.slow
 def test_engine_rounds_over_http(server):
     b = load(server, LoadOptions(chat_template="plain"))
     t = Engine(b, sampling=GREEDY, recursion=Recursion(rounds=2)).run("Why is nacre tough?")

@@ -87,6 +87,7 @@ def test_concurrent_calls_are_batched_and_give_the_tokens_they_give_alone(tiny_g
         batched.close()
 
 
+@pytest.mark.slow
 def test_calls_whose_prompts_do_not_fit_one_batch_together(tiny_gguf):
     """Three fresh prompts of ~250 tokens, all in the first step, against a 512-token batch: one call waits for room.
 

@@ -35,6 +35,7 @@ def test_help_is_fast_because_nothing_heavy_is_imported():
     assert "ask" in r.stdout and "models" in r.stdout
 
 
+@pytest.mark.slow
 def test_default_command_is_ask_and_answer_goes_to_stdout_only(env, tiny_llama):
     r = cli(env, "Why is silk tough?", "--model", str(tiny_llama), "-r", "2", "--max-tokens", "6", "--temperature", "0")
     assert r.returncode == 0, r.stderr
@@ -43,6 +44,7 @@ def test_default_command_is_ask_and_answer_goes_to_stdout_only(env, tiny_llama):
     assert "──" not in r.stdout and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_json_transcript_from_stdin(env, tiny_llama):
     r = cli(env, "ask", "-", "--model", str(tiny_llama), "--json", "-q", "--max-tokens", "4", "--seed", "1", stdin="What is nacre?\n")
     assert r.returncode == 0, r.stderr
@@ -51,6 +53,7 @@ def test_json_transcript_from_stdin(env, tiny_llama):
     assert r.stderr == ""  # --quiet: nothing but the JSON
 
 
+@pytest.mark.slow
 def test_default_model_end_to_end(env):
     r = cli(env, "Why is spider silk so tough?", "-r", "2", "--max-tokens", "12", "--temperature", "0")
     assert r.returncode == 0, r.stderr

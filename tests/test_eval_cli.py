@@ -46,6 +46,7 @@ def write_questions(path: Path, n: int, open_items: int = 0) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_end_to_end_json_report_files_and_judge(env, tiny_llama, tmp_path):
     qfile = write_questions(tmp_path / "q.jsonl", 3, open_items=1)
     out = tmp_path / "out"
@@ -111,6 +112,7 @@ def test_end_to_end_json_report_files_and_judge(env, tiny_llama, tmp_path):
     assert r3.returncode == 0 and "| rounds-2 |" in r3.stdout and (out / "items.jsonl").read_text() == lines
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_counts_every_item_once(env, tiny_llama, tmp_path):
     n = 24
     qfile = write_questions(tmp_path / "q.jsonl", n)

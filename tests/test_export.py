@@ -146,6 +146,7 @@ def test_hugging_face_checkpoint_with_peft_adapters(tiny, tmp_path):
         assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
+@pytest.mark.slow
 def test_default_model_merged_meets_the_lora_gguf_figures(tmp_path):
     """Q4_K_M Gemma 3 270M + the demo adapter, merged, against the same base with the adapter applied at run time:
     the three figures tests/test_lora_gguf.py uses (scale fit, correlation over every logit, greedy pick)."""

@@ -64,6 +64,7 @@ class LoggingStore:
         return self.store.search(query, k=k)
 
 
+@pytest.mark.slow
 def test_the_critic_checks_the_thinking_against_passages_retrieved_for_its_claims_and_cites_them(store):
     from preflexor_local.rag.evidence import Evidence
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tiny_model import CORPUS
 
 from preflexor_local.jsonl import Appender, append_jsonl, cut_torn_tail, whole_rows
@@ -76,6 +77,7 @@ def _generate(tmp_path, tiny_llama, n: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_data_generate_killed_mid_run_then_rerun_finishes_the_file_without_loss_or_repeats(tmp_path, tiny_llama):
     """Before the fix the rerun appended N more pairs onto the torn line: the glued line made the file unreadable."""
     out = tmp_path / "pairs.jsonl"

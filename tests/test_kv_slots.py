@@ -276,6 +276,7 @@ def test_lora_adapters_apply_to_every_slot(tiny_gguf, opened, tmp_path):
     assert texts["adapter"] == texts["merged"] != texts["base"]
 
 
+@pytest.mark.slow
 def test_engine_rounds_on_gemma_reuse_prefixes_and_keep_the_greedy_tokens(gemma_gguf):
     """The real Gemma 3 270M (Q4_K): every prefix an earlier prompt had is reused, and each token is still greedy.
 

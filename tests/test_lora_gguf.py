@@ -175,6 +175,7 @@ def test_refusals(tiny, tmp_path):
     assert code == 1 and "adapter file not found" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_real_gemma_q4_base_plus_adapter_gguf_moves_logits_as_the_lora_does_in_transformers(gemma_gguf, tmp_path):
     """The embedded Gemma 3 270M (Q4_K_M) + a LoRA GGUF in llama.cpp, against its dequantised weights + the same
     LoRA in transformers. The two bases differ by llama.cpp's 8-bit activations, so what is compared is the change

@@ -11,6 +11,8 @@ pytest.importorskip("mlx_lm", reason="MLX is not installed on this platform (pip
 from mlx_fixtures import *  # noqa: E402,F403
 from mlx_fixtures import PAIRS  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here runs a whole pipeline (train, merge, convert, ask)
+
 
 def test_hf_mlx_orpo_peft_merged_gguf_ask(tiny_llama, tiny_mlx, tmp_path):
     import shutil

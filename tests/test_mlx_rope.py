@@ -155,6 +155,7 @@ def _assert_same(ref, logits_fn, label):
         assert _greedy(logits_fn, ids) == _greedy(ref.logits, ids), f"{label}: greedy tokens differ on {text!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mlx_paths_match_transformers(tiny_dirs, arch, tmp_path):
     pytest.importorskip("mlx_lm", reason="MLX is not installed on this platform (pip install 'preflexor-local[mlx]')")

@@ -9,6 +9,7 @@ from preflexor_local.eval.corpus import load_corpus
 from preflexor_local.rag.evidence import Evidence, open_rag
 
 
+@pytest.mark.slow
 def test_the_builtin_corpus_becomes_a_cached_store_whose_passages_are_found(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PREFLEXOR_HOME", str(tmp_path))
     corpus = {p["id"]: p for p in load_corpus("grounded")}

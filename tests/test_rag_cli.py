@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from rag_fixtures import BONE, NACRE, make_bad_files
 
@@ -24,6 +25,7 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_index_add_skips_every_bad_file_with_one_line_each(tmp_path):
     bad = tmp_path / "bad"
     expected = make_bad_files(bad)

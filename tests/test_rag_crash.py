@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from rag_fixtures import make_many
 
 from preflexor_local.rag import IndexConfig, index_folder, open_store
@@ -78,6 +79,7 @@ def _check_whole_documents(db: Path, expected: dict[str, list[str]]) -> int:
         return len(docs)
 
 
+@pytest.mark.slow
 def test_sigkill_during_index_add_leaves_whole_documents_and_rerun_completes(tmp_path):
     docs = make_many(tmp_path / "docs", N_FILES, seed=3, words_per_file=60)
     db = tmp_path / "store.db"

@@ -59,6 +59,7 @@ def test_models_and_health(server):
     assert h["status"] == "ok" and h["max_queue"] == 8
 
 
+@pytest.mark.slow
 def test_two_rounds_whole_answer_with_reasoning_fields_and_honest_usage(server):
     r = client(server).chat.completions.create(model="preflexor", messages=Q, extra_body={"preflexor": {"rounds": 2, "transcript": True}})
     msg, t = r.choices[0].message, r.model_extra["preflexor"]["transcript"]
@@ -118,6 +119,7 @@ def test_text_completions_endpoint(server):
     assert r.choices[0].text.strip() and r.usage.completion_tokens > 0
 
 
+@pytest.mark.slow
 def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, env):
     (tmp_path / "extra-openai-models.yaml").write_text(f'- model_id: preflexor\n  model_name: preflexor\n  api_base: "{server.url}"\n')
     e = {**env, "LLM_USER_PATH": str(tmp_path)}
@@ -153,6 +155,7 @@ def test_raw_sse_keepalives_while_queued_then_ordered_chunks(server):
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_are_all_answered(server):
     before = server.health()["served"]
 
@@ -185,6 +188,7 @@ def test_disconnect_mid_stream_stops_generation_and_the_next_request_is_served(s
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_on_a_whole_answer_stops_it_too(server):
     before = server.health()["cancelled"]
     with pytest.raises(httpx.ReadTimeout):

@@ -11,6 +11,8 @@ import openai
 import pytest
 from serve_fixtures import BIN, server_env, start_server
 
+pytestmark = pytest.mark.slow  # every test here starts `preflexor-local serve` (a process that loads a model)
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

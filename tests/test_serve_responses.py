@@ -138,6 +138,7 @@ def client(server):
     return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
 
 
+@pytest.mark.slow
 def test_create_holds_a_reasoning_item_with_labelled_sections_and_a_message_item(server):
     r = client(server).responses.create(
         model="preflexor",

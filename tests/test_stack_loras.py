@@ -48,6 +48,7 @@ def test_refuses_scales_it_does_not_fold(recipe, tmp_path):
         recipe.stack_loras(first, second, tmp_path / "both")
 
 
+@pytest.mark.slow
 def test_phase2_refuses_a_phase1_other_than_the_one_merged(recipe, tmp_path):
     """Phase II trains on merged Phase I and ships stacked on it: a rerun naming another Phase I is refused by name."""
     base = build_tiny(tmp_path / "base", arch="llama")

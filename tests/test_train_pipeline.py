@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORPUS = [
     "Spider silk combines stiff beta-sheet crystals with soft amorphous chains, which makes it tough.",
     "Nacre deflects cracks with staggered aragonite tablets bound by thin protein layers.",
@@ -19,6 +21,7 @@ def run(*args, env):
     return subprocess.run([str(bin_), *args], capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_both_phases_in_one_command_then_gguf_then_ask(tmp_path, tiny_llama, gemma_gguf):
     env = dict(os.environ, PREFLEXOR_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     (tmp_path / "corpus.txt").write_text("\n\n".join(CORPUS))

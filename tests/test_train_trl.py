@@ -51,6 +51,7 @@ def test_orpo_moves_loss_and_changes_only_adapter_and_tag_rows(tiny_llama, tmp_p
     session.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["exo_pair", "sigmoid"])
 def test_dpo_losses_move_and_change_adapter(tiny_llama, tmp_path, loss):
     session, logs = _session(tiny_llama, tmp_path, "dpo", loss=loss)
@@ -65,6 +66,7 @@ def test_dpo_losses_move_and_change_adapter(tiny_llama, tmp_path, loss):
     session.close()
 
 
+@pytest.mark.slow
 def test_dpo_reference_stays_the_model_without_the_adapter_across_rounds(tiny_llama, tmp_path):
     session, logs = _session(tiny_llama, tmp_path, "dpo")
     session.train_round(_pairs(), 3, 0)
@@ -165,6 +167,7 @@ def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
     assert (merged / "chat_template.jinja").is_file() or tok.chat_template
 
 
+@pytest.mark.slow
 def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     data = write_pairs(tmp_path / "p.jsonl", pair_rows(6))
     out = tmp_path / "run"
@@ -218,6 +221,7 @@ def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_two_process_gloo(tiny_llama, tmp_path):
     """torchrun (what `accelerate launch --multi_gpu` runs) with 2 CPU processes: data is sharded, one result."""
     data = write_pairs(tmp_path / "p.jsonl", pair_rows(4))
