@@ -14,12 +14,15 @@
    of rounds 2+ against round 1's first call (target <= round 1's).
 3. Start-up: wall time of ``preflexor-local --help`` against ``python -c pass``.
 
-    python bench/ask_overhead.py [--rounds 3] [--max-tokens 64] [--repeats 2] [--rag-k 5] [--rag-tokens 200]
+    python bench/ask_overhead.py [--model M.gguf] [--rounds 3] [--max-tokens 64] [--repeats 2] [--rag-k 5] [--rag-tokens 200]
+
+``--model`` is a GGUF file (default: the default model's base GGUF, no adapter).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -93,10 +96,11 @@ def replay_raw(llm, backend, calls, repeat_penalty: float) -> float:
 
 
 def ideal_evaluated(prompts: list[list[int]]) -> list[int]:
-    """Per call, the prompt tokens no earlier prompt has at the same positions (at least the last one)."""
-    from preflexor_local.backends.llamacpp import _common
+    """Per call, the prompt tokens no earlier prompt has at the same positions (at least the last one).
 
-    return [len(ids) - max((_common(ids, p, len(ids) - 1) for p in prompts[:i]), default=0) for i, ids in enumerate(prompts)]
+    Computed here, independently of the KV slots it measures (``os.path.commonprefix`` works on any sequences).
+    """
+    return [len(ids) - max((len(os.path.commonprefix([ids[:-1], p])) for p in prompts[:i]), default=0) for i, ids in enumerate(prompts)]
 
 
 def reuse_report(label: str, backend, transcript, calls, single) -> dict:
@@ -125,7 +129,7 @@ def reuse_report(label: str, backend, transcript, calls, single) -> dict:
     return {"ratio": ratio, "ttft_ratio": ttft_later / first.ttft}
 
 
-def startup(cmd: list[str], n: int = 5) -> float:
+def startup(cmd: list[str], n: int) -> float:
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -134,26 +138,28 @@ def startup(cmd: list[str], n: int = 5) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a GGUF file (default: the default model's base GGUF)")
+    ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rag-k", type=int, default=5, help="chunks of fixed context for the RAG-like run (0: skip it)")
     ap.add_argument("--rag-tokens", type=int, default=200, help="tokens per chunk")
-    args = ap.parse_args()
-
-    import llama_cpp
+    ap.add_argument("--startup-runs", type=int, default=5, help="start-up timings (median)")
+    args = ap.parse_args(argv)
 
     from preflexor_local.backends import load
     from preflexor_local.backends.llamacpp import LlamaCppBackend, default_threads
+    from preflexor_local.backends.llamacpp_load import open_llama
     from preflexor_local.config import LoadOptions, Sampling
     from preflexor_local.models import default_model_path
 
-    path = default_model_path()
-    backend = load(str(path), LoadOptions(ctx=4096))
-    single = LlamaCppBackend(path, LoadOptions(ctx=4096), slots=1)
-    raw = llama_cpp.Llama(str(path), n_ctx=4096, n_threads=default_threads(), n_threads_batch=default_threads(), verbose=False)
+    path = Path(args.model) if args.model else default_model_path()
+    backend = load(str(path), LoadOptions(ctx=args.ctx))
+    single = LlamaCppBackend(path, LoadOptions(ctx=args.ctx), slots=1)
+    raw = open_llama(path, n_ctx=args.ctx, n_threads=default_threads(), n_threads_batch=default_threads())
     rp = Sampling().repeat_penalty
     ours, theirs = [], []
     for _ in range(args.repeats):
@@ -166,8 +172,8 @@ def main() -> None:
     ratio = min(ours) / min(theirs)
 
     bin_ = Path(sys.executable).with_name("preflexor-local")
-    help_s = startup([str(bin_), "--help"])
-    python_s = startup([sys.executable, "-c", "pass"])
+    help_s = startup([str(bin_), "--help"], args.startup_runs)
+    python_s = startup([sys.executable, "-c", "pass"], args.startup_runs)
 
     print(
         f"model: {path.name}, {args.rounds} rounds, greedy, {len(calls)} calls, {tokens} generated / {prompt_tokens} prompt tokens, "

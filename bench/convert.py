@@ -48,7 +48,7 @@ def build(path: Path, hidden: int, layers: int) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def bench_sizes(work: Path, sizes) -> None:
+def bench_sizes(work: Path, sizes, outtypes=("f16", "q8_0", "q4_k_m")) -> None:
     print(f"{'model':<18}{'f32 MiB':>9}{'type':>8}{'sec':>8}{'raw s':>8}{'ratio':>7}{'peak MiB':>10}{'out MiB':>9}")
     for hidden, layers in sizes:
         src = work / f"llama-h{hidden}-l{layers}"
@@ -59,7 +59,7 @@ from safetensors import safe_open
 import torch
 with safe_open({str(src / "model.safetensors")!r}, framework='pt') as f, open({str(raw_out)!r}, 'wb') as o:
     for k in f.keys(): o.write(f.get_tensor(k).to(torch.float16).numpy().tobytes())""")
-        for outtype in ("f16", "q8_0", "q4_k_m"):
+        for outtype in outtypes:
             out = work / f"{src.name}-{outtype}.gguf"
             dt, kb = _run(f"""
 from preflexor_local.convert.hf_to_gguf import convert_to_gguf
@@ -112,22 +112,23 @@ convert_to_gguf({str(gemma_hf)!r}, {str(ours)!r}, 'f32', force=True, quiet=True)
         fa, fb = a.fields.get(key), b.fields.get(key)
         same = fa is not None and fb is not None and fa.contents() == fb.contents()
         print(f"  {key}: {'same' if same else 'DIFFERENT'}")
-    sa, sb = a.fields["tokenizer.ggml.scores"].contents(), b.fields["tokenizer.ggml.scores"].contents()
+    sa, sb = (f.contents() if (f := g.fields.get("tokenizer.ggml.scores")) is not None else None for g in (a, b))  # a BPE may have none
     print(
         "  tokenizer.ggml.scores: "
         + ("same" if sa == sb else "different values (ours = -merge rank of the BPE read back; the merge order is what matters, see `convert verify`)")
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gemma-hf", type=Path, help="dense HF dir made by `convert hf` from the embedded Gemma GGUF")
     ap.add_argument("--reference", type=Path, help="reference GGUF (default: the embedded Gemma GGUF)")
     ap.add_argument("--sizes", default="64x2,256x4,512x8,1024x8", help="hidden x layers list")
-    args = ap.parse_args()
+    ap.add_argument("--types", default="f16,q8_0,q4_k_m", help="output types to time")
+    args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
     with tempfile.TemporaryDirectory() as d:
-        bench_sizes(Path(d), sizes)
+        bench_sizes(Path(d), sizes, [t for t in args.types.split(",") if t])
         if args.gemma_hf:
             bench_gemma(Path(d), args.gemma_hf, args.reference)
     print(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count()}))

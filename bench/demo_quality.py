@@ -256,6 +256,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="stop before held-out question N (alone: the first N)")
     ap.add_argument("--start", type=int, default=0, help="skip the first K (to split the work across processes)")
     ap.add_argument("--models", default="base,adapter")
+    ap.add_argument("--model", default=None, help="a model spec to run under each label of --models, in place of its own (e.g. a small GGUF, to try the bench)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
@@ -276,7 +277,7 @@ def main() -> None:
     report = {}
     for label in args.models.split(","):
         adapters = tuple(args.adapter) if label == "adapter" else ()
-        res = run_model(label, MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters)
+        res = run_model(label, args.model or MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [

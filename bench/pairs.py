@@ -8,7 +8,9 @@ project's seed set. For each concurrency (default 1 and 4) the same number of
 pairs is made into a fresh file, and the bench checks that exactly that many
 whole rows were written.
 
-    python bench/pairs.py [-n 8] [--concurrency 1,4] [--max-tokens 48] [--parallel 4]
+    python bench/pairs.py [-n 8] [--concurrency 1,4] [--max-tokens 48] [--parallel 4] [--model M.gguf]
+
+``--model`` (a GGUF) replaces both: the teacher server serves it and the student is it.
 """
 
 from __future__ import annotations
@@ -36,17 +38,21 @@ def corpus_texts() -> list[str]:
 
 
 def start_teacher(args, workdir: Path) -> tuple[subprocess.Popen, str]:
-    flags = ["--ctx", "2048", "--parallel", str(args.parallel), "--thinking-budget", "16", "--max-queue", "16"]
+    flags = ["--ctx", str(args.ctx), "--parallel", str(args.parallel), "--thinking-budget", "16", "--max-queue", "16"]
+    if args.model:
+        flags += ["--model", args.model]
     return start_serve(flags, workdir / "teacher.log")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=8, help="pairs per run")
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--max-tokens", type=int, default=48, help="teacher and student tokens per call")
     ap.add_argument("--parallel", type=int, default=4, help="the teacher server's --parallel")
-    args = ap.parse_args()
+    ap.add_argument("--model", help="a GGUF for the teacher server and the student (default: the default model, and its base)")
+    ap.add_argument("--ctx", type=int, default=2048, help="context of the teacher server and the student")
+    args = ap.parse_args(argv)
 
     from preflexor_local import backends
     from preflexor_local.config import LoadOptions
@@ -58,7 +64,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_teacher(args, Path(tmp))
-        student = backends.load(BASE_ALIAS, LoadOptions(ctx=2048))
+        student = backends.load(args.model or BASE_ALIAS, LoadOptions(ctx=args.ctx))
         teacher = backends.load(url, LoadOptions())
         try:
             print(

@@ -82,17 +82,12 @@ def run_one(kind: str, method: str, model: str, steps: int) -> dict:
     pairs = _pairs(8)
     timer = _timer()
     if kind == "ours":
-        from preflexor_local.train import trl_engine
+        from preflexor_local.train import trl
         from preflexor_local.train.session import RunContext
 
-        session = trl_engine.open_session(cfg, RunContext(Path(cfg.output), quiet=True))
-        orig = trl_engine._metrics_callback
-
-        def with_timer(*a, **k):
-            return [orig(*a, **k), timer][0]
-
+        session = trl.open_session(cfg, RunContext(Path(cfg.output), quiet=True))
         # attach the timer to the trainer the session builds
-        cls = trl_engine.dpo_trainer_class() if method == "dpo" else trl_engine.orpo_trainer_class()
+        cls = trl.dpo_trainer_class() if method == "dpo" else trl.orpo_trainer_class()
         init = cls.__init__
 
         def patched(self, *a, **k):
@@ -107,9 +102,9 @@ def run_one(kind: str, method: str, model: str, steps: int) -> dict:
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from preflexor_local.train import trl_compat
         from preflexor_local.train.data import render_pair
-        from preflexor_local.train.trl_engine import training_template
+        from preflexor_local.train.encode import training_template
+        from preflexor_local.train.trl import compat as trl_compat
 
         tok = AutoTokenizer.from_pretrained(model)
         if tok.pad_token is None:
@@ -164,7 +159,8 @@ def bench_generation(teacher: str, n: int) -> dict:
 
     from preflexor_local import backends
     from preflexor_local.config import LoadOptions
-    from preflexor_local.train.generate import GenerationConfig, PairGenerator, TextCorpus
+    from preflexor_local.train.config import GenerationConfig
+    from preflexor_local.train.generate import PairGenerator, TextCorpus
 
     t = backends.load(teacher, LoadOptions(ctx=4096))
     gen = PairGenerator(
