@@ -98,6 +98,7 @@ def test_listing_fails_without_a_cache_folder_but_generation_works(mlx_server, c
     assert len(notes) == 1 and "did not list the models" in notes[0] and repr(model) in notes[0], notes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("named", [True, False])
 def test_ask_cli_answers_without_a_cache_folder(mlx_server, named):
     url, model, cache = mlx_server
@@ -109,6 +110,7 @@ def test_ask_cli_answers_without_a_cache_folder(mlx_server, named):
     assert "Traceback" not in err and len(_notes(err)) == 1, err
 
 
+@pytest.mark.slow
 def test_listing_works_with_the_cache_folder_and_nothing_is_noted(mlx_server, capsys):
     url, model, cache = mlx_server
     cache.mkdir(parents=True, exist_ok=True)

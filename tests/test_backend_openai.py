@@ -98,6 +98,7 @@ def test_engine_rounds_over_http(server):
     b.close()
 
 
+@pytest.mark.slow
 def test_wrong_model_name_lists_what_is_served(server):
     with pytest.raises(ServerError, match="no-such-model") as err:
         load(server + "#no-such-model")
@@ -151,6 +152,7 @@ def test_sampling_settings_travel_even_when_off():
     assert sent == [(0, 0.0, 1.0, 1.0, 0.0, 1.75, 2), (7, 0.05, 1.2, 1.2, 0.8, 2.0, 3)]
 
 
+@pytest.mark.slow
 def test_a_restart_stop_is_scanned_locally(server):
     from restarts import check_restart_stop
 

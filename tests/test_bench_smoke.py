@@ -122,6 +122,7 @@ def test_mlx(env):
     assert "ratio ours/mlx-lm" in out and "s/step" in out
 
 
+@pytest.mark.slow
 def test_pairs(env, long_tiny):
     out = bench(env, "pairs.py", "--model", long_tiny[1], "--ctx", 2048, "-n", 1, "--concurrency", "1,2", "--max-tokens", 8, "--parallel", 2)
     assert "rows ok" in out and out.count("yes") == 2

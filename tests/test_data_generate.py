@@ -159,6 +159,7 @@ def test_empty_or_missing_store_is_a_clear_error(tmp_path):
         open_corpus(tmp_path / "missing.db")
 
 
+@pytest.mark.slow
 def test_real_store_through_the_cli(tmp_path, tiny_llama, capsys):
     from preflexor_local.app.cli import main
     from preflexor_local.rag import open_store
@@ -221,6 +222,7 @@ def main_ok(main, argv) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_llama, capsys):
     from preflexor_local.app.cli import main
 

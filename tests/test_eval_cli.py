@@ -172,6 +172,7 @@ def test_bad_input_is_one_clear_line(env, tiny_llama, tmp_path, case):
     assert len(errors) == 1 and expected in errors[0], r.stderr
 
 
+@pytest.mark.slow
 def test_temperature_zero_runs_repeat_exactly(tiny_llama):
     b = load(str(tiny_llama))
     try:

@@ -63,6 +63,7 @@ def hf_tok(tiny_llama):
     return AutoTokenizer.from_pretrained(tiny_llama)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,loss,adapter,rows,mask,end_weight", CASES)
 def test_loss_matches_trl(method, loss, adapter, rows, mask, end_weight, tiny_mlx, tiny_llama, hf_tok, pairs, tmp_path):
     import numpy as np

@@ -28,6 +28,7 @@ def _fixed_batch(trainer, pairs):
     return pad_batch(trainer.tokenize(pairs).examples, trainer.pad_id, preference=trainer.c.method != "sft")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "base,method,extra",
     [
@@ -67,6 +68,7 @@ def test_steps_lower_the_loss_and_move_only_the_adapter(base, method, extra, tin
     t.close()
 
 
+@pytest.mark.slow
 def test_accumulation_and_checkpointing_match_plain_steps(tiny_mlx, pairs, tmp_path):
     """2 micro-batches of 2 pairs accumulated == one batch of 4 (DPO sums per pair); checkpointing changes nothing."""
     import numpy as np
@@ -88,6 +90,7 @@ def test_accumulation_and_checkpointing_match_plain_steps(tiny_mlx, pairs, tmp_p
         assert np.allclose(plain[k], ckpt[k], atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_save_load_resume_and_fuse(tiny_mlx, pairs, tmp_path):
     import numpy as np
 
@@ -119,6 +122,7 @@ def test_save_load_resume_and_fuse(tiny_mlx, pairs, tmp_path):
     r.close()
 
 
+@pytest.mark.slow
 def test_add_tokens_then_train_the_new_rows(tiny_mlx_notags, pairs, tmp_path):
     import numpy as np
     from mlx_lm.utils import load as mlx_load
@@ -152,6 +156,7 @@ def test_add_tokens_then_train_the_new_rows(tiny_mlx_notags, pairs, tmp_path):
     auto.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter,rows", [("lora", True), ("dora", False)])
 def test_adapter_to_peft_merged_equals_mlx_fused(adapter, rows, tiny_mlx, tiny_llama, pairs, tmp_path):
     """MLX adapter -> PEFT -> merge_and_unload (torch) gives the logits of the MLX fused model (|Δ| ≤ 1e-4)."""
@@ -259,6 +264,7 @@ def test_bad_training_inputs(tiny_mlx, tmp_path):
     t.close()
 
 
+@pytest.mark.slow
 def test_shared_loop_runs_the_mlx_engine(tiny_mlx, tmp_path):
     """`train orpo --engine mlx --data pairs.jsonl` through the shared loop: rounds, metrics, adapter + merged."""
     from preflexor_local.train.run import train

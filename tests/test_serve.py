@@ -51,6 +51,7 @@ def client(server, **kw):
     return openai.OpenAI(base_url=server.url, api_key=kw.pop("api_key", "unused"), max_retries=0, timeout=120, **kw)
 
 
+@pytest.mark.slow
 def test_models_and_health(server):
     models = client(server).models.list()
     assert [m.id for m in models.data] == ["preflexor"]
@@ -83,6 +84,7 @@ def test_two_rounds_whole_answer_with_reasoning_fields_and_honest_usage(server):
     assert r.usage.completion_tokens_details.reasoning_tokens == r.usage.completion_tokens - t["integration"]["completion_tokens"]
 
 
+@pytest.mark.slow
 def test_stream_reasoning_then_content_then_usage(server):
     c = client(server)
     body = {"preflexor": {"rounds": 1, "transcript": True}}
@@ -107,6 +109,7 @@ def test_stream_reasoning_then_content_then_usage(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == t["totals"]["completion_tokens"]
 
 
+@pytest.mark.slow
 def test_reasoning_effort_none_hides_the_reasoning_and_runs_one_round(server):
     r = client(server).chat.completions.create(model="preflexor", messages=Q, reasoning_effort="none", extra_body={"preflexor": {"transcript": True}})
     assert "reasoning_content" not in (r.choices[0].message.model_extra or {})
@@ -114,6 +117,7 @@ def test_reasoning_effort_none_hides_the_reasoning_and_runs_one_round(server):
     assert r.choices[0].message.content.strip()
 
 
+@pytest.mark.slow
 def test_text_completions_endpoint(server):
     r = client(server).completions.create(model="preflexor", prompt="Why is bone tough?", max_tokens=6)
     assert r.choices[0].text.strip() and r.usage.completion_tokens > 0
@@ -131,6 +135,7 @@ def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, env):
     assert server.health()["served"] == before + 1
 
 
+@pytest.mark.slow
 def test_raw_sse_keepalives_while_queued_then_ordered_chunks(server):
     first = threading.Thread(target=lambda: client(server).chat.completions.create(model="preflexor", messages=Q, max_tokens=12))
     first.start()
@@ -169,6 +174,7 @@ def test_eight_concurrent_clients_are_all_answered(server):
     assert server.health()["served"] == before + 8
 
 
+@pytest.mark.slow
 def test_disconnect_mid_stream_stops_generation_and_the_next_request_is_served(server):
     before = server.health()["cancelled"]
     body = {"model": "preflexor", "messages": Q, "stream": True, **LONG}
@@ -197,6 +203,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_it_too(server):
     assert server.health()["cancelled"] == before + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body, param, code",
     [
@@ -230,11 +237,13 @@ def test_bad_requests_get_400_error_objects_and_the_server_survives(server, body
     assert server.health()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_sdk_raises_bad_request_with_the_message(server):
     with pytest.raises(openai.BadRequestError, match="temperature must be at least 0 and at most 10, got 12"):
         client(server).chat.completions.create(model="preflexor", messages=Q, temperature=12)
 
 
+@pytest.mark.slow
 def test_body_cap_and_unknown_routes(server):
     r = httpx.post(server.url + "/chat/completions", content=b"{" + b" " * (2 << 20) + b"}", timeout=30)
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
@@ -242,6 +251,7 @@ def test_body_cap_and_unknown_routes(server):
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.slow
 def test_key_required_queue_full_503_and_clean_sigterm(keyed):
     assert httpx.get(keyed.base + "/health").status_code == 200  # no key needed to see that it is up
     for headers in ({}, {"Authorization": "Bearer wrong"}):

@@ -168,6 +168,7 @@ def test_create_holds_a_reasoning_item_with_labelled_sections_and_a_message_item
     assert r.usage.output_tokens_details.reasoning_tokens == r.usage.output_tokens - final["completion_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_stream_helper_gets_the_events_in_order_and_the_final_response(server):
     c = client(server)
     body = {"thinking_budget_tokens": 12, "preflexor": {"rounds": 1, "transcript": True}}
@@ -198,6 +199,7 @@ def test_stream_helper_gets_the_events_in_order_and_the_final_response(server):
     assert final.usage.output_tokens_details.reasoning_tokens == t["rounds"][0]["calls"][0]["completion_tokens"]
 
 
+@pytest.mark.slow
 def test_raw_stream_events_fit_the_sdk_models(server):
     body = {"input": "What is nacre?", "stream": True}
     with httpx.stream("POST", server.url + "/responses", json=body, timeout=120) as r:
@@ -208,6 +210,7 @@ def test_raw_stream_events_fit_the_sdk_models(server):
     assert events[0]["type"] == "response.created" and events[-1]["type"] in ("response.completed", "response.incomplete")
 
 
+@pytest.mark.slow
 def test_errors_are_openai_error_objects(server):
     with pytest.raises(openai.BadRequestError, match="temperature must be at least 0 and at most 10, got 12"):
         client(server).responses.create(model="preflexor", input="q", temperature=12)

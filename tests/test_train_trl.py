@@ -35,6 +35,7 @@ def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_orpo_moves_loss_and_changes_only_adapter_and_tag_rows(tiny_llama, tmp_path):
     session, logs = _session(tiny_llama, tmp_path, "orpo", adapter="lora")
     before = _params(session.model)
@@ -83,6 +84,7 @@ def _prompt_len(tok, ids):
     return max(i for i, t in enumerate(ids) if t == a) + 1
 
 
+@pytest.mark.slow
 def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
     session, _ = _session(tiny_llama, tmp_path, "dpo", batch_size=2, grad_accum=1)
     session.capture = []
@@ -105,6 +107,7 @@ def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
     session.close()
 
 
+@pytest.mark.slow
 def test_dpo_partial_mask_redrawn_each_batch(tiny_llama, tmp_path):
     session, _ = _session(tiny_llama, tmp_path, "dpo", partial_mask_p=0.5, batch_size=4, grad_accum=1)
     session.capture = []
@@ -128,6 +131,7 @@ def test_dpo_partial_mask_redrawn_each_batch(tiny_llama, tmp_path):
     session.close()
 
 
+@pytest.mark.slow
 def test_orpo_labels_completion_only(tiny_llama, tmp_path):
     session, _ = _session(tiny_llama, tmp_path, "orpo", batch_size=2, grad_accum=1)
     session.capture = []
@@ -142,6 +146,7 @@ def test_orpo_labels_completion_only(tiny_llama, tmp_path):
     session.close()
 
 
+@pytest.mark.slow
 def test_untagged_model_gets_tags_as_trained_single_tokens(tmp_path):
     from tiny_model import build_tiny_llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -311,6 +316,7 @@ def test_fast_trainable_tokens_equal_peft(tmp_path, tied):
         assert torch.allclose(g, dict(pm.named_parameters())[k].grad, atol=1e-4, rtol=1e-4), k
 
 
+@pytest.mark.slow
 def test_orpo_forward_scores_only_reply_positions_and_equals_full_logits(tiny_llama, tmp_path):
     """The trimmed ORPO forward (logits only where a label is scored) equals the full forward."""
     import torch
@@ -332,6 +338,7 @@ def test_orpo_forward_scores_only_reply_positions_and_equals_full_logits(tiny_ll
     session.close()
 
 
+@pytest.mark.slow
 def test_plain_text_tags_add_no_tokens_and_mask_on_the_tag_sequence(tmp_path):
     """--tag-tokens plain: the vocabulary stays as it is (what a LoRA GGUF needs); the DPO mask finds the multi-token tag."""
     from tiny_model import build_tiny_llama
@@ -374,6 +381,7 @@ def test_student_is_the_transformers_backend_over_the_live_model(tiny_llama, tmp
     session.close()
 
 
+@pytest.mark.slow
 def test_sft_runs_only_the_chosen_rows_and_its_loss_is_their_nll(tiny_llama, tmp_path):
     """SFT never forwards the rejected replies (half an ORPO step's work); its loss is the chosen replies' NLL."""
     import torch
@@ -397,6 +405,7 @@ def test_sft_runs_only_the_chosen_rows_and_its_loss_is_their_nll(tiny_llama, tmp
     session.close()
 
 
+@pytest.mark.slow
 def test_end_weight_weights_the_end_of_turn_label_of_the_chosen_reply(tiny_llama, tmp_path):
     """--end-weight W: the chosen reply's first end-of-turn label counts W times in the NLL (a weighted mean)."""
     import torch
