@@ -156,6 +156,8 @@ BAD = {
         "--selector judge needs --judge",
     ),
     "open only without judge": (["{qopen}", "-o", "{tmp}/y"], "no questions left to evaluate"),
+    "missing store": (["builtin:materials", "--rag", "{tmp}/none.db", "-o", "{tmp}/z"], "RAG store not found"),
+    "batch out of range": (["builtin:materials", "--batch", "0"], "--batch must be at least 1"),
 }
 
 

@@ -91,7 +91,9 @@ def fingerprint(
 def _retrieval(retrieval: Retrieval | None) -> dict | None:
     if retrieval is None or not retrieval.rag:
         return None
-    return {"rag": str(Path(retrieval.rag).expanduser().resolve()), "rag_k": retrieval.rag_k, "evidence_k": retrieval.evidence_k}
+    # A shipped corpus by name (its cached store is keyed by the corpus's hash), a store file by its absolute path.
+    rag = retrieval.rag if retrieval.rag.startswith(BUILTIN_PREFIX) else str(Path(retrieval.rag).expanduser().resolve())
+    return {"rag": rag, "rag_k": retrieval.rag_k, "evidence_k": retrieval.evidence_k}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
