@@ -46,6 +46,7 @@ from ..errors import ContextOverflowError, PreflexorError, UsageError
 from ..format import ThinkingFormat, parse
 from ..jsonl import Appender, whole_rows
 from .config import GenerationConfig
+from .sources import TextCorpus, open_corpus  # noqa: F401  (re-exported: the question sources' old home)
 
 GRAPH_RELATIONS = ("IS-A", "RELATES-TO", "INFLUENCES")
 
@@ -381,37 +382,23 @@ class PairGenerator:
         yield from self._rows_parallel(n, workers, _one_at_a_time(student), limit, next_seed, report, fresh)
 
     def _rows_parallel(self, n: int, workers: int, student, limit: int, next_seed, report: GenerationReport, keep) -> Iterator[dict]:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from ..parallel import unordered
 
-        def one(seed: int) -> tuple[dict | None, Counter]:
+        def one(seed: int):
             filtered: Counter = Counter()  # merged by the calling thread
-            return self.make_pair(student, seed, filtered), filtered
+            return lambda: (self.make_pair(student, seed, filtered), filtered)
 
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="pairs")
-        pending: set = set()
-        made, error = 0, None
-        try:
-            while True:
-                # Never more in flight than could still be written: the run stops at exactly n pairs.
-                while error is None and len(pending) < workers and made + len(pending) < n and report.attempted < limit:
-                    pending.add(pool.submit(one, next_seed()))
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        row, filtered = fut.result()
-                    except BaseException as err:  # finish writing what the other workers complete, then raise
-                        error = error or err
-                        continue
-                    report.filtered.update(filtered)
-                    if keep(row):
-                        made += 1
-                        yield row
-            if error is not None:
-                raise error
-        finally:
-            pool.shutdown(wait=error is None, cancel_futures=True)
+        made = 0
+
+        def next_task(running: int):
+            # Never more in flight than could still be written: the run stops at exactly n pairs.
+            return one(next_seed()) if made + running < n and report.attempted < limit else None
+
+        for row, filtered in unordered(next_task, workers):
+            report.filtered.update(filtered)
+            if keep(row):
+                made += 1
+                yield row
 
 
 class _Serialized:
@@ -431,34 +418,6 @@ def _one_at_a_time(backend):
     return backend if backend is None or backend.kind == "openai" else _Serialized(backend)
 
 
-class TextCorpus:
-    """A store stand-in over plain text files (paragraphs as chunks; search by word overlap).
-
-    For corpora too small to index, and for tests; ``preflexor_local.rag``'s store is the real thing.
-    """
-
-    def __init__(self, texts: list[str]):
-        from ..rag.store import Hit
-
-        self._hit = Hit
-        self.chunks = [t.strip() for t in texts if t.strip()]
-
-    @classmethod
-    def from_path(cls, path: str | Path) -> TextCorpus:
-        path = Path(path)
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")) if path.is_dir() else [path]
-        return cls([para for f in files for para in re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))])
-
-    def random_chunks(self, k: int, seed: int | None = None):
-        ids = random.Random(seed).sample(range(len(self.chunks)), min(k, len(self.chunks)))
-        return [self._hit(i, self.chunks[i], "corpus", f"#{i}", 0.0) for i in ids]
-
-    def search(self, query: str, k: int = 5):
-        words = set(re.findall(r"\w+", query.lower()))
-        scored = sorted(((len(words & set(re.findall(r"\w+", c.lower()))), i) for i, c in enumerate(self.chunks)), reverse=True)
-        return [self._hit(i, self.chunks[i], "corpus", f"#{i}", float(s)) for s, i in scored[:k] if s > 0]
-
-
 def open_generator(config: GenerationConfig, quiet: bool = False) -> PairGenerator:
     """A ``PairGenerator`` from settings: opens ``config.store`` and loads the teacher (and judge) models."""
     from .. import backends
@@ -470,23 +429,3 @@ def open_generator(config: GenerationConfig, quiet: bool = False) -> PairGenerat
     teacher = backends.load(config.teacher, options)
     judge = backends.load(config.judge_model, options) if config.judge_model else None
     return PairGenerator(teacher, corpus, config, judge=judge, quiet=quiet)
-
-
-def open_corpus(path: str | Path):
-    """A store file (``.db``) through the RAG API, or a text file/folder as a ``TextCorpus``."""
-    path = Path(path).expanduser()
-    if path.is_dir() or path.suffix in (".txt", ".md"):
-        if not path.exists():
-            raise UsageError(f"corpus {path} does not exist")
-        corpus = TextCorpus.from_path(path)
-        if not corpus.chunks:
-            raise UsageError(f"corpus {path} has no text", hint="add .txt/.md files, or index documents into a store")
-        return corpus
-    from ..rag import open_store
-
-    if not path.exists():
-        raise UsageError(f"no store at {path}", hint=f"build one first: preflexor-local index add FOLDER --store {path}")
-    store = open_store(path, readonly=True)
-    if not store.stats().get("chunks"):
-        raise UsageError(f"the store {path} is empty", hint=f"index documents first: preflexor-local index add FOLDER --store {path}")
-    return store
