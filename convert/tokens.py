@@ -145,10 +145,12 @@ def _command():
 
     import click
 
+    from preflexor_local.commands.options import tags_option
+
     @click.command("add-tokens")
     @click.argument("model_dir", type=click.Path(path_type=Path))
     @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder to write the checkpoint with the tags to.")
-    @click.option("--tags", "preset", default="preflexor", show_default=True, help="Tag preset: preflexor (<|thinking|> …) or think (<think> …).")
+    @tags_option("preset")
     @click.option("--dtype", default="auto", show_default=True, help="Weights dtype to load and save: auto, float32, float16, bfloat16.")
     @click.option("--pad-to", default=PAD_MULTIPLE, show_default=True, help="Round the embedding rows up to a multiple of this.")
     @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")

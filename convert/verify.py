@@ -364,11 +364,13 @@ def _command():
 
     import click
 
+    from preflexor_local.commands.options import tags_option
+
     @click.command("verify")
     @click.argument("hf_dir", type=click.Path(path_type=Path))
     @click.argument("copies", nargs=-1, type=click.Path(path_type=Path))
     @click.option("--tokens", "n_tokens", default=16, show_default=True, help="Greedy tokens to compare per prompt.")
-    @click.option("--tags", "preset", default="preflexor", show_default=True, help="Tag preset: preflexor or think.")
+    @tags_option("preset")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
     def verify_cmd(hf_dir, copies, n_tokens, preset, as_json):
         """Check that GGUF / MLX COPIES of HF_DIR agree with it (tags, template, tokens, logits). Exit 1 on failure."""

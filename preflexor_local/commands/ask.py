@@ -13,6 +13,7 @@ import click
 
 from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..errors import UsageError
+from .options import model_roles, tags_option
 
 _LABELS = {
     "thinking": "thinking",
@@ -73,24 +74,11 @@ def _read_question(words: tuple[str, ...]) -> str:
 
 @click.command("ask")
 @click.argument("question", nargs=-1)
-@click.option(
-    "--model",
-    "-m",
-    default=None,
-    help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, or http(s)://host/v1[#name]. Default: the embedded Gemma 3 270M demo model.",
-)
-@click.option("--critic", default=None, help="Critic model for reviews and rewrites (default: the reasoning model, loaded once).")
-@click.option("--integrator", default=None, help="Model that merges the answers (default: the critic).")
+@model_roles()
 @cli_options(Recursion)
 @cli_options(Sampling)
 @cli_options(LoadOptions)
-@click.option(
-    "--tags",
-    type=click.Choice(["preflexor", "think"]),
-    default="preflexor",
-    show_default=True,
-    help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.",
-)
+@tags_option()
 @cli_options(Retrieval)
 @click.option("--json", "json_out", is_flag=True, help="Print the whole transcript as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Show only the final answer (no thinking on stderr).")
@@ -168,8 +156,7 @@ def _stopped(t) -> str:
 def _validate_early(recursion: Recursion, options: LoadOptions) -> None:
     """Settings errors before any model loads (loading can take seconds)."""
     from ..prompt import check_template_option
-    from ..reasoning.strategies import STRATEGIES
+    from ..reasoning.strategies import check_mode
 
-    if recursion.mode not in STRATEGIES:
-        raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    check_mode(recursion.mode)
     check_template_option(options.chat_template)

@@ -14,15 +14,12 @@ import click
 
 from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..eval.settings import EvalSettings
+from .options import model_roles, tags_option
 
 
 @click.command("eval")
 @click.argument("questions", required=False, default="builtin:materials")
-@click.option(
-    "--model", "-m", default=None, help="Model under test: .gguf, HF dir, cached hub id, or http(s)://host/v1[#name] (default: the embedded demo model)."
-)
-@click.option("--critic", default=None, help="Critic for the rounds (default: the model itself).")
-@click.option("--integrator", default=None, help="Model that merges the rounds' answers (default: the critic).")
+@model_roles("Model under test")
 @click.option("--judge", default=None, help="Pairwise judge (any model spec): scores open items and picks best-of-n. Without it open items are skipped.")
 @cli_options(EvalSettings)
 # The rounds, their early stop and the key are the conditions' and the items' own (--rounds, --adaptive, each item's kind).
@@ -30,7 +27,7 @@ from ..eval.settings import EvalSettings
 @cli_options(Retrieval)
 @cli_options(Sampling)
 @cli_options(LoadOptions)
-@click.option("--tags", type=click.Choice(["preflexor", "think"]), default="preflexor", show_default=True, help="Thinking tag set.")
+@tags_option()
 @click.option(
     "-o",
     "--output",
@@ -54,17 +51,14 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     from ..eval.report import markdown
     from ..format import ThinkingFormat
     from ..prompt import check_template_option
-    from ..reasoning.strategies import STRATEGIES
+    from ..reasoning.strategies import check_mode
 
     settings = from_kwargs(EvalSettings, kwargs)
     recursion = from_kwargs(Recursion, kwargs)
     sampling = from_kwargs(Sampling, kwargs)
     options = from_kwargs(LoadOptions, kwargs)
     retrieval = from_kwargs(Retrieval, kwargs)
-    if recursion.mode not in STRATEGIES:
-        from ..errors import UsageError
-
-        raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    check_mode(recursion.mode)
     check_template_option(options.chat_template)
     qset = load_questions(questions)  # a bad file is refused before any model loads
     if retrieval.rag:

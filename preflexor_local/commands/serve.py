@@ -14,29 +14,17 @@ import click
 
 from ..config import LoadOptions, Recursion, Retrieval, Sampling, cli_options, from_kwargs
 from ..serve.settings import ServeSettings
+from .options import model_roles, tags_option
 
 
 @click.command("serve")
-@click.option(
-    "--model",
-    "-m",
-    default=None,
-    help="Reasoning model: .gguf file, HF checkpoint dir, cached hub id, MLX dir, or http(s)://host/v1[#name]. Default: the embedded demo model.",
-)
-@click.option("--critic", default=None, help="Critic model for reviews and rewrites (default: the reasoning model, loaded once).")
-@click.option("--integrator", default=None, help="Model that merges the answers (default: the critic).")
+@model_roles()
 @cli_options(ServeSettings)
 @cli_options(Recursion)
 @cli_options(Sampling)
 @cli_options(LoadOptions, exclude=("api_key",))
 @cli_options(Retrieval)
-@click.option(
-    "--tags",
-    type=click.Choice(["preflexor", "think"]),
-    default="preflexor",
-    show_default=True,
-    help="Thinking tag set: preflexor = <|thinking|>…<|/thinking|>, think = <think>…</think>.",
-)
+@tags_option()
 def serve(model, critic, integrator, tags, **kwargs):
     """Serve recursive reasoning over an OpenAI-compatible API (127.0.0.1:8000 by default).
 

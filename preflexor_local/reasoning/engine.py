@@ -34,7 +34,7 @@ from ..config import Recursion, Sampling
 from ..errors import UsageError
 from ..format import OUTSIDE, THINKING, StreamParser, ThinkingFormat, cited_passages
 from .frames import FRAMES, Context, Guards, Plan
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, check_mode
 from .transcript import Call, Round, Transcript
 
 AGREE = 0.9  # two free-text answers agree when their word sequences are at least this alike (difflib ratio)
@@ -84,8 +84,7 @@ class Engine:
         self.backends["integrator"] = integrator or self.backends["critic"]
         self.sampling = sampling or Sampling()
         self.recursion = recursion or Recursion()
-        if self.recursion.mode not in STRATEGIES:
-            raise UsageError(f"unknown mode {self.recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+        check_mode(self.recursion.mode)
         self.strategy = STRATEGIES[self.recursion.mode]
         self.fmt = fmt or ThinkingFormat()
         self.context = list(context or [])

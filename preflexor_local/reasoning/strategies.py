@@ -41,6 +41,14 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {}
 
 
+def check_mode(mode: str) -> None:
+    """The one check of a mode name (CLI, server defaults, requests, the engine); ``UsageError`` names the choices."""
+    if mode not in STRATEGIES:
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown mode {mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}", param="mode")
+
+
 def strategy(name: str, summary: str, reflect: bool = False):
     def register(fn: Callable[[Critic, Round], Refinement]):
         STRATEGIES[name] = Strategy(name, summary, reflect, fn)

@@ -119,10 +119,12 @@ def _job(body: dict, question: str, system: str | None, settings: ServeSettings,
     if rounds > settings.max_rounds and "rounds" in rec:
         raise bad(f"{rec['rounds'][0]} asks for {rounds} rounds; this server allows at most {settings.max_rounds} (--max-rounds)", rec["rounds"][0])
     if "mode" in rec:
-        from ..reasoning.strategies import STRATEGIES
+        from ..reasoning.strategies import check_mode
 
-        if rec["mode"][1] not in STRATEGIES:
-            raise bad(f"preflexor.mode must be one of {', '.join(STRATEGIES)}; got {rec['mode'][1]!r}", "preflexor.mode")
+        try:
+            check_mode(rec["mode"][1])
+        except UsageError as err:
+            raise bad(f"unknown preflexor.mode {rec['mode'][1]!r}; {err.hint}", "preflexor.mode") from None
 
     samp: dict[str, tuple[str, Any]] = {}
     for names, field, kind in (

@@ -98,7 +98,7 @@ def serve(
 def check_defaults(settings: ServeSettings, sampling: Sampling, recursion: Recursion, options: LoadOptions) -> None:
     """The server's defaults must be requests it would accept itself."""
     from ..prompt import check_template_option
-    from ..reasoning.strategies import STRATEGIES
+    from ..reasoning.strategies import check_mode
 
     if sampling.max_tokens > settings.max_tokens_limit:
         raise UsageError(f"--max-tokens {sampling.max_tokens} is over --max-tokens-limit {settings.max_tokens_limit}")
@@ -110,8 +110,7 @@ def check_defaults(settings: ServeSettings, sampling: Sampling, recursion: Recur
     ):
         if rounds > settings.max_rounds:
             raise UsageError(f"{flag} {rounds} is over --max-rounds {settings.max_rounds}")
-    if recursion.mode not in STRATEGIES:
-        raise UsageError(f"unknown mode {recursion.mode!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    check_mode(recursion.mode)
     check_template_option(options.chat_template)
 
 

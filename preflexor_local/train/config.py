@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from ..config import Settings, opt
 from ..errors import UsageError
+from ..format import ThinkingFormat
 
 METHODS = ("orpo", "dpo", "sft")
 DPO_LOSSES = ("exo_pair", "sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down")
 ADAPTERS = ("lora", "dora", "none")
-TAG_PRESETS = ("preflexor", "think")
+TAG_PRESETS = tuple(ThinkingFormat.PRESETS)
 DEFAULT_CATEGORIES = ("Reasoning Steps", "Relevant Materials or Concepts", "Design Principles", "Material Properties", "Hypothesis")
 
 
