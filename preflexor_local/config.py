@@ -22,15 +22,18 @@ def opt(
     gt: float | None = None,
     le: float | None = None,
     choices: tuple[str, ...] | None = None,
+    deprecated: tuple[str, ...] = (),
     **click_kw: Any,
 ) -> Any:
     """A dataclass field that knows its command-line flag(s) and its allowed values.
 
     ``ge``/``gt``/``le`` bound numbers (``None`` values are always allowed: they
-    mean "the default"); ``choices`` lists the allowed strings.
+    mean "the default"); ``choices`` lists the allowed strings; ``deprecated``
+    lists old spellings of the flag, still accepted (hidden, with a warning).
     """
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
-    return field(default=default, metadata={"help": help, "flags": flags, "click": click_kw, "bounds": bounds, "choices": choices})
+    meta = {"help": help, "flags": flags, "click": click_kw, "bounds": bounds, "choices": choices, "deprecated": deprecated}
+    return field(default=default, metadata=meta)
 
 
 def _label(f: dataclasses.Field) -> str:
@@ -164,12 +167,26 @@ def cli_options(cls: type, exclude: tuple[str, ...] = ()):
             elif f.type in ("float", "float | None"):
                 kw.setdefault("type", float)
             fn = click.option(*flags, f.name, default=f.default, show_default=f.default not in (None, ()), help=f.metadata["help"], **kw)(fn)
+            for old in f.metadata.get("deprecated", ()):
+                fn = click.option(old, f"{f.name}{_ALIAS}", default=None, hidden=True, **kw)(fn)
         return fn
 
     return decorate
 
 
+_ALIAS = "__deprecated_flag"
+
+
 def from_kwargs(cls: type, kwargs: dict) -> Any:
-    """Build ``cls`` from the Click keyword arguments that belong to it (removing them)."""
+    """Build ``cls`` from the Click keyword arguments that belong to it (removing them); a deprecated spelling's value
+    counts where it was given."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    for f in dataclasses.fields(cls):
+        old = kwargs.pop(f.name + _ALIAS, None)
+        if old is not None:
+            import sys
+
+            print(f"warning: {f.metadata['deprecated'][0]} is deprecated; use {_label(f)}", file=sys.stderr)
+            values[f.name] = old
+    return cls(**values)

@@ -86,3 +86,12 @@ def test_every_float_setting_refuses_nan_and_infinity(value):
                 assert e.value.param == f.name
                 checked += 1
     assert checked >= 12
+
+
+def test_train_lora_type_keeps_adapter_as_a_deprecated_spelling(tmp_path, monkeypatch):
+    """`--adapter` meant a file in `ask` and an adapter type in `train`: train says --lora-type, the old flag still works."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("train", "orpo", "--model", "m", "-o", "o", "--adapter", "bogus")
+    assert code == 2 and "warning: --adapter is deprecated; use --lora-type" in err and "--lora-type must be one of lora, dora, none" in err
+    code, _, err = run_cli("train", "orpo", "--model", "m", "-o", "o", "--lora-type", "bogus")
+    assert code == 2 and "deprecated" not in err and "--lora-type must be one of" in err

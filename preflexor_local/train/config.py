@@ -55,7 +55,7 @@ class TrainConfig(Settings):
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", "--max-grad-norm", gt=0)
     warmup_steps: int = opt(0, "Linear warm-up steps.", "--warmup-steps", ge=0)
     # adapter
-    adapter: str = opt("lora", "lora, dora, or none (full fine-tune).", "--adapter", choices=ADAPTERS)
+    adapter: str = opt("lora", "lora, dora, or none (full fine-tune).", "--lora-type", choices=ADAPTERS, deprecated=("--adapter",))
     rank: int = opt(16, "LoRA/DoRA rank.", "--rank", ge=1)
     alpha: int | None = opt(None, "LoRA/DoRA alpha (default: rank).", "--alpha", gt=0)
     dropout: float = opt(0.05, "LoRA dropout.", "--lora-dropout", ge=0, le=0.99)
