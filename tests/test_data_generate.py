@@ -5,7 +5,7 @@ import json
 
 import pytest
 from tiny_model import CORPUS
-from train_fixtures import ScriptedBackend
+from train_fixtures import ScriptedBackend, fast_generation
 
 from preflexor_local.errors import PreflexorError
 from preflexor_local.format import parse
@@ -193,20 +193,7 @@ def test_real_store_through_the_cli(tmp_path, tiny_llama, capsys):
             "1",
             "-o",
             str(out),
-            "--categories",
-            "Hypothesis",
-            "--teacher-max-tokens",
-            "12",
-            "--student-max-tokens",
-            "12",
-            "--k-random",
-            "2",
-            "--k-search",
-            "1",
-            "--max-context-chars",
-            "300",
-            "--teacher-ctx",
-            "4096",
+            *fast_generation(12, 12, k_random=2),
             "--json",
         ],
     )
@@ -245,18 +232,7 @@ def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_
             "1",
             "--pairs-per-round",
             "1",
-            "--categories",
-            "Hypothesis",
-            "--teacher-max-tokens",
-            "10",
-            "--student-max-tokens",
-            "10",
-            "--k-search",
-            "1",
-            "--max-context-chars",
-            "300",
-            "--teacher-ctx",
-            "4096",
+            *fast_generation(10, 10),
             "--no-merge",
             "-o",
             str(out),
@@ -278,22 +254,6 @@ def test_clean_question():
     assert clean_question("Question: What makes nacre tough? It is the tablets.") == "What makes nacre tough?"
     assert clean_question("\n**Q:** Why do bones remodel so often\nmore") == "Why do bones remodel so often"
     assert clean_question("10,000,000.") == "" and clean_question("") == ""
-
-
-FAST_CLI = [
-    "--categories",
-    "Hypothesis",
-    "--teacher-max-tokens",
-    "10",
-    "--student-max-tokens",
-    "10",
-    "--k-search",
-    "1",
-    "--max-context-chars",
-    "300",
-    "--teacher-ctx",
-    "4096",
-]
 
 
 def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
@@ -321,7 +281,7 @@ def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
             "-o",
             str(out),
             "--json",
-            *FAST_CLI,
+            *fast_generation(),
         ],
     ), capsys.readouterr().err
     row = json.loads(out.read_text().splitlines()[0])
@@ -359,7 +319,7 @@ def test_train_dpo_tags_think_generates_think_pairs_and_masks_on_them(tmp_path, 
             "-o",
             str(out),
             "--json",
-            *FAST_CLI,
+            *fast_generation(),
         ],
     ), capsys.readouterr().err
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

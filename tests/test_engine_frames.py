@@ -12,30 +12,14 @@ import os
 from pathlib import Path
 
 import pytest
-from test_engine import Scripted, scripted_reply
+from test_engine import Recording, Scripted, scripted_reply
 
-from preflexor_local.backends import Backend, load
+from preflexor_local.backends import load
 from preflexor_local.config import Recursion, Sampling
 from preflexor_local.reasoning.engine import Engine
 
 GOLDEN = Path(__file__).parent / "data" / "engine_golden.json"
 GREEDY = Sampling(temperature=0, repeat_penalty=1.0, dry_multiplier=0.0, max_tokens=10)
-
-
-class Recording(Backend):
-    kind = "recording"
-
-    def __init__(self, inner):
-        super().__init__(inner.name)
-        self.inner, self.requests = inner, []
-        self.template = getattr(inner, "template", None)
-
-    def stream(self, request):
-        self.requests.append(request)
-        yield from self.inner.stream(request)
-
-    def describe(self):
-        return self.inner.describe()
 
 
 def _request(r) -> dict:

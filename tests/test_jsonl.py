@@ -9,6 +9,7 @@ import time
 
 import pytest
 from tiny_model import CORPUS
+from train_fixtures import fast_generation
 
 from preflexor_local.jsonl import Appender, append_jsonl, cut_torn_tail, whole_rows
 from preflexor_local.train.data import load_pairs
@@ -60,20 +61,7 @@ def _generate(tmp_path, tiny_llama, n: int) -> list[str]:
         str(n),
         "-o",
         str(tmp_path / "pairs.jsonl"),
-        "--categories",
-        "Hypothesis",
-        "--teacher-max-tokens",
-        "12",
-        "--student-max-tokens",
-        "12",
-        "--k-random",
-        "2",
-        "--k-search",
-        "1",
-        "--max-context-chars",
-        "300",
-        "--teacher-ctx",
-        "4096",
+        *fast_generation(12, 12, k_random=2),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_fixtures import fast_generation
 
 pytest.importorskip("mlx_lm", reason="MLX is not installed on this platform (pip install 'preflexor-local[mlx]')")
 
@@ -115,18 +116,7 @@ def test_train_preflexor_on_mlx_runs_both_phases(tiny_mlx, tmp_path, capsys):
         "1",
         "--pairs-per-round",
         "1",
-        "--categories",
-        "Hypothesis",
-        "--teacher-max-tokens",
-        "10",
-        "--student-max-tokens",
-        "8",
-        "--k-search",
-        "1",
-        "--max-context-chars",
-        "300",
-        "--teacher-ctx",
-        "4096",
+        *fast_generation(10, 8),
         "--rank",
         "4",
         "--grad-accum",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_fixtures import fast_generation
 
 CORPUS = [
     "Spider silk combines stiff beta-sheet crystals with soft amorphous chains, which makes it tough.",
@@ -43,18 +44,7 @@ def test_both_phases_in_one_command_then_gguf_then_ask(tmp_path, tiny_llama, gem
         "1",
         "--pairs-per-round",
         "1",
-        "--categories",
-        "Hypothesis",
-        "--teacher-max-tokens",
-        "40",
-        "--student-max-tokens",
-        "10",
-        "--k-search",
-        "1",
-        "--max-context-chars",
-        "300",
-        "--teacher-ctx",
-        "4096",
+        *fast_generation(40, 10),
         "-o",
         str(out),
         "--json",

@@ -47,3 +47,10 @@ class ScriptedBackend(Backend):
         text = self.reply(prompt)
         yield text
         yield Generation(text=text, finish_reason=self.finish(text), completion_tokens=1)
+
+
+def fast_generation(teacher_tokens: int = 10, student_tokens: int = 10, k_random: int | None = None) -> list[str]:
+    """Pair-generation flags that keep a tiny run to seconds (one category, a few tokens, small contexts)."""
+    flags = ["--categories", "Hypothesis", "--teacher-max-tokens", str(teacher_tokens), "--student-max-tokens", str(student_tokens)]
+    flags += ["--k-random", str(k_random)] if k_random is not None else []
+    return [*flags, "--k-search", "1", "--max-context-chars", "300", "--teacher-ctx", "4096"]

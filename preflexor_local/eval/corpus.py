@@ -9,11 +9,10 @@ lines are skipped. A bad line is refused with file:line, like a question file.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 from ..errors import PreflexorError, UsageError
-from .questions import CORPUS_SUFFIX
+from .questions import CORPUS_SUFFIX, json_object
 
 FIELDS = ("id", "source", "text")
 _FORMAT_HINT = 'each line is a JSON object like {"id": "g-p001", "source": "Sea urchin spines", "text": "…"}'
@@ -54,15 +53,7 @@ def load_corpus(name: str = "grounded") -> list[dict]:
 
 
 def _parse_passage(line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err.msg}, column {err.colno})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    unknown = sorted(set(row) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (allowed: {', '.join(FIELDS)})")
+    row = json_object(line, FIELDS)
     for key in FIELDS:
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")

@@ -162,17 +162,23 @@ def load_questions(source: str) -> QuestionSet:
     return QuestionSet(source=source, path=str(path), sha256=hashlib.sha256(data).hexdigest(), questions=tuple(questions))
 
 
-def parse_question(line: str) -> Question:
-    """One line to a ``Question``; ``ValueError`` says what is wrong (without the location)."""
+def json_object(line: str, fields) -> dict:
+    """One JSONL line as an object of known ``fields`` only; ``ValueError`` says what is wrong (without the location)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err.msg}, column {err.colno})") from None
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    unknown = sorted(set(row) - FIELDS)
+    unknown = sorted(set(row) - set(fields))
     if unknown:
-        raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(FIELDS))})")
+        raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(fields))})")
+    return row
+
+
+def parse_question(line: str) -> Question:
+    """One line to a ``Question``; ``ValueError`` says what is wrong (without the location)."""
+    row = json_object(line, FIELDS)
     qid = row.get("id")
     if isinstance(qid, bool) or not isinstance(qid, str | int) or not str(qid).strip():
         raise ValueError("'id' must be a non-empty string or an integer")
