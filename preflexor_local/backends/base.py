@@ -71,6 +71,9 @@ class Backend(ABC):
     kind: ClassVar[str] = "backend"
     # One of the embedded models (the default and its base): the engine's small-model guards are on for it by default.
     embedded: bool = False
+    # Whether calls may come from several threads at once and run together (a server; a llama.cpp model loaded with
+    # parallel slots batches them). Asked by serve --parallel, eval's batched samples and pair generation.
+    concurrent: bool = False
 
     def __init__(self, name: str):
         self.name = name

@@ -172,6 +172,11 @@ class LlamaCppBackend(LocalBackend):
             vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if self._single_token(t)),
         )
 
+    @property
+    def concurrent(self) -> bool:
+        """Loaded with parallel slots: concurrent calls decode together in one batch."""
+        return self.batcher is not None
+
     def _single_token(self, text: str) -> bool:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=True)) == 1
 

@@ -53,6 +53,7 @@ ENTRY = BackendEntry(
 
 class OpenAIBackend(Backend):
     kind = "openai"
+    concurrent = True  # the server serves calls at once
 
     def __init__(self, spec: ModelSpec, options: LoadOptions):
         import httpx

@@ -55,7 +55,7 @@ from .extract import same_prediction, score
 from .grounding import Grounding, ItemGrounding
 from .judge import PairwiseJudge
 from .questions import Question
-from .samples import Pool, concurrent, draw
+from .samples import Pool, draw
 from .settings import EvalSettings
 
 ADAPTIVE = "adaptive"
@@ -105,7 +105,7 @@ class ItemRunner:
         self.base_seed = 0 if sampling.seed is None else sampling.seed
         self.baseline_name = rounds_name(min(settings.rounds))
         # Samples decode together only where the reasoner takes concurrent calls (one round: the reasoner alone).
-        self.batch = settings.batch if concurrent(models.reasoner) else 1
+        self.batch = settings.batch if models.reasoner.concurrent else 1
 
     def selector_for(self, q: Question) -> str | None:
         sel = self.settings.selector

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -154,41 +153,16 @@ class Run:
 
 def run_items(todo: list[Question], runner: ItemRunner, concurrency: int, on_done: Callable[[dict], None]) -> None:
     """Run ``todo``; ``on_done`` gets each item's line in the calling thread, as soon as it finishes."""
-    if concurrency <= 1 or len(todo) <= 1:
-        for q in todo:
-            on_done(runner.run(q))
-        return
-    import queue
+    from ..parallel import unordered
 
-    jobs: queue.Queue = queue.Queue()
-    for q in todo:
-        jobs.put(q)
-    results: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    items = iter(todo)
 
-    def worker() -> None:
-        while not stop.is_set():
-            try:
-                q = jobs.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                results.put((runner.run(q), None))
-            except BaseException as err:  # handed to the main thread, which stops the run
-                results.put((None, err))
-                return
+    def next_task(running: int):
+        q = next(items, None)
+        return None if q is None else (lambda: runner.run(q))
 
-    # Daemon threads: Ctrl-C or an error ends the run without waiting for requests in flight.
-    for _ in range(min(concurrency, len(todo))):
-        threading.Thread(target=worker, daemon=True).start()
-    try:
-        for _ in range(len(todo)):
-            line, err = results.get()
-            if err is not None:
-                raise err
-            on_done(line)
-    finally:
-        stop.set()
+    for line in unordered(next_task, max(1, concurrency)):
+        on_done(line)
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

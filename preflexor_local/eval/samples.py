@@ -5,7 +5,7 @@ generated tokens of samples 1..n plus half their mean stay below the budget; at 
 ``max_samples``. ``kept(tokens, budget, most)`` applies it to samples already drawn.
 
 Drawing one sample at a time wastes a small model's decode step on one sequence. Where the reasoner takes
-concurrent calls (``concurrent``: a llama.cpp model loaded with parallel slots batches them in one
+concurrent calls (``Backend.concurrent``: a llama.cpp model loaded with parallel slots batches them in one
 ``llama_decode`` per step; an OpenAI-compatible server serves them at once), a batch of samples is launched
 from as many threads. How many: as many as the rule would still take if each new sample were as long as the
 mean so far (before the first, ``estimate``: a single answer to the same prompt), at most ``batch``. After a
@@ -20,11 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-
-def concurrent(backend) -> bool:
-    """Whether ``backend`` runs calls at once: a llama.cpp model with a batch decoder, or a server."""
-    return backend.kind == "openai" or getattr(backend, "batcher", None) is not None
 
 
 def kept(tokens: list[int], budget: int, most: int) -> tuple[int, bool]:

@@ -114,15 +114,12 @@ def check_defaults(settings: ServeSettings, sampling: Sampling, recursion: Recur
     check_template_option(options.chat_template)
 
 
-PARALLEL_KINDS = ("llamacpp", "openai")  # backends whose calls may run at once: batched in llama.cpp, concurrent HTTP upstream
-
-
 def check_parallel(roles, parallel: int) -> None:
     """``--parallel`` above 1 needs every model to take concurrent calls."""
     if parallel <= 1:
         return
     for backend in roles:
-        if backend.kind not in PARALLEL_KINDS:
+        if not backend.concurrent:  # loaded with --parallel slots: llama.cpp batches; a server serves at once
             raise UsageError(
                 f"--parallel {parallel} needs GGUF (llama.cpp) or OpenAI-compatible models; {backend.name} runs on {backend.kind}",
                 hint="drop --parallel (requests then take turns), or serve a GGUF file",

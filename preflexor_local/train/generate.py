@@ -367,7 +367,7 @@ class PairGenerator:
             return row is not None
 
         workers = self.cfg.concurrency
-        if workers > 1 and self.teacher.kind != "openai":
+        if workers > 1 and not self.teacher.concurrent:
             if not self.quiet:
                 print(f"note: --concurrency {workers} ignored: the teacher is an in-process model (parallel pairs need a teacher server)", file=sys.stderr)
             workers = 1
@@ -408,6 +408,7 @@ class _Serialized:
         self._backend = backend
         self._lock = threading.Lock()
         self.kind = backend.kind
+        self.concurrent = True  # callers may: the calls take turns
 
     def generate(self, request):
         with self._lock:
@@ -415,7 +416,7 @@ class _Serialized:
 
 
 def _one_at_a_time(backend):
-    return backend if backend is None or backend.kind == "openai" else _Serialized(backend)
+    return backend if backend is None or backend.concurrent else _Serialized(backend)
 
 
 def open_generator(config: GenerationConfig, quiet: bool = False) -> PairGenerator:
