@@ -147,7 +147,12 @@ class Recursion(Settings):
 class Retrieval(Settings):
     """A RAG store for ask, serve and eval: cited context for the reasoner, evidence for the critic."""
 
-    rag: str | None = opt(None, "A RAG store (from `index add`): the reasoner gets cited context, the critic checks each thinking against passages.", "--rag")
+    rag: str | None = opt(
+        None,
+        "A RAG store (from `index add`), or builtin:grounded: the reasoner gets cited context, the critic checks each thinking against passages"
+        " (eval: a built-in set with a corpus uses it unless --rag none).",
+        "--rag",
+    )
     rag_k: int = opt(5, "Chunks retrieved for the reasoner's context with --rag.", "-k", "--rag-k", ge=1, le=50)
     evidence_k: int = opt(4, "Passages the critic checks each thinking against with --rag (retrieved for its claims).", "--evidence-k", ge=1, le=20)
 

@@ -33,3 +33,13 @@ def test_an_unknown_builtin_or_a_missing_store_is_one_clear_line(tmp_path, monke
         open_rag("builtin:nope")
     with pytest.raises(UsageError, match="RAG store not found: missing.db"):
         open_rag("missing.db")
+
+
+def test_eval_of_a_set_with_a_corpus_is_grounded_in_it_unless_told_otherwise():
+    from preflexor_local.commands.eval import _default_store
+    from preflexor_local.config import Retrieval
+
+    assert _default_store("builtin:grounded", Retrieval(), quiet=True).rag == "builtin:grounded"
+    assert _default_store("builtin:grounded", Retrieval(rag="none"), quiet=True).rag is None
+    assert _default_store("builtin:grounded", Retrieval(rag="mine.db"), quiet=True).rag == "mine.db"
+    assert _default_store("builtin:materials", Retrieval(), quiet=True).rag is None  # no corpus ships with it

@@ -61,6 +61,7 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     check_mode(recursion.mode)
     check_template_option(options.chat_template)
     qset = load_questions(questions)  # a bad file is refused before any model loads
+    retrieval = _default_store(questions, retrieval, quiet)
     if retrieval.rag:
         from ..rag.evidence import open_rag
 
@@ -99,3 +100,20 @@ def eval_command(questions, model, critic, integrator, judge, tags, output, json
     else:
         click.echo(markdown(report), nl=False)
     note(f"report: {output}/report.json, report.md, report.png")
+
+
+def _default_store(questions: str, retrieval: Retrieval, quiet: bool) -> Retrieval:
+    """A built-in set that ships its corpus (``builtin:grounded``) is grounded in it unless ``--rag`` names another
+    store, or ``--rag none`` asks for no retrieval."""
+    import dataclasses
+
+    from ..eval.corpus import builtin_corpora
+    from ..eval.questions import BUILTIN_PREFIX
+
+    if retrieval.rag == "none":
+        return dataclasses.replace(retrieval, rag=None)
+    if retrieval.rag is None and questions.startswith(BUILTIN_PREFIX) and questions[len(BUILTIN_PREFIX) :] in builtin_corpora():
+        if not quiet:
+            click.secho(f"grounded in {questions}'s own corpus (--rag STORE for yours, --rag none for no retrieval)", err=True, dim=True)
+        return dataclasses.replace(retrieval, rag=questions)
+    return retrieval
