@@ -7,7 +7,7 @@ side by side:
 * thinking closed by the model itself (round 1, where the model writes it);
 * answers (every round's and the final) of at least 10 words;
 * leaked passages: any 8-word run of the engine's prompt wording or of the
-  one-shot example (``reasoning.prompts``) found in an output field (critique,
+  one-shot example (``reasoning.wording``) found in an output field (critique,
   rewrite, answer, final), counted once per field;
 * garbled tags: tag-shaped fragments (``<|…``) left in those fields;
 * loops (calls that ended with ``finish_reason: loop``), calls cut at the token
@@ -108,21 +108,21 @@ def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 def leak_grams() -> set[tuple[str, ...]]:
     """8-word runs of every prompt and example text the engine shows a model (not the question itself)."""
-    from preflexor_local.reasoning import prompts
+    from preflexor_local.reasoning import wording
 
     texts = [
-        prompts.CRITIQUE,
-        prompts.REWRITE,
-        prompts.INTEGRATE,
-        prompts.CONTEXT,
-        prompts.CRITIC_SYSTEM,
-        prompts.INTEGRATOR_SYSTEM,
-        prompts._EX_QUESTION,
-        prompts._EX_THINKING,
-        prompts._EX_WEAK_THINKING,
-        prompts._EX_CRITIQUE,
-        prompts._EX_ANSWER,
-        *prompts._EX_DRAFTS,
+        wording.CRITIQUE,
+        wording.REWRITE,
+        wording.INTEGRATE,
+        wording.CONTEXT,
+        wording.CRITIC_SYSTEM,
+        wording.INTEGRATOR_SYSTEM,
+        wording._EX_QUESTION,
+        wording._EX_THINKING,
+        wording._EX_WEAK_THINKING,
+        wording._EX_CRITIQUE,
+        wording._EX_ANSWER,
+        *wording._EX_DRAFTS,
     ]
     out: set[tuple[str, ...]] = set()
     for t in texts:

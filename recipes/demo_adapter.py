@@ -9,7 +9,7 @@ or across sittings):
 1. **base**: ``convert hf`` of the embedded GGUF -> a trainable fp32 checkpoint.
 2. **pairs**: every training record of the seed set (``recipes/seed/*.jsonl``,
    held-out items excluded) becomes role examples rendered with the engine's own
-   prompt wording (``reasoning.prompts``): the reasoner (question -> thinking ->
+   prompt wording (``reasoning.wording``): the reasoner (question -> thinking ->
    answer; and, with the thinking pre-filled as reflect mode does, reflection ->
    answer where the record has one), the critic's
    review, the critic's rewrite along a review, and the integrator. *chosen* is

@@ -2,7 +2,7 @@ import pytest
 
 from preflexor_local.errors import UsageError
 from preflexor_local.prompt import ChatTemplate, choose_template, known_template, looks_instruct, render_prompt
-from preflexor_local.reasoning import prompts
+from preflexor_local.reasoning import wording
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why? {not a field}"}]
 
@@ -50,5 +50,5 @@ def test_instruct_detection():
 
 
 def test_engine_prompts_survive_braces():
-    text = prompts.critique_prompt("What is {x}?", "think {{y}}")
+    text = wording.critique_prompt("What is {x}?", "think {{y}}")
     assert "What is {x}?" in text and "think {{y}}" in text

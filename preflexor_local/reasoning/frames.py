@@ -9,7 +9,7 @@ stops lives at a call site. Frames:
   closed itself (or that were pre-filled) it may not write any tag, whole or half-formed, nor a section heading of
   its thinking; after one the engine closed at its budget only whole opening tags end it (it may still be thinking).
 * ``critique``: the critic reviews a thinking text — against numbered passages when the round has evidence
-  (``prompts.grounded_critique_prompt``) — ending with a verdict line (``format.critic_verdict``).
+  (``wording.grounded_critique_prompt``) — ending with a verdict line (``format.critic_verdict``).
 * ``rewrite``: the critic rewrites the thinking along the feedback (and the passages, when there are any).
 * ``integration``: the integrator merges the rounds' answers into one; with retrieved context it sees the passages
   the answers cite, numbered as the reasoner saw them.
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..format import RewriteFrame, ThinkingFormat, heading_stops, rewrite_frame
-from . import prompts
+from . import wording
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,12 @@ class Context:
     def reasoner_messages(self) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         if self.base("reasoner"):
-            msgs.extend(prompts.format_example(self.fmt))  # base models are shown the format once
-        question = prompts.with_context(self.question, list(self.chunks))
+            msgs.extend(wording.format_example(self.fmt))  # base models are shown the format once
+        question = wording.with_context(self.question, list(self.chunks))
         return [*msgs, {"role": "user", "content": self.fmt.question_with_cue(question)}]
 
     def task_messages(self, role: str, system: str, task: str, prompt: str) -> list[dict]:
-        examples = prompts.task_example(task) if self.base(role) else []  # and each task once
+        examples = wording.task_example(task) if self.base(role) else []  # and each task once
         return [{"role": "system", "content": system}, *examples, {"role": "user", "content": prompt}]
 
 
@@ -131,8 +131,8 @@ def _answer(ctx: Context, text: str, engine_closed: bool) -> Plan:
 @frame("critique", "critic")
 def _critique(ctx: Context, thinking: str, passages: tuple[dict, ...] = ()) -> Plan:
     # A review names what the thinking lacks; restating it is the small critic's habit (the DRY source guard).
-    prompt = prompts.grounded_critique_prompt(ctx.question, thinking, passages) if passages else prompts.critique_prompt(ctx.question, thinking)
-    messages = ctx.task_messages("critic", ctx.critic_system or prompts.CRITIC_SYSTEM, "critique", prompt)
+    prompt = wording.grounded_critique_prompt(ctx.question, thinking, passages) if passages else wording.critique_prompt(ctx.question, thinking)
+    messages = ctx.task_messages("critic", ctx.critic_system or wording.CRITIC_SYSTEM, "critique", prompt)
     g = ctx.guards["critic"]
     return Plan(messages, stop=g.headings(thinking), dry_source=g.dry_source(thinking))
 
@@ -140,14 +140,14 @@ def _critique(ctx: Context, thinking: str, passages: tuple[dict, ...] = ()) -> P
 @frame("rewrite", "critic")
 def _rewrite(ctx: Context, thinking: str, feedback: str, passages: tuple[dict, ...] = ()) -> Plan:
     shape = ctx.guards["critic"].rewrite(thinking)
-    prompt = prompts.grounded_rewrite_prompt(thinking, feedback, passages) if passages else prompts.rewrite_prompt(thinking, feedback)
-    messages = ctx.task_messages("critic", ctx.critic_system or prompts.CRITIC_SYSTEM, "rewrite", prompt)
+    prompt = wording.grounded_rewrite_prompt(thinking, feedback, passages) if passages else wording.rewrite_prompt(thinking, feedback)
+    messages = ctx.task_messages("critic", ctx.critic_system or wording.CRITIC_SYSTEM, "rewrite", prompt)
     return Plan(messages, prefill=shape.opening, stops_after=shape.stops_after, shown=shape.opening)
 
 
 @frame("integration", "integrator", "final")
 def _integration(ctx: Context, answers: list[str], thinkings: list[str]) -> Plan:
-    prompt = prompts.integrate_prompt(ctx.question, answers, ctx.chunks)
-    messages = ctx.task_messages("integrator", prompts.INTEGRATOR_SYSTEM, "final", prompt)
+    prompt = wording.integrate_prompt(ctx.question, answers, ctx.chunks)
+    messages = ctx.task_messages("integrator", wording.INTEGRATOR_SYSTEM, "final", prompt)
     g = ctx.guards["integrator"]
     return Plan(messages, stop=(*g.tag_stops(ctx.fmt), *g.headings(*thinkings)))

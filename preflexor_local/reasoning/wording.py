@@ -1,4 +1,4 @@
-"""The engine's prompt wording (our own), in one place so it can be read and tuned.
+"""The engine's prompt wording (our own), in one place so it can be read and tuned (``prompt.py`` renders chat templates; this is what the prompts say).
 
 Templates use ``str.replace`` on ``{name}`` markers, never ``str.format``, so
 braces in questions, retrieved context or model output cannot break a prompt.
