@@ -122,8 +122,8 @@ def test_loss_matches_trl(method, loss, adapter, rows, mask, end_weight, tiny_ml
             trl_loss = trl.compute_loss(model, {"input_ids": ids, "attention_mask": attention, "completion_mask": (labels != -100).long()})
     else:
         # The TRL engine's trainer: stock TRL's ORPO with the NLL over the scored reply positions only.
-        from preflexor_local.train.trl_compat import orpo
-        from preflexor_local.train.trl_engine import orpo_trainer_class
+        from preflexor_local.train.trl import orpo_trainer_class
+        from preflexor_local.train.trl.compat import orpo
 
         ids_ds = Dataset.from_list([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
         trl = orpo_trainer_class()(model=model, args=orpo()[0](max_length=256, **common), train_dataset=ids_ds, processing_class=hf_tok)

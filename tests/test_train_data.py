@@ -190,7 +190,7 @@ def test_the_training_core_is_engine_free():
         "import preflexor_local.train.run, preflexor_local.train.encode, preflexor_local.train.resolve\n"
         "import preflexor_local.train.mlx.trainer, preflexor_local.train.mlx.batches, preflexor_local.train.mlx.fuse\n"
         "import preflexor_local.commands.train, preflexor_local.commands.data\n"
-        "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers', 'preflexor_local.train.trl', 'preflexor_local.train.trl_engine') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'trl', 'peft', 'transformers', 'preflexor_local.train.trl') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -78,7 +78,7 @@ def test_target_modules_regex_adapts_only_the_named_blocks(tmp_path):
 
     from preflexor_local.train.config import TrainConfig
     from preflexor_local.train.session import RunContext
-    from preflexor_local.train.trl_engine import open_session
+    from preflexor_local.train.trl import open_session
 
     base = build_tiny_llama(tmp_path / "m")
     cfg = TrainConfig(model=str(base), output=str(tmp_path / "o"), method="orpo", target_modules=r"re:.*layers\.1\.(self_attn\.(q|v)_proj)").resolved()

@@ -20,7 +20,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHON
 
 
 def _session(tiny, tmp_path, method, **kw):
-    from preflexor_local.train.trl_engine import open_session
+    from preflexor_local.train.trl import open_session
 
     cfg = TrainConfig(model=str(tiny), output=str(tmp_path), method=method, lr=5e-3, **kw).resolved()
     logs = []
@@ -291,7 +291,7 @@ def test_fast_trainable_tokens_equal_peft(tmp_path, tied):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from preflexor_local.train.trl_peft import fast_trainable_tokens
+    from preflexor_local.train.trl.peft import fast_trainable_tokens
 
     path = build_tiny(tmp_path / "m", arch="gemma3" if tied else "llama", tied=tied)
     model = AutoModelForCausalLM.from_pretrained(path)

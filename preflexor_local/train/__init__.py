@@ -9,6 +9,6 @@ template), ``masks`` (the one label-mask function), ``resolve`` (which model a
 ``--model`` names: a run folder means its merged model), ``generate``
 (teacher/student pair generation), ``run`` (the active-learning loop, both
 phases in one run) and ``session`` (what an engine provides). The engines are
-thin adapters over it: ``trl_engine`` (+ ``trl_peft``, ``trl_compat``) and
+thin adapters over it: ``trl/`` (compat, peft, trainers, session) and
 ``mlx/``, registered in ``engines/``.
 """

@@ -7,7 +7,7 @@ from . import TrainEngine
 ENGINE = TrainEngine(
     name="trl",
     summary="PyTorch + TRL + PEFT (CUDA, MPS, CPU; accelerate launch for several GPUs)",
-    runner="preflexor_local.train.trl_engine:open_session",
+    runner="preflexor_local.train.trl:open_session",
     requires=("torch", "transformers", "trl", "peft"),
     extra="train",
 )
