@@ -66,6 +66,7 @@ _SUMMARIES = {
     "data": "Generate preference data from a corpus with a teacher model.",
     "eval": "Measure whether recursion helps: rounds vs equal-budget baselines.",
     "serve": "Serve recursive reasoning over an OpenAI-compatible HTTP API.",
+    "export": "Export a merged model for Ollama, llama-server or LM Studio.",
 }
 
 

@@ -33,7 +33,8 @@ def serve(model, critic, integrator, tags, **kwargs):
     preflexor-local serve --model ./m.gguf --critic ./c.gguf --port 8080 --recursive 2 --api-key "$KEY"
     curl -s localhost:8000/v1/models
 
-    Endpoints: POST /v1/chat/completions (stream or not), POST /v1/completions, GET /v1/models, GET /health.
+    Endpoints: POST /v1/chat/completions and POST /v1/responses (stream or not), POST /v1/completions,
+    GET /v1/models, GET /health, and the playground page at GET /.
     Per request: extra_body={"preflexor": {"rounds": 3, "mode": "reflect", "integrate": true}} or
     reasoning_effort=none|low|medium|high. The answer is message.content; every round before it is in
     message.reasoning_content and message.reasoning (delta.* when streaming).
