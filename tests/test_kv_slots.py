@@ -15,7 +15,7 @@ from convert_fixtures import build_tiny
 from tiny_model import CORPUS
 
 from preflexor_local.backends import GenerationRequest, load
-from preflexor_local.backends.kv_slots import _common
+from preflexor_local.backends.base import common_prefix, reusable_prefix
 from preflexor_local.backends.llamacpp import LlamaCppBackend
 from preflexor_local.backends.llamacpp_load import open_llama
 from preflexor_local.config import LoadOptions, Recursion, Sampling
@@ -71,7 +71,7 @@ def user(text: str, system: str | None = None, prefill: str = "", sampling: Samp
 
 def shared_with_earlier(prompts: list[list[int]]) -> list[int]:
     """For each prompt, the most leading tokens an earlier prompt has at the same positions (last token excluded)."""
-    return [max((_common(ids, p, len(ids) - 1) for p in prompts[:i]), default=0) for i, ids in enumerate(prompts)]
+    return [max((reusable_prefix(p, ids) for p in prompts[:i]), default=0) for i, ids in enumerate(prompts)]
 
 
 def run(backend, requests, fresh: bool = False):
@@ -119,7 +119,7 @@ def test_interleaved_roles_reuse_their_prefixes_and_change_no_token(tiny_ggufs, 
         # every prefix an earlier prompt had is still held (4 slots, 3 roles), however the roles interleave
         assert gen.prompt_tokens == len(ids) and gen.cached_tokens >= shared
     assert got[2].cached_tokens >= len(prompts[0])  # the answer continues the thinking call across the critique
-    assert got[3].cached_tokens >= _common(prompts[1], prompts[3], 10**9) > got[1].cached_tokens  # the critic's own prefix
+    assert got[3].cached_tokens >= common_prefix(prompts[1], prompts[3]) > got[1].cached_tokens  # the critic's own prefix
     assert got[5].cached_tokens == len(prompts[5]) - 1  # the critique again: all of it still cached
     before = tiny.slots.evaluated
     fresh = run(tiny, calls, fresh=True)
@@ -168,7 +168,7 @@ def test_slots_beyond_the_bound_are_evicted_least_recently_used(tiny_gguf, opene
     run(b, [s, c])  # s is used again, so a is now the least recently used: c takes its slot
     assert len(b.slots.held) == 2
     assert b.cached_prefix(ids["s"]) == len(ids["s"]) - 1 and b.cached_prefix(ids["c"]) == len(ids["c"]) - 1
-    assert b.cached_prefix(ids["a"]) == _common(ids["a"], ids["s"], 10**9)  # a is gone
+    assert b.cached_prefix(ids["a"]) == common_prefix(ids["a"], ids["s"])  # a is gone
     # a prompt that extends a slot's tokens continues that slot instead of taking another
     held = dict(b.slots.held)
     longer = user(CORPUS[2], system="Think.", prefill=" " + CORPUS[3])
@@ -185,12 +185,12 @@ def test_a_shared_prefix_is_copied_into_the_least_recently_used_slot(tiny_gguf, 
     other = user(CORPUS[4], system="Be brief.")
     c = user(shared + CORPUS[5])
     ids = {k: b.encode(b.render(r)) for k, r in {"a": a, "other": other, "c": c}.items()}
-    prefix = _common(ids["a"], ids["c"], 10**9)
+    prefix = common_prefix(ids["a"], ids["c"])
     assert 2 * prefix < len(ids["a"]) - prefix  # a would lose more than c reuses: a is not truncated for c
     got = run(b, [a, other, a, c])  # a again: other is now the least recently used
     assert got[3].cached_tokens == prefix
     assert b.cached_prefix(ids["a"]) == len(ids["a"]) - 1  # a kept all of its own
-    assert b.cached_prefix(ids["other"]) == _common(ids["other"], ids["a"], 10**9)  # other's slot went to c
+    assert b.cached_prefix(ids["other"]) == common_prefix(ids["other"], ids["a"])  # other's slot went to c
     assert [g.text for g in got] == [g.text for g in run(b, [a, other, a, c], fresh=True)]
     assert [g.text for g in run(b, [c, a])] == [got[3].text, got[0].text]  # both slots still answer as fresh
 
@@ -317,7 +317,7 @@ def test_engine_rounds_on_gemma_reuse_prefixes_and_keep_the_greedy_tokens(gemma_
             assert call.cached_tokens >= shared
         thinking, answer, critique, rewrite, answer2, final = t.calls
         assert answer.cached_tokens >= thinking.prompt_tokens - 1  # the answer phase continues the thinking phase
-        assert answer2.cached_tokens >= _common(prompts[0], prompts[4], 10**9) > 100  # round 2 kept round 1's prefix
+        assert answer2.cached_tokens >= common_prefix(prompts[0], prompts[4]) > 100  # round 2 kept round 1's prefix
 
         # a fresh evaluation of each prompt (llama-cpp-python's own sequence 0, the slots emptied), teacher-forced
         b.clear_cache()

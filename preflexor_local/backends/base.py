@@ -197,6 +197,21 @@ def repeats_at_end(text: str) -> bool:
 LOOP_CHECK_EVERY = 8  # tokens (or server chunks) between loop checks
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int | None = None) -> int:
+    """Length of the common prefix of two token-id lists, at most ``limit`` (never below 0)."""
+    n = min(len(a), len(b)) if limit is None else max(0, min(len(a), len(b), limit))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def reusable_prefix(held: Sequence[int], ids: Sequence[int]) -> int:
+    """How many leading tokens of the prompt ``ids`` a KV cache holding ``held`` can keep: their common prefix,
+    short of the last prompt token, which is always evaluated again so that its logits are fresh."""
+    return common_prefix(held, ids, len(ids) - 1)
+
+
 class Detokenizer(ABC):
     """Turns generated token ids into text increments (special tokens kept)."""
 

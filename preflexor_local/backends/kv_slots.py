@@ -10,17 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..errors import GenerationError
+from .base import common_prefix, reusable_prefix
 
 DEFAULT_SLOTS = 4  # cached sequences per loaded model: reasoner, critique, rewrite, integrator
-
-
-def _common(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
-    n = min(len(a), len(b), limit)
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class KVSlots:
@@ -81,7 +73,7 @@ class KVSlots:
         self._verify()
         source, reuse = None, 0
         for seq in sorted(self.held, key=self.used.__getitem__, reverse=True):  # on a tie, the most recent
-            n = self._usable(seq, _common(self.held[seq], ids, len(ids) - 1))
+            n = self._usable(seq, reusable_prefix(self.held[seq], ids))
             if n > reuse:
                 source, reuse = seq, n
         dest = self._destination(source, reuse)
@@ -140,7 +132,7 @@ class KVSlots:
     def _destination(self, source: int | None, reuse: int) -> int:
         def lost(seq: int) -> int:  # tokens only this slot holds, beyond those the call reuses from it
             toks = self.held[seq]
-            kept = max((_common(toks, self.held[o], len(toks)) for o in self.held if o != seq), default=0)
+            kept = max((common_prefix(toks, self.held[o]) for o in self.held if o != seq), default=0)
             return len(toks) - max(kept, reuse if seq == source else 0)
 
         if source is not None and source not in self.busy and lost(source) <= reuse:

@@ -33,7 +33,7 @@ from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
-from .base import Backend, Detokenizer, LocalBackend
+from .base import Backend, Detokenizer, LocalBackend, reusable_prefix
 from .dry import dry_for
 
 DEFAULT_CTX_CAP = 8192
@@ -220,12 +220,7 @@ class MLXBackend(LocalBackend):
         return ids
 
     def cached_prefix(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self._held, ids):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(ids) - 1)  # the last prompt token is always evaluated for fresh logits
+        return reusable_prefix(self._held, ids)
 
     def _prepare_cache(self, ids: list[int]) -> int:
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache

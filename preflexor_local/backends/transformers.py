@@ -19,7 +19,7 @@ from ..errors import InvalidModelError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, choose_template, looks_instruct
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend
+from .base import Detokenizer, LocalBackend, reusable_prefix
 from .dry import dry_for
 
 DEFAULT_CTX_CAP = 8192
@@ -175,12 +175,7 @@ class TransformersBackend(LocalBackend):
         return ids
 
     def cached_prefix(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self._cache_ids, ids):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(ids) - 1)
+        return reusable_prefix(self._cache_ids, ids)
 
     def token_stream(self, ids: list[int], sampling: Sampling, max_new: int, dry_source: Sequence[int] = ()) -> Iterator[int]:
         torch = self._torch

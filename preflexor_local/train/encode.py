@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..backends.base import common_prefix
 from ..format import ThinkingFormat
 from ..prompt import ChatTemplate, choose_template, looks_instruct
 from .config import TrainConfig
@@ -70,15 +71,6 @@ class Encoded:
         return {"pairs_in": self.pairs, "pairs_used": len(self.rows), "dropped_long": self.dropped_long, "truncated_rejected": self.truncated_rejected}
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class Encoder:
     """Render + tokenise pairs exactly as inference renders and the transformers backend tokenises."""
 
@@ -102,7 +94,7 @@ class Encoder:
             p = self.encode_text(prompt)
             pc = self.encode_text(prompt + chosen)
             pr = self.encode_text(prompt + rejected)
-            n = min(_common_prefix(p, pc), _common_prefix(p, pr), len(p))
+            n = min(common_prefix(p, pc), common_prefix(p, pr), len(p))
             prompt_ids, chosen_ids, rejected_ids = p[:n], pc[n:], pr[n:]
             if n + len(chosen_ids) > self.max_length:
                 out.dropped_long += 1
@@ -117,7 +109,7 @@ class Encoder:
                 out.dropped_lines.append(pair.line or i + 1)
                 continue
             # Where the chosen reply's text ends and the template's end of turn begins (-1: no end of turn).
-            end = _common_prefix(self.encode_text(prompt + pair.chosen), pc) - n
+            end = common_prefix(self.encode_text(prompt + pair.chosen), pc) - n
             out.rows.append(
                 {
                     "prompt_ids": prompt_ids,
