@@ -142,9 +142,9 @@ def _known(files: _Files) -> str:
 
 
 def _num_ctx(files: _Files) -> int:
-    from preflexor_local.backends.llamacpp import DEFAULT_CTX_CAP
+    from preflexor_local.backends.base import context_window
 
-    return min(int(files.info.arch_key("context_length", DEFAULT_CTX_CAP)), DEFAULT_CTX_CAP)
+    return context_window(files.info.arch_key("context_length"))  # the window `ask` opens
 
 
 def _quoted(value: str) -> str:

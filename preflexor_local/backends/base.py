@@ -196,6 +196,18 @@ def repeats_at_end(text: str) -> bool:
 
 LOOP_CHECK_EVERY = 8  # tokens (or server chunks) between loop checks
 
+# The longest context window a model opens unless --ctx asks for more: a window costs KV memory whether or not a
+# call fills it, and the engine's calls fit well inside 8192 tokens.
+CONTEXT_CAP = 8192
+
+
+def context_window(trained: int | None, asked: int | None = None) -> int:
+    """The context window an in-process model is opened with: ``asked`` (``--ctx``) when given, else the length
+    the model was trained for (``CONTEXT_CAP`` when unknown), at most ``CONTEXT_CAP``."""
+    if asked:
+        return asked
+    return min(int(trained or CONTEXT_CAP), CONTEXT_CAP)
+
 
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int | None = None) -> int:
     """Length of the common prefix of two token-id lists, at most ``limit`` (never below 0)."""

@@ -27,13 +27,11 @@ from ..gguf_meta import GGUFInfo, is_gguf, read_gguf
 from ..models import BASE_ALIAS, ModelSpec, default_model_path
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend
+from .base import Detokenizer, LocalBackend, context_window
 from .batching import BatchDecoder
 from .dry import DRY_BREAKERS
 from .kv_slots import DEFAULT_SLOTS, KVSlots
 from .llamacpp_load import open_llama
-
-DEFAULT_CTX_CAP = 8192
 
 
 def _claims(spec: ModelSpec) -> int:
@@ -120,8 +118,7 @@ class LlamaCppBackend(LocalBackend):
         info = read_gguf(path)  # clear errors for non-GGUF and truncated files, before llama.cpp sees them
         super().__init__(name or info.get("general.name") or path.name)
         self.info = info
-        trained_ctx = int(info.arch_key("context_length", DEFAULT_CTX_CAP))
-        n_ctx = options.ctx or min(trained_ctx, DEFAULT_CTX_CAP)
+        n_ctx = context_window(info.arch_key("context_length"), options.ctx)
         parallel = max(1, options.parallel)
         threads = options.threads or default_threads()
         _install_log_sink()

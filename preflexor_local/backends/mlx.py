@@ -33,10 +33,9 @@ from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
 from ..prompt import choose_template, looks_instruct
 from . import BackendEntry
-from .base import Backend, Detokenizer, LocalBackend, reusable_prefix
+from .base import Backend, Detokenizer, LocalBackend, context_window, reusable_prefix
 from .dry import dry_for
 
-DEFAULT_CTX_CAP = 8192
 REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
 
 
@@ -188,8 +187,8 @@ class MLXBackend(LocalBackend):
         self.mx = mx
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.hf_tok = tokenizer._tokenizer
-        trained = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or DEFAULT_CTX_CAP
-        self.context_length = options.ctx or min(int(trained), DEFAULT_CTX_CAP)
+        trained = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+        self.context_length = context_window(trained, options.ctx)
         self.eos_ids = set(tokenizer.eos_token_ids)
         gen_cfg = _read_json(self.path / "generation_config.json").get("eos_token_id")
         self.eos_ids |= set(gen_cfg if isinstance(gen_cfg, list) else [gen_cfg] if isinstance(gen_cfg, int) else [])

@@ -19,10 +19,8 @@ from ..errors import InvalidModelError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, choose_template, looks_instruct
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend, reusable_prefix
+from .base import Detokenizer, LocalBackend, context_window, reusable_prefix
 from .dry import dry_for
-
-DEFAULT_CTX_CAP = 8192
 
 
 def _claims(spec: ModelSpec) -> int:
@@ -155,8 +153,7 @@ class TransformersBackend(LocalBackend):
 
         self.model, self.tokenizer = model, tokenizer
         tok = tokenizer
-        max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CTX_CAP
-        self.context_length = options.ctx or min(max_pos, DEFAULT_CTX_CAP)
+        self.context_length = context_window(getattr(model.config.get_text_config(), "max_position_embeddings", None), options.ctx)
         with_special = tok("a").input_ids
         without = tok("a", add_special_tokens=False).input_ids
         self._prefix_ids = with_special[: with_special.index(without[0])] if without and without[0] in with_special else []
