@@ -6,12 +6,16 @@ appended after the generation prompt: the model *continues* it, which is how a
 thinking section is forced open or an improved one is pre-filled.
 
 Templates come from the model (a tokenizer's or a GGUF's Jinja chat template),
-else from ``KNOWN_TEMPLATES`` by architecture, else the plain completion format
-for base models that were never taught a chat format.
+else, for an instruction-tuned model, from ``KNOWN_TEMPLATES`` by architecture
+or by a format token its vocabulary holds, else the plain completion format for
+base models that were never taught a chat format. ``choose_template`` is that
+rule; ``probe_template`` reads its inputs from a loaded model, the same way for
+every local backend and the trainers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -134,6 +138,10 @@ ARCH_TEMPLATES = {
     "mixtral": "mistral",
 }
 
+# Tokens that name the format of an instruction-tuned model with no template and an unknown architecture, in the
+# order tried: a vocabulary that holds one as a single token was taught that format.
+FORMAT_TOKENS = (("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"))
+
 
 def known_template(name: str, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
     try:
@@ -160,7 +168,7 @@ def choose_template(
     instruct: bool,
     bos_token: str = "",
     eos_token: str = "",
-    vocab_has: frozenset[str] = frozenset(),
+    vocab_has: Container[str] = frozenset(),
 ) -> ChatTemplate:
     """The template rule shared by all local backends (see module docstring).
 
@@ -179,11 +187,7 @@ def choose_template(
     if own_source:
         return ChatTemplate("model", own_source, bos_token, eos_token)
     if instruct:
-        name = ARCH_TEMPLATES.get(arch or "")
-        if name is None and "<|start_header_id|>" in vocab_has:
-            name = "llama3"
-        if name is None and "<|im_start|>" in vocab_has:
-            name = "chatml"
+        name = ARCH_TEMPLATES.get(arch or "") or next((known for token, known in FORMAT_TOKENS if token in vocab_has), None)
         if name:
             return known_template(name, bos_token, eos_token)
     return known_template("plain")
@@ -198,3 +202,36 @@ def looks_instruct(*names: str | None) -> bool:
 
     words = set(re.split(r"[^a-z0-9]+", " ".join(n.lower() for n in names if n)))
     return bool(words & _INSTRUCT_WORDS)
+
+
+def probe_template(
+    override: str | None,
+    own_source: str | None,
+    arch: str | None,
+    names: tuple[str | None, ...],
+    has_token: Callable[[str], bool],
+    bos_token: str = "",
+    eos_token: str = "",
+    instruct: bool = False,
+) -> ChatTemplate:
+    """The template of a loaded model: the one probe the local backends and the trainers call.
+
+    ``choose_template`` with what it needs read from the model: whether it looks instruction-tuned (any of
+    ``names`` by ``looks_instruct``, or ``instruct``) and which ``FORMAT_TOKENS`` its vocabulary holds as single
+    tokens (``has_token``; ``hf_has_token`` for a Hugging Face tokenizer).
+    """
+    return choose_template(
+        override,
+        own_source,
+        arch,
+        instruct=instruct or looks_instruct(*names),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        vocab_has=frozenset(token for token, _ in FORMAT_TOKENS if has_token(token)),
+    )
+
+
+def hf_has_token(tokenizer) -> Callable[[str], bool]:
+    """``has_token`` for a Hugging Face tokenizer: the text encodes to exactly one id, as it must to render as the
+    token the model was taught (a vocabulary entry the tokenizer never produces from text does not count)."""
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False)) == 1

@@ -52,3 +52,23 @@ def test_instruct_detection():
 def test_engine_prompts_survive_braces():
     text = wording.critique_prompt("What is {x}?", "think {{y}}")
     assert "What is {x}?" in text and "think {{y}}" in text
+
+
+def test_probe_template_reads_names_and_format_tokens(tmp_path):
+    from tiny_model import build_tokenizer
+
+    from preflexor_local.prompt import hf_has_token, probe_template
+
+    tok = build_tokenizer(tmp_path / "a")  # byte-level BPE: "<|im_start|>" is several tokens
+    has = hf_has_token(tok)
+    assert not has("<|im_start|>") and has("<|thinking|>")
+    assert probe_template(None, None, "llama", names=("tiny-chat",), has_token=has).name == "plain"  # no format token
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    assert has("<|im_start|>")
+    assert probe_template(None, None, "llama", names=("tiny-chat",), has_token=has, bos_token="<s>").name == "chatml"
+    assert probe_template(None, None, "llama", names=("tiny", "base.gguf"), has_token=has).name == "plain"  # looks base
+    assert probe_template(None, None, "llama", names=("tiny",), has_token=has, instruct=True).name == "chatml"  # told instruct
+    both = {"<|im_start|>", "<|start_header_id|>"}.__contains__
+    assert probe_template(None, None, None, names=("x-it",), has_token=both).name == "llama3"  # FORMAT_TOKENS order
+    assert probe_template(None, None, "qwen2", names=("x-it",), has_token=both).name == "chatml"  # architecture first
+    assert probe_template(None, "{{ 1 }}", "qwen2", names=("x-it",), has_token=both).name == "model"  # own template first

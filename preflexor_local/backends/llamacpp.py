@@ -25,7 +25,7 @@ from ..config import LoadOptions, Sampling
 from ..errors import InvalidModelError, ModelNotFoundError, UsageError
 from ..gguf_meta import GGUFInfo, is_gguf, read_gguf
 from ..models import BASE_ALIAS, ModelSpec, default_model_path
-from ..prompt import choose_template, looks_instruct
+from ..prompt import probe_template
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend, context_window
 from .batching import BatchDecoder
@@ -159,14 +159,14 @@ class LlamaCppBackend(LocalBackend):
         named = next((a["template_name"] for a in self.adapters if a.get("template_name")), None)
         trained = next((a["chat_template"] for a in self.adapters if a.get("chat_template")), None)
         override = options.chat_template if options.chat_template not in (None, "auto") else named
-        self.template = choose_template(
+        self.template = probe_template(
             override,
             trained or meta.get("tokenizer.chat_template"),
             info.architecture,
-            instruct=looks_instruct(meta.get("general.name"), meta.get("general.finetune"), path.name),
+            names=(meta.get("general.name"), meta.get("general.finetune"), path.name),
+            has_token=self._single_token,
             bos_token=self.bos_token,
             eos_token=eos_token,
-            vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if self._single_token(t)),
         )
 
     @property

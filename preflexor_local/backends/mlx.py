@@ -31,7 +31,7 @@ from ..config import LoadOptions, Sampling
 from ..errors import InvalidModelError, ModelNotFoundError
 from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
-from ..prompt import choose_template, looks_instruct
+from ..prompt import hf_has_token, probe_template
 from . import BackendEntry
 from .base import Backend, Detokenizer, LocalBackend, context_window, reusable_prefix
 from .dry import dry_for
@@ -199,14 +199,14 @@ class MLXBackend(LocalBackend):
         if template is not None and options.chat_template in (None, "auto"):
             self.template = template
         else:
-            self.template = choose_template(
+            self.template = probe_template(
                 options.chat_template,
                 template_source or getattr(tok, "chat_template", None),
                 config.get("model_type"),
-                instruct=looks_instruct(self.path.name, name),
+                names=(self.path.name, name),
+                has_token=hf_has_token(tok),
                 bos_token=self.bos_token,
                 eos_token=tok.eos_token or "",
-                vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if len(tok.encode(t, add_special_tokens=False)) == 1),
             )
         self._cache = None
         self._held: list[int] = []  # the tokens whose keys/values the cache holds

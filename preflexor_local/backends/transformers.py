@@ -17,7 +17,7 @@ from ..config import LoadOptions, Sampling
 from ..devices import pick_device, pick_dtype
 from ..errors import InvalidModelError
 from ..models import ModelSpec
-from ..prompt import ChatTemplate, choose_template, looks_instruct
+from ..prompt import ChatTemplate, hf_has_token, probe_template
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend, context_window, reusable_prefix
 from .dry import dry_for
@@ -121,14 +121,14 @@ class TransformersBackend(LocalBackend):
             raise InvalidModelError(f"cannot load the checkpoint in {path}: {str(err).splitlines()[0]}") from None
         self._setup(model, tokenizer, options)
         tok = self.tokenizer
-        self.template = choose_template(
+        self.template = probe_template(
             options.chat_template,
             tok.chat_template,
             model_type,
-            instruct=looks_instruct(path.name, name),
+            names=(path.name, name),
+            has_token=hf_has_token(tok),
             bos_token=tok.bos_token or "",
             eos_token=tok.eos_token or "",
-            vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tok.get_vocab()),
         )
 
     @classmethod

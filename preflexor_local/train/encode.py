@@ -1,7 +1,7 @@
 """Preference pairs -> token ids, the same way for every engine (torch-free).
 
 * **The prompt is the served prompt.** ``training_template`` is the template
-  rule inference uses (``choose_template``), and pairs are rendered with
+  rule inference uses (``probe_template``), and pairs are rendered with
   ``render_pair`` (``render_prompt`` inside), so a trained model is asked
   exactly what it was trained on.
 * **Tokenisation is the transformers backend's**: no automatic special tokens;
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..backends.base import common_prefix
 from ..format import ThinkingFormat
-from ..prompt import ChatTemplate, choose_template, looks_instruct
+from ..prompt import ChatTemplate, hf_has_token, probe_template
 from .config import TrainConfig
 from .data import PreferencePair, render_pair
 
@@ -48,14 +48,15 @@ def bos_prefix(tokenizer) -> list[int]:
 
 def training_template(cfg: TrainConfig, tokenizer, model_type: str | None, name: str) -> ChatTemplate:
     """The chat template a run trains with (and saves): inference's rule; DPO models count as instruction-tuned."""
-    return choose_template(
+    return probe_template(
         cfg.chat_template,
         tokenizer.chat_template,
         model_type,
-        instruct=looks_instruct(name) or cfg.is_dpo,
+        names=(name,),
+        has_token=hf_has_token(tokenizer),
         bos_token=tokenizer.bos_token or "",
         eos_token=tokenizer.eos_token or "",
-        vocab_has=frozenset(t for t in ("<|start_header_id|>", "<|im_start|>") if t in tokenizer.get_vocab()),
+        instruct=cfg.is_dpo,
     )
 
 
