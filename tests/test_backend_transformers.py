@@ -47,9 +47,9 @@ def test_prefill_continuation_equals_transformers_greedy(backend, reference):
 
 
 def test_special_tokens_are_kept_in_text(backend):
-    from preflexor_local.backends.transformers import _Detok
+    from preflexor_local.backends.base import TextDetokenizer
 
-    d = _Detok(backend.tokenizer)
+    d = TextDetokenizer(backend.tokenizer)
     ids = backend.tokenizer("<|thinking|>silk<|/thinking|>", add_special_tokens=False).input_ids
     assert "".join(d.push(i) for i in ids) + d.flush() == "<|thinking|>silk<|/thinking|>"
 

@@ -234,6 +234,42 @@ class Detokenizer(ABC):
         return ""
 
 
+class TextDetokenizer(Detokenizer):
+    """Incremental decoding for a tokenizer that decodes whole id lists (Hugging Face's, also inside mlx-lm).
+
+    * **The prompt's last tokens are left context.** A SentencePiece word start ("▁is") decoded alone loses its
+      space (the decoder strips the text's first one), so the first generated word would stick to the prefill.
+    * **Whole characters only.** Text is released when the decoded tail is not a partial UTF-8 character (a
+      character split over byte-fallback tokens decodes to U+FFFD until its last byte arrives); ``flush`` releases
+      what is left.
+    * Special tokens are kept.
+    """
+
+    def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), context: int = 4):
+        self.tok = tokenizer
+        self.ids = list(prompt_ids[-context:])  # the decoder's start-of-text rules fall on these, not on the reply
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        return self._advance(final=False)
+
+    def _advance(self, final: bool) -> str:
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def flush(self) -> str:
+        return self._advance(final=True) if self.read < len(self.ids) else ""
+
+
 class LocalBackend(Backend):
     """Shared generation loop for in-process engines."""
 

@@ -33,7 +33,7 @@ from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
 from ..prompt import hf_has_token, probe_template
 from . import BackendEntry
-from .base import Backend, Detokenizer, LocalBackend, context_window, reusable_prefix
+from .base import Backend, Detokenizer, LocalBackend, TextDetokenizer, context_window, reusable_prefix
 from .dry import dry_for
 
 REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
@@ -102,38 +102,6 @@ ENTRY = BackendEntry(
     requires=("mlx", "mlx_lm"),
     extra="mlx",
 )
-
-
-class _Detok(Detokenizer):
-    """Incremental decoding with a few tokens of left context, so word-initial spaces survive.
-
-    Text is released only when the decoded tail is not a partial UTF-8 character;
-    special tokens are kept.
-    """
-
-    def __init__(self, tokenizer, prompt_ids: list[int], context: int = 4):
-        self.tok = tokenizer
-        self.ids = list(prompt_ids[-context:])
-        self.prefix = 0
-        self.read = len(self.ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        return self._advance(final=False)
-
-    def _advance(self, final: bool) -> str:
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return after[len(before) :]
-
-    def flush(self) -> str:
-        return self._advance(final=True) if self.read < len(self.ids) else ""
 
 
 class MLXBackend(LocalBackend):
@@ -297,7 +265,7 @@ class MLXBackend(LocalBackend):
         return self.hf_tok.decode([token])
 
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
-        return _Detok(self.hf_tok, prompt_ids)
+        return TextDetokenizer(self.hf_tok, prompt_ids)
 
     def describe(self) -> dict:
         out = {**super().describe(), "path": str(self.path), "architecture": self.config.get("model_type")}

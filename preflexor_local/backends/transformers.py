@@ -19,7 +19,7 @@ from ..errors import InvalidModelError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, hf_has_token, probe_template
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend, context_window, reusable_prefix
+from .base import Detokenizer, LocalBackend, TextDetokenizer, context_window, reusable_prefix
 from .dry import dry_for
 
 
@@ -35,34 +35,6 @@ ENTRY = BackendEntry(
     requires=("torch", "transformers"),
     extra="hf",
 )
-
-
-class _Detok(Detokenizer):
-    """Incremental decoding over a short window, so multi-token characters come out whole."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-
-    def _decode(self, ids):
-        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before) :]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        self.prefix = self.read = len(self.ids)
-        return after[len(before) :]
 
 
 def sample_next(logits, history, sampling: Sampling, generator, dry: dict[int, float] | None = None):
@@ -211,7 +183,7 @@ class TransformersBackend(LocalBackend):
         return self.tokenizer.decode([token])
 
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
-        return _Detok(self.tokenizer)
+        return TextDetokenizer(self.tokenizer, prompt_ids)
 
     def describe(self) -> dict:
         return {**super().describe(), "path": str(self.path), "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
