@@ -158,3 +158,27 @@ def make_many(root: Path, n: int, seed: int = 0, words_per_file: int = 450) -> P
         (root / f"doc{i:03d}.md").write_text(text)
         previous = text
     return root
+
+
+def make_nacre_store(docs: Path) -> Path:
+    """Three one-paragraph documents (two on nacre, one off topic) indexed into ``<docs>/../grounded.db``."""
+    from preflexor_local.rag import IndexConfig, index_folder
+
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "nacre.md").write_text("# Nacre\n\nNacre's aragonite tablets are glued by thin protein layers about 20 nm thick.\n")
+    (docs / "cracks.md").write_text("# Cracks\n\nIn nacre a crack is deflected along the weak interfaces between tablets instead of running straight.\n")
+    (docs / "engines.txt").write_text("Diesel engines compress air until the injected fuel ignites without a spark.\n")
+    path = docs.parent / "grounded.db"
+    index_folder([docs], path, IndexConfig(progress=False))
+    return path
+
+
+class LoggingStore:
+    """A store that records every search it is asked, as (query, k)."""
+
+    def __init__(self, store):
+        self.store, self.queries = store, []
+
+    def search(self, query, k=5):
+        self.queries.append((query, k))
+        return self.store.search(query, k=k)

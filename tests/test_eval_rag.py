@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from rag_fixtures import LoggingStore, make_nacre_store
 from test_eval_runs import GREEDY, SCRIPT, Scripted, last_user, q
 
 from preflexor_local.config import Recursion, Retrieval
@@ -25,15 +26,7 @@ THINKING = "nacre tablets slide under load"  # one claim: the critic's evidence 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
-    from preflexor_local.rag import IndexConfig, index_folder
-
-    docs = tmp_path_factory.mktemp("docs")
-    (docs / "nacre.md").write_text("# Nacre\n\nNacre's aragonite tablets are glued by thin protein layers about 20 nm thick.\n")
-    (docs / "cracks.md").write_text("# Cracks\n\nIn nacre a crack is deflected along the weak interfaces between tablets instead of running straight.\n")
-    (docs / "engines.txt").write_text("Diesel engines compress air until the injected fuel ignites without a spark.\n")
-    path = docs.parent / "grounded.db"
-    index_folder([docs], path, IndexConfig(progress=False))
-    return path
+    return make_nacre_store(tmp_path_factory.mktemp("rag") / "docs")
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +36,6 @@ def store(store_path):
     s = open_store(store_path, readonly=True)
     yield s
     s.close()
-
-
-class LoggingStore:
-    def __init__(self, store):
-        self.store, self.queries = store, []
-
-    def search(self, query, k=5):
-        self.queries.append((query, k))
-        return self.store.search(query, k=k)
 
 
 def grounded_reply(request) -> str:

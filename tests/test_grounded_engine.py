@@ -4,6 +4,7 @@ wrong or answers agree, keyed answers are selected, and the small-model guards f
 from __future__ import annotations
 
 import pytest
+from rag_fixtures import LoggingStore, make_nacre_store
 from test_engine import Scripted
 
 from preflexor_local.answers import Key
@@ -42,26 +43,11 @@ def model(review: str = REVIEW_FIX, answers=None):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from preflexor_local.rag import IndexConfig, index_folder, open_store
+    from preflexor_local.rag import open_store
 
-    docs = tmp_path_factory.mktemp("docs")
-    (docs / "nacre.md").write_text("# Nacre\n\nNacre's aragonite tablets are glued by thin protein layers about 20 nm thick.\n")
-    (docs / "cracks.md").write_text("# Cracks\n\nIn nacre a crack is deflected along the weak interfaces between tablets instead of running straight.\n")
-    (docs / "engines.txt").write_text("Diesel engines compress air until the injected fuel ignites without a spark.\n")
-    path = docs.parent / "grounded.db"
-    index_folder([docs], path, IndexConfig(progress=False))
-    s = open_store(path, readonly=True)
+    s = open_store(make_nacre_store(tmp_path_factory.mktemp("rag") / "docs"), readonly=True)
     yield s
     s.close()
-
-
-class LoggingStore:
-    def __init__(self, store):
-        self.store, self.queries = store, []
-
-    def search(self, query, k=5):
-        self.queries.append(query)
-        return self.store.search(query, k=k)
 
 
 @pytest.mark.slow
@@ -73,8 +59,9 @@ def test_the_critic_checks_the_thinking_against_passages_retrieved_for_its_claim
         "Why is nacre tough?"
     )
     # retrieved for the question and for each claim of the thinking (its steps and hypothesis), not the question alone
-    assert logged.queries[0] == "Why is nacre tough?" and "Aragonite tablets are glued by thick metal layers." in logged.queries
-    assert "nacre is tough because of its metal glue." in logged.queries
+    queries = [q for q, _ in logged.queries]
+    assert queries[0] == "Why is nacre tough?" and "Aragonite tablets are glued by thick metal layers." in queries
+    assert "nacre is tough because of its metal glue." in queries
     r1 = t.rounds[0]
     assert [p["n"] for p in r1.passages] == [1, 2] and any("thin protein layers" in p["text"] for p in r1.passages)
     assert all({"n", "source", "text"} <= set(p) for p in r1.passages)
