@@ -5,7 +5,7 @@ import json
 
 import pytest
 from tiny_model import CORPUS
-from train_fixtures import ScriptedBackend, fast_generation
+from train_fixtures import ScriptedBackend, fast_generation, generate_argv
 
 from preflexor_local.errors import PreflexorError
 from preflexor_local.format import parse
@@ -173,29 +173,12 @@ def test_real_store_through_the_cli(tmp_path, tiny_llama, capsys):
     empty = tmp_path / "empty.db"
     open_store(empty).close()
     with pytest.raises(SystemExit):
-        main(
-            ["data", "generate", "--store", str(empty), "--teacher", str(tiny_llama), "--student", str(tiny_llama), "-n", "1", "-o", str(tmp_path / "x.jsonl")]
-        )
+        main(generate_argv(empty, tiny_llama, tmp_path / "x.jsonl"))
     assert "empty" in capsys.readouterr().err
     out = tmp_path / "pairs.jsonl"
     assert main_ok(
         main,
-        [
-            "data",
-            "generate",
-            "--store",
-            str(db),
-            "--teacher",
-            str(tiny_llama),
-            "--student",
-            str(tiny_llama),
-            "-n",
-            "1",
-            "-o",
-            str(out),
-            *fast_generation(12, 12, k_random=2),
-            "--json",
-        ],
+        generate_argv(db, tiny_llama, out, 1, *fast_generation(12, 12, k_random=2), "--json"),
     )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["written"] == 1 and len(load_pairs(out, require_thinking=True)) == 1
@@ -265,24 +248,7 @@ def test_data_generate_writes_the_tags_asked_for(tmp_path, tiny_llama, capsys):
     out = tmp_path / "pairs.jsonl"
     assert main_ok(
         main,
-        [
-            "data",
-            "generate",
-            "--tags",
-            "think",
-            "--store",
-            str(tmp_path / "c.txt"),
-            "--teacher",
-            str(tiny_llama),
-            "--student",
-            str(tiny_llama),
-            "-n",
-            "1",
-            "-o",
-            str(out),
-            "--json",
-            *fast_generation(),
-        ],
+        generate_argv(tmp_path / "c.txt", tiny_llama, out, 1, "--tags", "think", "--json", *fast_generation()),
     ), capsys.readouterr().err
     row = json.loads(out.read_text().splitlines()[0])
     assert row["prompt"].endswith(" Use <think>.") and row["chosen"].startswith("<think>\n") and "</think>" in row["chosen"]

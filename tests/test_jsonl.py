@@ -9,7 +9,7 @@ import time
 
 import pytest
 from tiny_model import CORPUS
-from train_fixtures import fast_generation
+from train_fixtures import fast_generation, generate_argv
 
 from preflexor_local.jsonl import Appender, append_jsonl, cut_torn_tail, whole_rows
 from preflexor_local.train.data import load_pairs
@@ -45,24 +45,7 @@ def test_cutting_keeps_earlier_torn_bytes_and_handles_edge_files(tmp_path):
 def _generate(tmp_path, tiny_llama, n: int) -> list[str]:
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(CORPUS))
-    return [
-        sys.executable,
-        "-m",
-        "preflexor_local",
-        "data",
-        "generate",
-        "--store",
-        str(corpus),
-        "--teacher",
-        str(tiny_llama),
-        "--student",
-        str(tiny_llama),
-        "-n",
-        str(n),
-        "-o",
-        str(tmp_path / "pairs.jsonl"),
-        *fast_generation(12, 12, k_random=2),
-    ]
+    return [sys.executable, "-m", "preflexor_local", *generate_argv(corpus, tiny_llama, tmp_path / "pairs.jsonl", n, *fast_generation(12, 12, k_random=2))]
 
 
 @pytest.mark.slow

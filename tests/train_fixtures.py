@@ -54,3 +54,8 @@ def fast_generation(teacher_tokens: int = 10, student_tokens: int = 10, k_random
     flags = ["--categories", "Hypothesis", "--teacher-max-tokens", str(teacher_tokens), "--student-max-tokens", str(student_tokens)]
     flags += ["--k-random", str(k_random)] if k_random is not None else []
     return [*flags, "--k-search", "1", "--max-context-chars", "300", "--teacher-ctx", "4096"]
+
+
+def generate_argv(store, model, out, n: int = 1, *extra: str) -> list[str]:
+    """``data generate`` with ``model`` as teacher and student, ``n`` pairs into ``out``."""
+    return ["data", "generate", "--store", str(store), "--teacher", str(model), "--student", str(model), "-n", str(n), "-o", str(out), *extra]
