@@ -127,3 +127,18 @@ def build_tiny(
     model.generation_config = tf.GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def gguf_with_arch(path, arch):
+    """A GGUF that declares architecture ``arch`` and holds one tensor: loaders must refuse it by name."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

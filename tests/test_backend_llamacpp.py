@@ -1,6 +1,7 @@
 """The llama.cpp backend and the engine on the real Gemma 3 270M GGUF (a base model)."""
 
 import pytest
+from convert_fixtures import gguf_with_arch
 
 from preflexor_local.backends import GenerationRequest, load
 from preflexor_local.config import LoadOptions, Recursion, Sampling
@@ -70,16 +71,6 @@ def test_bad_files_are_refused_by_name(tmp_path, gemma_gguf):
 
 
 def test_unknown_architecture_is_named(tmp_path):
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "odd.gguf"
-    w = gguf.GGUFWriter(str(path), "frobnicator")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = gguf_with_arch(tmp_path / "odd.gguf", "frobnicator")
     with pytest.raises(InvalidModelError, match="frobnicator"):
         load(str(path))

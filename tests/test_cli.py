@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from convert_fixtures import gguf_with_arch
 
 BIN = Path(sys.executable).with_name("preflexor-local")
 
@@ -70,20 +71,6 @@ def test_models_lists_backends_offline(env):
     assert info["default"]["installed"] is True
 
 
-def _gguf_with_arch(path, arch):
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 BAD = {
     "missing model file": (["q", "--model", "./nope/missing.gguf"], "model file not found"),
     "hub id not cached": (["q", "--model", "someorg/some-model"], "not in the Hugging Face cache"),
@@ -108,7 +95,7 @@ def bad_files(tmp_path_factory, gemma_gguf, tiny_llama):
     (d / "notgguf.gguf").write_text("hello")
     with open(gemma_gguf, "rb") as src:
         (d / "truncated.gguf").write_bytes(src.read(3_000_000))
-    _gguf_with_arch(d / "oddarch.gguf", "frobnicator")
+    gguf_with_arch(d / "oddarch.gguf", "frobnicator")
     (d / "oddhf").mkdir()
     (d / "oddhf" / "config.json").write_text(json.dumps({"model_type": "frobnicator"}))
     return {
