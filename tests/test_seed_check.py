@@ -28,16 +28,12 @@ WEAK_THINKING = (
     "**Reasoning Steps**:\n1. Aluminium alloys are near 70 GPa.\n2. Denser metals are stiffer, and gold is the densest option.\n"
     "3. So gold should be about three times stiffer than aluminium.\n\n**Hypothesis**: Gold is the stiffest option. The answer is D."
 )
+KEYED = {"domain": "mechanics of materials", "question": QUESTION, "passages": [PASSAGE], "kind": "choice", "choices": CHOICES, "key": "B"}
 GOOD = {
     "reason": {
         "task": "reason",
         "id": "t-r1",
-        "domain": "mechanics of materials",
-        "question": QUESTION,
-        "passages": [PASSAGE],
-        "kind": "choice",
-        "choices": CHOICES,
-        "key": "B",
+        **KEYED,
         "thinking": GOOD_THINKING,
         "answer": "Steel. Passage [1] gives steels a Young's modulus of about 200 GPa and aluminium alloys about 70 GPa, "
         "so steel is roughly three times stiffer, whatever its heat treatment. The answer is B.",
@@ -45,12 +41,7 @@ GOOD = {
     "refine-fix": {
         "task": "refine",
         "id": "t-f1",
-        "domain": "mechanics of materials",
-        "question": QUESTION,
-        "passages": [PASSAGE],
-        "kind": "choice",
-        "choices": CHOICES,
-        "key": "B",
+        **KEYED,
         "weak_thinking": WEAK_THINKING,
         "critique": "1. Step 2 ranks stiffness by density, but passage [1] gives moduli directly: steel about 200 GPa, "
         "aluminium alloys near 70 GPa. Replace the density argument with the ratio 200 / 70.\n"
@@ -61,12 +52,7 @@ GOOD = {
     "refine-nothing": {
         "task": "refine",
         "id": "t-n1",
-        "domain": "mechanics of materials",
-        "question": QUESTION,
-        "passages": [PASSAGE],
-        "kind": "choice",
-        "choices": CHOICES,
-        "key": "B",
+        **KEYED,
         "weak_thinking": GOOD_THINKING,
         "critique": "1. Steps 1-2 match passage [1]: about 200 GPa for steel and 70 GPa for aluminium alloys, a ratio near 3.\nVerdict: nothing to fix.",
         "verdict": "nothing to fix",
