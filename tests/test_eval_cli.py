@@ -50,22 +50,8 @@ def write_questions(path: Path, n: int, open_items: int = 0) -> Path:
 def test_end_to_end_json_report_files_and_judge(env, tiny_llama, tmp_path):
     qfile = write_questions(tmp_path / "q.jsonl", 3, open_items=1)
     out = tmp_path / "out"
-    r = cli(
-        env,
-        qfile,
-        "--model",
-        tiny_llama,
-        "--judge",
-        tiny_llama,
-        "--baselines",
-        "self-consistency,best-of-n",
-        "--judge-max-tokens",
-        "4",
-        *FAST,
-        "-o",
-        out,
-        "--json",
-    )
+    judged = ("--model", tiny_llama, "--judge", tiny_llama, "--baselines", "self-consistency,best-of-n", "--judge-max-tokens", "4")
+    r = cli(env, qfile, *judged, *FAST, "-o", out, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report == json.loads((out / "report.json").read_text())
@@ -85,30 +71,11 @@ def test_end_to_end_json_report_files_and_judge(env, tiny_llama, tmp_path):
     assert "Traceback" not in r.stderr
 
     # the same folder with other settings is refused in one line; a finished run reruns without work
-    r2 = cli(
-        env,
-        qfile,
-        "--model",
-        tiny_llama,
-        "--judge",
-        tiny_llama,
-        "--baselines",
-        "self-consistency,best-of-n",
-        "--judge-max-tokens",
-        "4",
-        "--max-tokens",
-        "6",
-        "--temperature",
-        "0.5",
-        "--rounds",
-        "1,2",
-        "-o",
-        out,
-    )
+    r2 = cli(env, qfile, *judged, "--max-tokens", "6", "--temperature", "0.5", "--rounds", "1,2", "-o", out)
     assert r2.returncode == 2 and "holds a run with other settings: sampling.temperature: 0.0 → 0.5" in r2.stderr
     assert "Traceback" not in r2.stderr
     lines = (out / "items.jsonl").read_text()
-    r3 = cli(env, qfile, "--model", tiny_llama, "--judge", tiny_llama, "--baselines", "self-consistency,best-of-n", "--judge-max-tokens", "4", *FAST, "-o", out)
+    r3 = cli(env, qfile, *judged, *FAST, "-o", out)
     assert r3.returncode == 0 and "| rounds-2 |" in r3.stdout and (out / "items.jsonl").read_text() == lines
 
 
