@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_fixtures import fast_generation
+from train_fixtures import fast_generation, one_step_phases
 
 pytest.importorskip("mlx_lm", reason="MLX is not installed on this platform (pip install 'preflexor-local[mlx]')")
 
@@ -108,14 +108,7 @@ def test_train_preflexor_on_mlx_runs_both_phases(tiny_mlx, tmp_path, capsys):
         str(tmp_path / "c.txt"),
         "--teacher",
         str(tiny_mlx),
-        "--phase1-rounds",
-        "1",
-        "--phase2-rounds",
-        "1",
-        "--steps-per-round",
-        "1",
-        "--pairs-per-round",
-        "1",
+        *one_step_phases(1, 1),
         *fast_generation(10, 8),
         "--rank",
         "4",

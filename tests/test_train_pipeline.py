@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_fixtures import fast_generation
+from train_fixtures import fast_generation, one_step_phases
 
 CORPUS = [
     "Spider silk combines stiff beta-sheet crystals with soft amorphous chains, which makes it tough.",
@@ -36,14 +36,7 @@ def test_both_phases_in_one_command_then_gguf_then_ask(tmp_path, tiny_llama, gem
         str(tmp_path / "corpus.txt"),
         "--teacher",
         str(gemma_gguf),
-        "--phase1-rounds",
-        "2",
-        "--phase2-rounds",
-        "1",
-        "--steps-per-round",
-        "1",
-        "--pairs-per-round",
-        "1",
+        *one_step_phases(2, 1),
         *fast_generation(40, 10),
         "-o",
         str(out),

@@ -59,3 +59,8 @@ def fast_generation(teacher_tokens: int = 10, student_tokens: int = 10, k_random
 def generate_argv(store, model, out, n: int = 1, *extra: str) -> list[str]:
     """``data generate`` with ``model`` as teacher and student, ``n`` pairs into ``out``."""
     return ["data", "generate", "--store", str(store), "--teacher", str(model), "--student", str(model), "-n", str(n), "-o", str(out), *extra]
+
+
+def one_step_phases(phase1: int, phase2: int) -> list[str]:
+    """``train preflexor`` rounds of one step on one generated pair each."""
+    return ["--phase1-rounds", str(phase1), "--phase2-rounds", str(phase2), "--steps-per-round", "1", "--pairs-per-round", "1"]
