@@ -178,16 +178,7 @@ def test_resume_after_kill_between_rounds(tiny_llama, tmp_path):
     out = tmp_path / "run"
     args = [
         sys.executable,
-        "-m",
-        "preflexor_local",
-        "train",
-        "orpo",
-        "--model",
-        str(tiny_llama),
-        "--data",
-        str(data),
-        "-o",
-        str(out),
+        *orpo_argv(tiny_llama, data, out),
         "--rounds",
         "3",
         "--steps-per-round",
@@ -240,16 +231,7 @@ def test_two_process_gloo(tiny_llama, tmp_path):
             "2",
             "--master_port",
             "29517",
-            "-m",
-            "preflexor_local",
-            "train",
-            "orpo",
-            "--model",
-            str(tiny_llama),
-            "--data",
-            str(data),
-            "-o",
-            str(out),
+            *orpo_argv(tiny_llama, data, out),
             "--steps-per-round",
             "2",
             "--json",
@@ -445,3 +427,8 @@ def test_end_weight_refused_for_dpo():
 
     with pytest.raises(UsageError, match="applies to ORPO and SFT"):
         TrainConfig(model="m", output="o", method="dpo", end_weight=5.0).resolved()
+
+
+def orpo_argv(model, data, out) -> list[str]:
+    """``python -m preflexor_local train orpo`` on ``data`` into ``out`` (after the interpreter)."""
+    return ["-m", "preflexor_local", "train", "orpo", "--model", str(model), "--data", str(data), "-o", str(out)]
