@@ -65,3 +65,11 @@ def tiny_mlx_notags(tmp_path_factory) -> Path:
 
     hf = build_tiny_llama(tmp_path_factory.mktemp("hf-notags"), tags=False)
     return _convert(hf, tmp_path_factory.mktemp("mlx-notags") / "tiny-mlx-notags")
+
+
+@pytest.fixture(scope="module")
+def serve_env(tmp_path_factory) -> dict:
+    """The environment a `preflexor-local serve` process runs in: its own home, offline, for one test module."""
+    from serve_fixtures import server_env
+
+    return server_env(tmp_path_factory.mktemp("home"))

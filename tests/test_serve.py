@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serve_fixtures import BIN, server_env, sse_events, start_server
+from serve_fixtures import BIN, sse_events, start_server
 
 openai = pytest.importorskip("openai")
 
@@ -22,26 +22,23 @@ LONG = {"max_tokens": 400, "temperature": 0.9, "preflexor": {"rounds": 3}}  # ma
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return server_env(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def server(gemma_gguf, env, tmp_path_factory):
+def server(gemma_gguf, serve_env, tmp_path_factory):
     s = start_server(
         ["--model", str(gemma_gguf), "--ctx", "2048", "--temperature", "0", "--max-tokens", "8", "--keepalive", "0.2", "--max-queue", "8"],
         tmp_path_factory.mktemp("serve"),
-        env,
+        serve_env,
     )
     yield s
     assert s.stop(signal.SIGINT) == 0, s.log()[-2000:]  # Ctrl-C: a clean exit, not 130
 
 
 @pytest.fixture(scope="module")
-def keyed(gemma_gguf, env, tmp_path_factory):
+def keyed(gemma_gguf, serve_env, tmp_path_factory):
     """A second server: a key is required and nothing may wait (--max-queue 0)."""
     s = start_server(
-        ["--model", str(gemma_gguf), "--ctx", "2048", "--max-tokens", "8", "--max-queue", "0", "--api-key", "s3cret"], tmp_path_factory.mktemp("keyed"), env
+        ["--model", str(gemma_gguf), "--ctx", "2048", "--max-tokens", "8", "--max-queue", "0", "--api-key", "s3cret"],
+        tmp_path_factory.mktemp("keyed"),
+        serve_env,
     )
     yield s
     s.stop()
@@ -124,9 +121,9 @@ def test_text_completions_endpoint(server):
 
 
 @pytest.mark.slow
-def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, env):
+def test_llm_cli_through_extra_openai_models_yaml(server, tmp_path, serve_env):
     (tmp_path / "extra-openai-models.yaml").write_text(f'- model_id: preflexor\n  model_name: preflexor\n  api_base: "{server.url}"\n')
-    e = {**env, "LLM_USER_PATH": str(tmp_path)}
+    e = {**serve_env, "LLM_USER_PATH": str(tmp_path)}
     llm_bin = BIN.with_name("llm")
     before = server.health()["served"]
     r = subprocess.run([str(llm_bin), "-m", "preflexor", "What makes nacre tough?"], env=e, capture_output=True, text=True, timeout=120)
@@ -279,9 +276,11 @@ def test_key_required_queue_full_503_and_clean_sigterm(keyed):
     assert keyed.log().rstrip().endswith("stopped") and "Traceback" not in keyed.log()
 
 
-def test_public_bind_without_a_key_is_refused_before_loading(env, tmp_path):
+def test_public_bind_without_a_key_is_refused_before_loading(serve_env, tmp_path):
     t0 = time.monotonic()
-    r = subprocess.run([str(BIN), "serve", "--host", "0.0.0.0", "--model", str(tmp_path / "none.gguf")], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(BIN), "serve", "--host", "0.0.0.0", "--model", str(tmp_path / "none.gguf")], env=serve_env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     assert r.stderr.splitlines()[0] == "error: refusing to listen on 0.0.0.0 without --api-key: anyone who can reach it could use the model"
     assert "Traceback" not in r.stderr and time.monotonic() - t0 < 20

@@ -9,20 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from serve_fixtures import BIN, server_env, start_server
+from serve_fixtures import BIN, start_server
 
 pytestmark = pytest.mark.slow  # every test here starts `preflexor-local serve` (a process that loads a model)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return server_env(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def server(gemma_gguf, env, tmp_path_factory):
+def server(gemma_gguf, serve_env, tmp_path_factory):
     s = start_server(
-        ["--model", str(gemma_gguf), "--ctx", "1024", "--temperature", "0", "--parallel", "2", "--max-queue", "4"], tmp_path_factory.mktemp("p"), env
+        ["--model", str(gemma_gguf), "--ctx", "1024", "--temperature", "0", "--parallel", "2", "--max-queue", "4"], tmp_path_factory.mktemp("p"), serve_env
     )
     yield s
     assert s.stop() == 0, s.log()[-2000:]
@@ -62,8 +57,10 @@ def test_two_requests_run_at_once_and_a_third_waits(server):
     assert "2 at once" in server.log()
 
 
-def test_parallel_refused_by_name_for_a_model_that_cannot_batch(tiny_llama, env):
-    r = subprocess.run([str(BIN), "serve", "--port", "0", "--model", str(tiny_llama), "--parallel", "2"], env=env, capture_output=True, text=True, timeout=120)
+def test_parallel_refused_by_name_for_a_model_that_cannot_batch(tiny_llama, serve_env):
+    r = subprocess.run(
+        [str(BIN), "serve", "--port", "0", "--model", str(tiny_llama), "--parallel", "2"], env=serve_env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2, r.stderr
     first = r.stderr.splitlines()[0]
     assert first.startswith("error: --parallel 2 needs GGUF (llama.cpp) or OpenAI-compatible models;") and "transformers" in first
