@@ -200,27 +200,7 @@ def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_
     out = tmp_path / "run"
     assert main_ok(
         main,
-        [
-            "train",
-            "orpo",
-            "--model",
-            str(tiny_llama),
-            "--store",
-            str(tmp_path / "c.txt"),
-            "--teacher",
-            str(tiny_llama),
-            "--rounds",
-            "2",
-            "--steps-per-round",
-            "1",
-            "--pairs-per-round",
-            "1",
-            *fast_generation(10, 10),
-            "--no-merge",
-            "-o",
-            str(out),
-            "--json",
-        ],
+        [*train_from_store("orpo", tiny_llama, tmp_path / "c.txt", out, rounds=2), *fast_generation(10, 10)],
     )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["global_step"] == 2 and [r["round"] for r in result["rounds"]] == [0, 1]
@@ -229,6 +209,12 @@ def test_active_learning_rounds_regenerate_with_the_live_student(tmp_path, tiny_
         assert len(pairs) == 1
         assert result["rounds"][r]["generation"]["written"] == 1
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "merged").exists()
+
+
+def train_from_store(method: str, model, store, out, rounds: int) -> list[str]:
+    """``train METHOD`` with pairs generated each round from ``store`` (``model`` as teacher): one step, one pair a round."""
+    args = ["train", method, "--model", str(model), "--store", str(store), "--teacher", str(model), "--rounds", str(rounds)]
+    return [*args, "--steps-per-round", "1", "--pairs-per-round", "1", "--no-merge", "-o", str(out), "--json"]
 
 
 def test_clean_question():
@@ -264,29 +250,7 @@ def test_train_dpo_tags_think_generates_think_pairs_and_masks_on_them(tmp_path, 
     out = tmp_path / "run"
     assert main_ok(
         main,
-        [
-            "train",
-            "dpo",
-            "--tags",
-            "think",
-            "--model",
-            str(tiny_llama),
-            "--store",
-            str(tmp_path / "c.txt"),
-            "--teacher",
-            str(tiny_llama),
-            "--rounds",
-            "1",
-            "--steps-per-round",
-            "1",
-            "--pairs-per-round",
-            "1",
-            "--no-merge",
-            "-o",
-            str(out),
-            "--json",
-            *fast_generation(),
-        ],
+        [*train_from_store("dpo", tiny_llama, tmp_path / "c.txt", out, rounds=1), "--tags", "think", *fast_generation()],
     ), capsys.readouterr().err
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = [json.loads(line) for line in (out / "rounds" / "pairs-0000.jsonl").read_text().splitlines()]

@@ -78,6 +78,14 @@ def test_dpo_reference_stays_the_model_without_the_adapter_across_rounds(tiny_ll
     session.close()
 
 
+def _captured(tiny_llama, tmp_path, method: str, pairs: int, steps: int, **kw):
+    """A session that has trained ``steps`` steps on ``pairs`` pairs, every batch it was given kept in ``capture``."""
+    session, _ = _session(tiny_llama, tmp_path, method, **kw)
+    session.capture = []
+    session.train_round(_pairs(pairs), steps, 0)
+    return session
+
+
 def _prompt_len(tok, ids):
     """Independent of the code under test: the tiny template's prompt ends with the last <|assistant|>."""
     a = tok.convert_tokens_to_ids("<|assistant|>")
@@ -86,9 +94,7 @@ def _prompt_len(tok, ids):
 
 @pytest.mark.slow
 def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
-    session, _ = _session(tiny_llama, tmp_path, "dpo", batch_size=2, grad_accum=1)
-    session.capture = []
-    session.train_round(_pairs(4), 2, 0)
+    session = _captured(tiny_llama, tmp_path, "dpo", 4, 2, batch_size=2, grad_accum=1)
     tok = session.tokenizer
     close = tok.convert_tokens_to_ids("<|/thinking|>")
     rows = 0
@@ -109,9 +115,7 @@ def test_dpo_thinking_mask_is_exact_in_the_trainer_batch(tiny_llama, tmp_path):
 
 @pytest.mark.slow
 def test_dpo_partial_mask_redrawn_each_batch(tiny_llama, tmp_path):
-    session, _ = _session(tiny_llama, tmp_path, "dpo", partial_mask_p=0.5, batch_size=4, grad_accum=1)
-    session.capture = []
-    session.train_round(_pairs(4), 3, 0)
+    session = _captured(tiny_llama, tmp_path, "dpo", 4, 3, partial_mask_p=0.5, batch_size=4, grad_accum=1)
     tok = session.tokenizer
     close = tok.convert_tokens_to_ids("<|/thinking|>")
     seen: dict[tuple, list[tuple]] = {}
@@ -133,9 +137,7 @@ def test_dpo_partial_mask_redrawn_each_batch(tiny_llama, tmp_path):
 
 @pytest.mark.slow
 def test_orpo_labels_completion_only(tiny_llama, tmp_path):
-    session, _ = _session(tiny_llama, tmp_path, "orpo", batch_size=2, grad_accum=1)
-    session.capture = []
-    session.train_round(_pairs(2), 1, 0)
+    session = _captured(tiny_llama, tmp_path, "orpo", 2, 1, batch_size=2, grad_accum=1)
     tok = session.tokenizer
     batch = session.capture[0]
     for side in ("chosen", "rejected"):
@@ -303,9 +305,7 @@ def test_orpo_forward_scores_only_reply_positions_and_equals_full_logits(tiny_ll
     """The trimmed ORPO forward (logits only where a label is scored) equals the full forward."""
     import torch
 
-    session, _ = _session(tiny_llama, tmp_path, "orpo", batch_size=2, grad_accum=1)
-    session.capture = []
-    session.train_round(_pairs(2), 1, 0)
+    session = _captured(tiny_llama, tmp_path, "orpo", 2, 1, batch_size=2, grad_accum=1)
     trainer, batch = session.last_trainer, session.capture[0]
     model = session.model.eval()
     with torch.no_grad():
