@@ -374,3 +374,23 @@ def test_batched_draws_keep_exactly_the_samples_drawn_one_at_a_time():
                     assert pool.overshoot_tokens == sum(sizes[expected : pool.launched])
                     assert pool.launched - expected < batch or expected == 0  # launching stops once the rule is met
                     assert kept([sizes[i] for i in range(pool.launched)], budget, most)[0] == expected
+
+
+def test_runs_over_parts_of_a_set_merge_into_the_report_of_one_run(tmp_path):
+    """bench/merge_eval.py: two runs over disjoint halves give the summary of one run over all the items."""
+    from scripts import load_script
+
+    backend = Scripted(reasoner_reply)
+    settings = EvalSettings(rounds="1,2", baselines="self-consistency")
+
+    def run(questions, out):
+        qset = QuestionSet(source="scripted", path="scripted", sha256=out, questions=tuple(questions))
+        return evaluate(qset, tmp_path / out, "scripted", settings=settings, sampling=GREEDY, progress=False, loaded=Models(backend, backend, backend))
+
+    whole = run(QUESTIONS, "whole")
+    half = len(QUESTIONS) // 2
+    run(QUESTIONS[:half], "a")
+    run(QUESTIONS[half:], "b")
+    merged = load_script("bench/merge_eval.py").merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
+    assert merged["summary"] == whole["summary"] and merged["question_set"]["evaluated"] == len(QUESTIONS)
+    assert "| rounds-2 |" in (tmp_path / "merged" / "report.md").read_text()
