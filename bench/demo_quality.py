@@ -132,7 +132,15 @@ def leak_grams() -> set[tuple[str, ...]]:
 
 
 def run_model(
-    label: str, spec: str, questions: list[dict], out: Path, rounds: int, report_only: bool = False, dry: float | None = None, adapters: tuple = ()
+    label: str,
+    spec: str,
+    questions: list[dict],
+    out: Path,
+    rounds: int,
+    report_only: bool = False,
+    dry: float | None = None,
+    adapters: tuple = (),
+    seed: int = 0,
 ) -> dict:
     from preflexor_local.backends import load
     from preflexor_local.config import LoadOptions, Recursion, Sampling
@@ -147,7 +155,7 @@ def run_model(
     backend = load(spec, LoadOptions(adapters=adapters))
     load_s = time.perf_counter() - t0
     # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier overrides DRY for both models
-    sampling = Sampling(seed=0, **({} if dry is None else {"dry_multiplier": dry}))
+    sampling = Sampling(seed=seed, **({} if dry is None else {"dry_multiplier": dry}))
     with Appender(path) as fh:
         for i, q in enumerate(questions, 1):
             if q["id"] in done:
@@ -258,6 +266,7 @@ def main() -> None:
     ap.add_argument("--models", default="base,adapter")
     ap.add_argument("--model", default=None, help="a model spec to run under each label of --models, in place of its own (e.g. a small GGUF, to try the bench)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (a second seed shows the noise)")
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
     ap.add_argument("--dry-multiplier", type=float, default=None, help="DRY strength for both models (default: the shipped default; 0 = off)")
@@ -277,7 +286,7 @@ def main() -> None:
     report = {}
     for label in args.models.split(","):
         adapters = tuple(args.adapter) if label == "adapter" else ()
-        res = run_model(label, args.model or MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters)
+        res = run_model(label, args.model or MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters, args.seed)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [

@@ -43,7 +43,16 @@ Phase II (run by the default ``--stage all`` after export, or alone with ``--sta
    ORPO's NLL term does. Review pairs, and scoring the rejected replies without
    their end of turn, both measured worse and are off.
 
-Wall time on a 2-core CPU: see the README's demo-model section.
+Continued training (``--stage continue``; the pairs of stage 2 must exist):
+
+8. **continue**: Phase I continued from the shipped adapter rather than from the base: ``convert lora-peft``
+   turns ``demo-adapter.gguf`` (Phase I + II) back into a PEFT folder, ``convert merge`` folds it into the base,
+   and ``train orpo`` fits a new LoRA (same blocks, ``--continue-lr``) on every grounded pair (records with
+   passages) plus ``--replay`` older pairs drawn at random, so the roles learnt before stay in the loss. Exported
+   stacked on the shipped adapter (``stack_loras``, exact) -> ``adapter-continue.gguf``. A from-scratch Phase I
+   over all 914 pairs is about 460 steps (2.5 h or more on 2 cores); this is about 150 (35 min).
+
+Wall time on a 2-core CPU: see docs/demo-model.md.
 """
 
 from __future__ import annotations
@@ -297,13 +306,14 @@ PHASE2_METHODS = {
 }
 
 
-def merged_phase1(work: Path, base: Path, phase1: Path) -> Path:
-    """Phase I merged into the base, once; the adapter it came from is recorded and must match on every rerun.
+def merged_phase1(work: Path, base: Path, phase1: Path, name: str = "phase1-merged") -> Path:
+    """``phase1`` merged into the base, once, as ``WORK/name``; the adapter it came from is recorded and must match on
+    every rerun.
 
-    Phase II trains on this model and is exported stacked on ``phase1``: stacked on another Phase I (a later
+    The next LoRA trains on this model and is exported stacked on ``phase1``: stacked on another adapter (a later
     round, a default that pointed elsewhere) it would apply a correction to a model it never saw.
     """
-    merged = work / "phase1-merged"
+    merged = work / name
     source = merged / "phase1-source.json"
     want = {"phase1": str(phase1.resolve())}
     if (merged / "config.json").is_file():
@@ -360,10 +370,60 @@ def stage_phase2_export(work: Path, phase1: Path, phase2_adapter: Path) -> Path:
     return export_gguf(both, work / "adapter-phase2.gguf", "--force")
 
 
+def shipped_peft(work: Path, base: Path) -> Path:
+    """The shipped adapter (``demo-adapter.gguf``, Phase I + II) as a PEFT folder for ``base``: ``convert lora-peft``."""
+    from preflexor_local.models import demo_adapter_path
+
+    out = work / "shipped-peft"
+    if not (out / "adapter_config.json").is_file():
+        run("convert", "lora-peft", str(demo_adapter_path()), "--base", str(base), "-o", str(out), "--force")
+    return out
+
+
+def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Path:
+    """Every pair of a grounded record (one with passages) and ``replay`` others drawn at random, shuffled.
+
+    The others keep the roles' earlier behaviour in the loss while the grounded ones are learnt (a replay share).
+    """
+    grounded_ids = {rec["id"] for rec in seed_records("train") if rec.get("passages")}
+    rows = list(whole_rows(pairs))
+    new = [r for r in rows if r["meta"]["key"].split(":")[0] in grounded_ids]
+    old = [r for r in rows if r["meta"]["key"].split(":")[0] not in grounded_ids]
+    rng = random.Random(seed)
+    mixed = new + rng.sample(old, min(replay, len(old)))
+    rng.shuffle(mixed)
+    out = work / "pairs-continue.jsonl"
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mixed), encoding="utf-8")
+    print(f"continue: {len(new)} grounded pairs + {min(replay, len(old))} replayed", file=sys.stderr, flush=True)
+    return out
+
+
+def stage_continue(work: Path, pairs: Path, args) -> Path:
+    """Phase I continued from the shipped adapter on the grounded pairs: a new LoRA on the shipped model merged,
+    exported stacked on the shipped one (``stack_loras``, exact) -> ``adapter-continue.gguf``."""
+    base = stage_base(work)
+    shipped = shipped_peft(work, base)
+    merged = merged_phase1(work, base, shipped, name="shipped-merged")
+    extra = ("--beta", "0.1", "--end-weight", str(args.end_weight))
+    run_dir = train_run(
+        "orpo",
+        merged,
+        continue_training_set(work, pairs, args.replay, args.seed),
+        work / "continue",
+        args.epochs,
+        args.continue_lr,
+        args,
+        *extra,
+        max_steps=args.max_steps,
+    )
+    both = stack_loras(shipped, run_dir / "adapter", work / "shipped+continue")
+    return export_gguf(both, work / "adapter-continue.gguf", "--force")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, pairs, run)")
-    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2"), default="all")
+    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2", "continue"), default="all")
     ap.add_argument("--phase1", type=Path, default=None, help="Phase I adapter Phase II starts from (default: WORK/run/adapter)")
     ap.add_argument("--phase2-roles", default="rewrite", help="critic roles Phase II pairs are made for: rewrite, critique or both")
     ap.add_argument("--phase2-method", choices=sorted(PHASE2_METHODS), default="orpo")
@@ -371,6 +431,8 @@ def main() -> None:
     ap.add_argument("--phase2-max-steps", type=int, default=14, help="cap on Phase II optimizer steps (the 14 measured in the README)")
     ap.add_argument("--phase2-lr", type=float, default=1e-4)
     ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2-METHOD/adapter)")
+    ap.add_argument("--replay", type=int, default=64, help="--stage continue: older (ungrounded) pairs mixed in with the grounded ones")
+    ap.add_argument("--continue-lr", type=float, default=2e-4, help="--stage continue: learning rate of the new LoRA")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (a CPU budget)")
@@ -392,6 +454,9 @@ def main() -> None:
     if not roles or set(roles) - {"critique", "rewrite"}:
         ap.error(f"--phase2-roles: {args.phase2_roles!r}; name critique, rewrite or both, comma-separated")
     want = lambda s: args.stage in ("all", s)  # noqa: E731
+    if args.stage == "continue":
+        print(stage_continue(args.work, args.work / "pairs.jsonl", args))
+        return
     if args.stage != "phase2":
         base = stage_base(args.work) if want("base") or want("train") else None
         pairs = stage_pairs(args.work, args.rejected_tokens, args.seed) if want("pairs") else args.work / "pairs.jsonl"

@@ -57,3 +57,15 @@ def test_pairs_made_from_an_older_seed_or_wording_are_dropped_and_redone(recipe,
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert recipe.drop_stale(pairs, current) == {"a:critique"}
     assert [json.loads(line) for line in pairs.read_text().splitlines()] == rows[:1]
+
+
+def test_continue_trains_on_every_grounded_pair_and_a_seeded_replay_of_the_rest(recipe, tmp_path):
+    grounded = next(r["id"] for r in recipe.seed_records("train") if r.get("passages"))
+    older = [r["id"] for r in recipe.seed_records("train") if not r.get("passages")][:5]
+    rows = [{"prompt": [], "chosen": "c", "rejected": "r", "meta": {"key": f"{i}:reasoner"}} for i in [grounded, *older]]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = recipe.continue_training_set(tmp_path, tmp_path / "pairs.jsonl", replay=2, seed=0)
+    keys = [json.loads(line)["meta"]["key"] for line in out.read_text().splitlines()]
+    assert len(keys) == 3 and f"{grounded}:reasoner" in keys
+    again = recipe.continue_training_set(tmp_path, tmp_path / "pairs.jsonl", replay=2, seed=0)
+    assert [json.loads(line)["meta"]["key"] for line in again.read_text().splitlines()] == keys  # seeded: a resumed run trains on the same

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "add-tokens": ("preflexor_local.convert.tokens", "Add the thinking/reflection tags as special tokens."),
     "mlx-adapter-to-peft": ("preflexor_local.convert.mlx_adapter", "MLX LoRA adapter -> PEFT adapter."),
     "lora-gguf": ("preflexor_local.convert.lora_gguf", "PEFT/MLX LoRA adapter -> llama.cpp LoRA GGUF (applied at load, quantized bases too)."),
+    "lora-peft": ("preflexor_local.convert.gguf_lora_to_peft", "llama.cpp LoRA GGUF -> PEFT adapter (merge it, or train on from it)."),
 }
 
 
