@@ -215,6 +215,12 @@ class _MLX:
         return out
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where two greedy runs differ; one that stopped early differs where it stopped."""
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return None if k == len(a) == len(b) else k
+
+
 def _compare_logits(report: VerifyReport, label: str, wtype: str, hf: _HF, other, prompts_ids: list[list[int]], n: int) -> None:
     import numpy as np
 
@@ -226,8 +232,7 @@ def _compare_logits(report: VerifyReport, label: str, wtype: str, hf: _HF, other
             total += 1
             agree += a == b
             if a != b:
-                k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-                firsts.append(f"differs at token {k}")
+                firsts.append(f"differs at token {first_difference(a, b)}")
         # logit error on the first prompt (informative)
         ids = prompts_ids[0]
         lh, lo = hf.logits(ids), other.logits(ids)

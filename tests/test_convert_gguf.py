@@ -242,3 +242,13 @@ def test_interrupted_conversion_leaves_no_file(tiny_dirs, tmp_path, monkeypatch)
     monkeypatch.setattr(h2g, "_encode", real)
     h2g.convert_to_gguf(tiny_dirs["llama"], out, "f16", force=True, quiet=True)
     assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_verify_names_where_greedy_runs_part_even_when_one_stopped_early():
+    """One run ending at EOS is a prefix of the other: the report says where it stopped (it raised StopIteration)."""
+    from preflexor_local.convert.verify import first_difference
+
+    assert first_difference([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert first_difference([1, 2, 3, 4], [1, 2]) == 2
+    assert first_difference([1, 5, 3], [1, 2, 3]) == 1
+    assert first_difference([1, 2], [1, 2]) is None
