@@ -270,6 +270,12 @@ class TextDetokenizer(Detokenizer):
         return self._advance(final=True) if self.read < len(self.ids) else ""
 
 
+def needs_prefix(prompt: str, bos_token: str, adds_bos: bool) -> bool:
+    """Whether ``encode`` puts the tokenizer's BOS (or other prefix) before ``prompt``: when the tokenizer adds one
+    and the rendered template did not already write it (a second BOS changes every model's output)."""
+    return adds_bos and not (bos_token and prompt.startswith(bos_token))
+
+
 class LocalBackend(Backend):
     """Shared generation loop for in-process engines."""
 

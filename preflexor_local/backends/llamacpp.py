@@ -27,7 +27,7 @@ from ..gguf_meta import GGUFInfo, is_gguf, read_gguf
 from ..models import BASE_ALIAS, ModelSpec, default_model_path
 from ..prompt import probe_template
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend, context_window
+from .base import Detokenizer, LocalBackend, context_window, needs_prefix
 from .batching import BatchDecoder
 from .dry import DRY_BREAKERS
 from .kv_slots import DEFAULT_SLOTS, KVSlots
@@ -178,8 +178,7 @@ class LlamaCppBackend(LocalBackend):
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=True)) == 1
 
     def encode(self, prompt: str) -> list[int]:
-        starts_with_bos = bool(self.bos_token) and prompt.startswith(self.bos_token)
-        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=self.add_bos and not starts_with_bos, special=True)
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=needs_prefix(prompt, self.bos_token, self.add_bos), special=True)
 
     def cached_prefix(self, ids: list[int]) -> int:
         if self.batcher is None:

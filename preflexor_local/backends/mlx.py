@@ -33,7 +33,7 @@ from ..mlx_config import mlx_overrides
 from ..models import ModelSpec
 from ..prompt import hf_has_token, probe_template
 from . import BackendEntry
-from .base import Backend, Detokenizer, LocalBackend, TextDetokenizer, context_window, reusable_prefix
+from .base import Backend, Detokenizer, LocalBackend, TextDetokenizer, context_window, needs_prefix, reusable_prefix
 from .dry import dry_for
 
 REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over (llama.cpp's default)
@@ -182,7 +182,7 @@ class MLXBackend(LocalBackend):
     # -- LocalBackend ---------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         ids = self.hf_tok.encode(prompt, add_special_tokens=False)
-        if self.add_bos and not (self.bos_token and prompt.startswith(self.bos_token)):
+        if needs_prefix(prompt, self.bos_token, self.add_bos):
             ids = [self.hf_tok.bos_token_id, *ids]
         return ids
 

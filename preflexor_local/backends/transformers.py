@@ -19,7 +19,7 @@ from ..errors import InvalidModelError
 from ..models import ModelSpec
 from ..prompt import ChatTemplate, hf_has_token, probe_template
 from . import BackendEntry
-from .base import Detokenizer, LocalBackend, TextDetokenizer, context_window, reusable_prefix
+from .base import Detokenizer, LocalBackend, TextDetokenizer, context_window, needs_prefix, reusable_prefix
 from .dry import dry_for
 
 
@@ -138,8 +138,7 @@ class TransformersBackend(LocalBackend):
 
     def encode(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-        bos = self.tokenizer.bos_token
-        if self._prefix_ids and not (bos and prompt.startswith(bos)):
+        if needs_prefix(prompt, self.tokenizer.bos_token or "", bool(self._prefix_ids)):
             ids = self._prefix_ids + ids
         return ids
 
