@@ -1,6 +1,7 @@
 """The recursive engine on a tiny random Llama through the real transformers backend."""
 
 import pytest
+from scripted import Scripted as ScriptedModel
 
 from preflexor_local.backends import Backend, load
 from preflexor_local.config import Recursion, Sampling
@@ -138,31 +139,9 @@ def test_retrieved_context_goes_into_the_reasoner_prompt_with_citations(tiny):
     assert t.context == ctx
 
 
-class Scripted(Backend):
-    """A model whose replies are fixed texts, streamed a few characters at a time through the backends' own stop scanner."""
-
-    kind = "scripted"
-    template = None  # not a base model: no one-shot examples
-
-    def __init__(self, reply):
-        super().__init__("scripted")
-        self.reply, self.requests = reply, []
-
-    def stream(self, request):
-        from preflexor_local.backends.base import Generation, request_scanner
-
-        self.requests.append(request)
-        scanner, text = request_scanner(request, (), request.prefill), self.reply(request)
-        for i in range(0, len(text), 3):
-            if shown := scanner.push(text[i : i + 3]):
-                yield shown
-            if scanner.matched is not None:
-                break
-        else:
-            if tail := scanner.flush():
-                yield tail
-        finish = "eos" if scanner.matched is None else "restart" if scanner.restarted else "stop"
-        yield Generation(text=scanner.text, finish_reason=finish, completion_tokens=len(scanner.text) // 3)
+def Scripted(reply):
+    """The suite's scripted model (``scripted.Scripted``), three characters a token as these tests were recorded with."""
+    return ScriptedModel(reply, tokens=lambda text: len(text) // 3)
 
 
 THINKING = "**Core Concepts**: silk is a protein fibre.\n\n**Reasoning Steps**:\n1. Crystals bear the load.\n\n**Hypothesis**: crystals make it tough."

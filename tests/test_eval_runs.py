@@ -8,11 +8,10 @@ verdicts and correctness are exact and the assertions can be exact too.
 import json
 import math
 import re
-import threading
 
 import pytest
+from scripted import Scripted
 
-from preflexor_local.backends.base import Backend, Generation
 from preflexor_local.config import Recursion, Sampling
 from preflexor_local.eval import EvalSettings, evaluate
 from preflexor_local.eval.conditions import ItemRunner, Models, item_seed
@@ -23,27 +22,6 @@ from preflexor_local.eval.runner import read_items, run_items
 from preflexor_local.eval.stats import Z95
 
 GREEDY = Sampling(temperature=0, max_tokens=64, seed=0)
-
-
-class Scripted(Backend):
-    """Replies with ``reply(request)``; one token per word; honours stop strings like a real backend."""
-
-    kind = "scripted"
-    template = None  # not a base model: no one-shot examples in the prompts
-
-    def __init__(self, reply, name="scripted"):
-        super().__init__(name)
-        self.reply, self.requests, self.lock = reply, [], threading.Lock()
-
-    def stream(self, request):
-        with self.lock:
-            self.requests.append(request)
-        text, finish = self.reply(request), "eos"
-        for stop in request.stop:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        yield text
-        yield Generation(text=text, finish_reason=finish, prompt_tokens=5, completion_tokens=len(text.split()), seconds=0.001)
 
 
 def last_user(request) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from rag_fixtures import LoggingStore, make_nacre_store
-from test_engine import Scripted
+from scripted import Scripted
 
 from preflexor_local.answers import Key
 from preflexor_local.config import Recursion, Sampling

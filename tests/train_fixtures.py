@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-from preflexor_local.backends.base import Backend, Generation, GenerationRequest
+from scripted import Scripted
 
 THINK = "<|thinking|>\nbeta sheets and amorphous chains share the load\n<|/thinking|>\n"
 
@@ -27,26 +26,9 @@ def write_pairs(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-class ScriptedBackend(Backend):
-    """A backend that answers from a script: ``reply(messages) -> str`` (for the judge step).
-
-    ``finish(text) -> str`` gives each reply's finish reason (default ``eos``), e.g. ``length`` to act a token limit.
-    """
-
-    kind = "scripted"
-
-    def __init__(self, reply, finish=lambda text: "eos"):
-        super().__init__("scripted")
-        self.reply = reply
-        self.finish = finish
-        self.calls: list[str] = []
-
-    def stream(self, request: GenerationRequest) -> Iterator[str | Generation]:
-        prompt = request.messages[-1]["content"]
-        self.calls.append(prompt)
-        text = self.reply(prompt)
-        yield text
-        yield Generation(text=text, finish_reason=self.finish(text), completion_tokens=1)
+def ScriptedBackend(reply, finish=None) -> Scripted:
+    """The suite's scripted model answering from the prompt alone: ``reply(last user message) -> str``."""
+    return Scripted(lambda request: reply(request.messages[-1]["content"]), finish=finish)
 
 
 def fast_generation(teacher_tokens: int = 10, student_tokens: int = 10, k_random: int | None = None) -> list[str]:
