@@ -24,6 +24,8 @@ if __name__ == "__main__" and not __package__:
     import _bootstrap  # noqa: F401  (run from a checkout)
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +157,15 @@ def convert_gguf_lora_to_peft(adapter: str | Path, base: str | Path, out: str | 
         "use_dora": False,
         "inference_mode": True,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps(cfg_out, indent=2))
+    # written under a temporary name and renamed when complete: an interrupted run leaves no half folder
+    part = out.with_name(f".{out.name}.part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    save_file(weights, str(part / "adapter_model.safetensors"))
+    (part / "adapter_config.json").write_text(json.dumps(cfg_out, indent=2))
+    if out.exists():  # --force
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(part, out)
     res = PeftResult(str(out), arch, len(ranks), rank, float(alpha or rank), round(time.perf_counter() - t0, 3))
     info(f"wrote {out} ({len(ranks)} modules, rank {rank}, alpha {res.alpha:g})", quiet)
     return res

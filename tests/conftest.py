@@ -73,3 +73,19 @@ def serve_env(tmp_path_factory) -> dict:
     from serve_fixtures import server_env
 
     return server_env(tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_bases(tmp_path_factory) -> dict:
+    """{arch: (HF folder, f32 GGUF)} of a tiny Llama and a tiny Gemma 3, for the LoRA converters' tests."""
+    from convert_fixtures import build_tiny
+
+    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
+
+    root = tmp_path_factory.mktemp("lora-bases")
+    out = {}
+    for arch in ("llama", "gemma3"):
+        hf = build_tiny(root / arch, arch=arch, tied=arch == "gemma3")
+        convert_to_gguf(hf, root / f"{arch}.gguf", "f32", quiet=True)
+        out[arch] = (hf, root / f"{arch}.gguf")
+    return out

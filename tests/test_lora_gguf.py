@@ -89,17 +89,8 @@ def next_logits_hf(model_dir: Path, ids: list[list[int]]):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora-gguf")
-    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
-
-    out = {}
-    for arch in ("llama", "gemma3"):
-        hf = build_tiny(root / arch, arch=arch, tied=arch == "gemma3")
-        gguf = root / f"{arch}.gguf"
-        convert_to_gguf(hf, gguf, "f32", quiet=True)
-        out[arch] = (hf, gguf)
-    return out
+def tiny(tiny_lora_bases):
+    return tiny_lora_bases
 
 
 @pytest.mark.parametrize("arch,lora_kw", [("llama", {}), ("gemma3", {"use_rslora": True, "alpha_pattern": {"q_proj": 2}})])

@@ -12,30 +12,15 @@ from test_lora_gguf import make_adapter, next_logits_gguf, next_logits_hf
 from preflexor_local.errors import InvalidModelError
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from convert_fixtures import build_tiny
-
-    from preflexor_local.convert.hf_to_gguf import convert_to_gguf
-
-    root = tmp_path_factory.mktemp("lora-peft")
-    out = {}
-    for arch in ("llama", "gemma3"):
-        hf = build_tiny(root / arch, arch=arch, tied=arch == "gemma3")
-        convert_to_gguf(hf, root / f"{arch}.gguf", "f32", quiet=True)
-        out[arch] = (hf, root / f"{arch}.gguf")
-    return out
-
-
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_round_trip_gives_the_same_delta(tiny, tmp_path, arch):
+def test_round_trip_gives_the_same_delta(tiny_lora_bases, tmp_path, arch):
     """PEFT -> GGUF -> PEFT: every module's s * B @ A is the one trained (llama's q/k rows permuted back)."""
     from safetensors.numpy import load_file
 
     from preflexor_local.convert.gguf_lora_to_peft import convert_gguf_lora_to_peft
     from preflexor_local.convert.lora_gguf import convert_lora_to_gguf
 
-    hf, base_gguf = tiny[arch]
+    hf, base_gguf = tiny_lora_bases[arch]
     adapter = make_adapter(hf, tmp_path / "adapter", r=4, lora_alpha=8)
     convert_lora_to_gguf(adapter, base_gguf, tmp_path / "a.gguf", "f32", quiet=True)
     res = convert_gguf_lora_to_peft(tmp_path / "a.gguf", hf, tmp_path / "back", quiet=True)
@@ -51,7 +36,7 @@ def test_round_trip_gives_the_same_delta(tiny, tmp_path, arch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_peft_forward_of_the_converted_adapter_is_llamacpps(tiny, tmp_path):
+def test_peft_forward_of_the_converted_adapter_is_llamacpps(tiny_lora_bases, tmp_path):
     """transformers + PEFT with the converted folder gives llama.cpp's logits with the GGUF adapter (q8_0 factors)."""
     import torch
     from peft import PeftModel
@@ -60,7 +45,7 @@ def test_peft_forward_of_the_converted_adapter_is_llamacpps(tiny, tmp_path):
     from preflexor_local.convert.gguf_lora_to_peft import convert_gguf_lora_to_peft
     from preflexor_local.convert.lora_gguf import convert_lora_to_gguf
 
-    hf, base_gguf = tiny["gemma3"]
+    hf, base_gguf = tiny_lora_bases["gemma3"]
     adapter = make_adapter(hf, tmp_path / "adapter", r=32, lora_alpha=16)
     convert_lora_to_gguf(adapter, base_gguf, tmp_path / "a.gguf", "q8_0", quiet=True)
     convert_gguf_lora_to_peft(tmp_path / "a.gguf", hf, tmp_path / "back", quiet=True)
@@ -81,17 +66,17 @@ def test_peft_forward_of_the_converted_adapter_is_llamacpps(tiny, tmp_path):
     assert (with_adapter.argmax(-1) == reference.argmax(-1)).all()
 
 
-def test_refusals_and_cli(tiny, tmp_path):
+def test_refusals_and_cli(tiny_lora_bases, tmp_path):
     from preflexor_local.convert.gguf_lora_to_peft import convert_gguf_lora_to_peft
     from preflexor_local.convert.lora_gguf import convert_lora_to_gguf
 
-    hf, base_gguf = tiny["gemma3"]
+    hf, base_gguf = tiny_lora_bases["gemma3"]
     with pytest.raises(InvalidModelError, match="not a LoRA adapter GGUF"):
         convert_gguf_lora_to_peft(base_gguf, hf, tmp_path / "x", quiet=True)
     adapter = make_adapter(hf, tmp_path / "adapter")
     convert_lora_to_gguf(adapter, base_gguf, tmp_path / "a.gguf", "f32", quiet=True)
     with pytest.raises(InvalidModelError, match="is for 'gemma3'"):
-        convert_gguf_lora_to_peft(tmp_path / "a.gguf", tiny["llama"][0], tmp_path / "y", quiet=True)
+        convert_gguf_lora_to_peft(tmp_path / "a.gguf", tiny_lora_bases["llama"][0], tmp_path / "y", quiet=True)
     code, out, err = run_cli("convert", "lora-peft", str(tmp_path / "a.gguf"), "--base", str(hf), "-o", str(tmp_path / "z"), "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["modules"] == 14
