@@ -53,9 +53,13 @@ _NUMBER = re.compile(
 )
 
 
+_CITATION = re.compile(r"\[\d{1,3}(?:\s*[,;-]\s*\d{1,3})*\]")
+
+
 def _clean(text: str) -> str:
     """Unify the notations that would otherwise need a rule each."""
     text = text.replace("−", "-").replace("–", "-").replace("\u2009", " ").replace("\u00a0", " ")
+    text = _CITATION.sub(" ", text)  # a grounded answer cites passages "[1]", "[2, 3]": a citation is never the answer
     text = re.sub(r"\\(?:times|cdot)", "×", text)
     text = re.sub(r"\\[,;! ]", " ", text)  # LaTeX spacing
     text = re.sub(r"\^\s*\{\s*([-+]?\d+)\s*\}", r"^\1", text)  # 10^{-3} -> 10^-3
@@ -173,7 +177,7 @@ def numbers_match(a: float, b: float, tolerance: float) -> bool:
 def extract_phrase(text: str) -> str | None:
     segments = _after_markers(_clean(text))
     phrase = segments[0] if segments else re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
-    phrase = phrase.strip().strip("*_ ").rstrip(".")
+    phrase = phrase.strip().strip("*_ ").rstrip(".").strip()
     return phrase or None
 
 

@@ -66,6 +66,10 @@ def test_choice_extraction(text, expected):
         ("The answer is 3. First I tried 5 and 7.", 3),
         ("Rounding 5.605 to 5.6 MPa√m gives 5.6", 5.6),
         ("no numbers here", None),
+        # grounded answers cite passages: a citation is not the answer
+        ("Silicon absorbs below about 1.1 micrometres [1]. The answer is N.", 1.1),
+        ("The answer is [1] about 450 MPa [2, 3].", 450),
+        ("The dentin-enamel junction stops cracks [1].", None),
     ],
 )
 def test_number_extraction(text, expected):
@@ -204,3 +208,11 @@ def test_eval_settings_parse_and_refuse():
     ]:
         with pytest.raises(UsageError, match=message):
             EvalSettings(**kwargs)
+
+
+def test_a_cited_passage_is_not_an_exact_answer_or_an_option():
+    from preflexor_local.answers import extract_choice, extract_phrase
+
+    assert extract_phrase("The answer is [1].") is None
+    assert extract_phrase("The answer is Bouligand [1].") == "Bouligand"
+    assert extract_choice("Passage [2] says so. The answer is B [2].", ("x", "y", "z", "w")) == "B"
