@@ -17,9 +17,28 @@ from .errors import BackendUnavailableError, ModelNotFoundError
 
 DEFAULT_ALIASES = ("default", "gemma3-270m")
 BASE_ALIAS = "gemma3-270m-base"  # the embedded base model without the demo adapter
+GROUNDED_ALIAS = "gemma3-270m-grounded"  # the embedded base with the adapter trained on passages (the default with --rag)
 DEFAULT_FILE = "gemma-3-270m-q4_k_m.gguf"
-# The PRefLexOR LoRA for the default model, trained by recipes/demo_adapter.py; it ships inside the package.
+# The PRefLexOR LoRAs for the default model, trained by recipes/demo_adapter.py; they ship inside the package.
 DEMO_ADAPTER = Path(__file__).parent / "data" / "demo-adapter.gguf"
+# The demo adapter trained on from the grounded seed records (--stage continue): it checks claims against passages
+# and cites them, and so it cites "[1]" even where no passage was given; it is used only where retrieval is on.
+GROUNDED_ADAPTER = Path(__file__).parent / "data" / "demo-adapter-grounded.gguf"
+# Each embedded model name -> (the adapter it applies, its display name); None is the raw base.
+EMBEDDED = {
+    **dict.fromkeys(DEFAULT_ALIASES, (DEMO_ADAPTER, "gemma3-270m + preflexor demo adapter (default)")),
+    BASE_ALIAS: (None, "gemma3-270m (base)"),
+    GROUNDED_ALIAS: (GROUNDED_ADAPTER, "gemma3-270m + preflexor grounded adapter (default with retrieval)"),
+}
+
+
+def for_retrieval(model: str | None, grounded: bool) -> str | None:
+    """The model to load for ``model`` when retrieval is on: the default model becomes its grounded variant."""
+    if grounded and (model is None or model.strip() in ("", *DEFAULT_ALIASES)) and GROUNDED_ADAPTER.is_file():
+        return GROUNDED_ALIAS
+    return model
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -70,7 +89,7 @@ def cached_hub_snapshot(repo_id: str) -> Path | None:
 
 def parse_spec(text: str | None) -> ModelSpec:
     """Classify a model spec, or raise ``ModelNotFoundError`` with what to do."""
-    if text is None or text.strip() in ("", *DEFAULT_ALIASES, BASE_ALIAS):
+    if text is None or text.strip() in ("", *EMBEDDED):
         return ModelSpec((text or "default").strip() or "default", "default")
     text = text.strip()
     if text.startswith(("http://", "https://")):
@@ -132,9 +151,10 @@ def default_model_path(quiet: bool = False) -> Path:
     return target
 
 
-def demo_adapter_path() -> Path | None:
-    """The shipped demo adapter for the default model, or None in a build without it."""
-    return DEMO_ADAPTER if DEMO_ADAPTER.is_file() else None
+def demo_adapter_path(name: str = "default") -> Path | None:
+    """The shipped adapter the embedded model ``name`` applies, or None (the base, or a build without it)."""
+    adapter = EMBEDDED.get(name, EMBEDDED["default"])[0]
+    return adapter if adapter is not None and adapter.is_file() else None
 
 
 def default_model_status() -> dict:
@@ -152,4 +172,5 @@ def default_model_status() -> dict:
         "path": str(target),
         "adapter": str(adapter) if adapter else None,
         "base_name": BASE_ALIAS,
+        "grounded_name": GROUNDED_ALIAS if demo_adapter_path(GROUNDED_ALIAS) else None,
     }

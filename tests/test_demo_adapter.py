@@ -71,3 +71,37 @@ def test_default_model_answers_in_the_thinking_format(gemma_gguf, monkeypatch, t
         b.close()
     r = t.rounds[0]
     assert r.thinking_closed and r.thinking.strip() and t.final_answer.strip(), json.dumps(t.to_dict())[:2000]
+
+
+def test_the_grounded_adapter_ships_and_retrieval_picks_it_for_the_default_model_only():
+    from preflexor_local.models import GROUNDED_ADAPTER, GROUNDED_ALIAS, for_retrieval
+
+    info = read_gguf(GROUNDED_ADAPTER)
+    assert info.get("general.type") == "adapter" and info.architecture == "gemma3" and info.get("preflexor.chat_template") == "gemma"
+    assert demo_adapter_path(GROUNDED_ALIAS) == GROUNDED_ADAPTER and demo_adapter_path(BASE_ALIAS) is None
+    assert [for_retrieval(m, True) for m in (None, "default", "gemma3-270m")] == [GROUNDED_ALIAS] * 3
+    assert [for_retrieval(m, True) for m in (BASE_ALIAS, "./my.gguf", "http://h/v1")] == [BASE_ALIAS, "./my.gguf", "http://h/v1"]
+    assert for_retrieval(None, False) is None
+    assert DEMO_ADAPTER.stat().st_size + GROUNDED_ADAPTER.stat().st_size < 20 * 2**20
+
+
+@pytest.mark.slow
+def test_load_roles_with_retrieval_loads_the_grounded_adapter_and_keeps_a_named_critic(gemma_gguf, monkeypatch, tmp_path):
+    from preflexor_local.models import GROUNDED_ADAPTER
+    from preflexor_local.reasoning.ask import load_roles
+
+    monkeypatch.setenv("PREFLEXOR_HOME", str(tmp_path))
+    monkeypatch.setattr("preflexor_local.backends.llamacpp.default_model_path", lambda quiet=False: gemma_gguf)
+    reasoner, critic, integrator = load_roles(None, BASE_ALIAS, None, LoadOptions(ctx=256), grounded=True)
+    try:
+        assert [a["path"] for a in reasoner.describe()["adapters"]] == [str(GROUNDED_ADAPTER)]
+        assert reasoner.name.startswith("gemma3-270m + preflexor grounded adapter")
+        assert "adapters" not in critic.describe() and integrator is critic  # a named model stays what it names
+    finally:
+        reasoner.close()
+        critic.close()
+    plain, *_ = load_roles(None, options=LoadOptions(ctx=256))
+    try:
+        assert [a["path"] for a in plain.describe()["adapters"]] == [str(DEMO_ADAPTER)]
+    finally:
+        plain.close()

@@ -49,3 +49,16 @@ def test_the_playground_files_ship_as_package_data(monkeypatch):
     shipped = {pkg: names for pkg, _src, _dst, names in build.data_files}
     static = sorted(f"static/{p.name}" for p in (ROOT / "preflexor_local/serve/static").iterdir())
     assert static and sorted(shipped["preflexor_local.serve"]) == static
+
+
+def test_both_demo_adapters_ship_as_package_data(monkeypatch):
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)
+    dist = Distribution()
+    apply_configuration(dist, ROOT / "pyproject.toml")
+    build = dist.get_command_obj("build_py")
+    build.ensure_finalized()
+    shipped = {pkg: names for pkg, _src, _dst, names in build.data_files}
+    assert {"data/demo-adapter.gguf", "data/demo-adapter-grounded.gguf"} <= set(shipped["preflexor_local"])

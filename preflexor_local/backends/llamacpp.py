@@ -24,7 +24,7 @@ from pathlib import Path
 from ..config import LoadOptions, Sampling
 from ..errors import InvalidModelError, ModelNotFoundError, UsageError
 from ..gguf_meta import GGUFInfo, is_gguf, read_gguf
-from ..models import BASE_ALIAS, ModelSpec, default_model_path
+from ..models import ModelSpec, default_model_path
 from ..prompt import probe_template
 from . import BackendEntry
 from .base import Detokenizer, LocalBackend, context_window, needs_prefix
@@ -330,12 +330,12 @@ def _apply_adapters(llm, base: GGUFInfo, texts: tuple[str, ...]) -> list[dict]:
 
 def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
     if spec.kind == "default":
-        from ..models import demo_adapter_path
+        from ..models import EMBEDDED, demo_adapter_path
 
-        adapter = demo_adapter_path() if spec.text != BASE_ALIAS else None
+        adapter = demo_adapter_path(spec.text)
         if adapter is not None and not options.adapters:
             options = dataclasses.replace(options, adapters=(str(adapter),))
-            backend = LlamaCppBackend(default_model_path(), options, name="gemma3-270m + preflexor demo adapter (default)")
+            backend = LlamaCppBackend(default_model_path(), options, name=EMBEDDED[spec.text][1])
         else:  # --adapter on the default model replaces the demo adapter: the name says the base runs with the user's
             backend = LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)" + (" + --adapter" if options.adapters else ""))
         backend.embedded = True

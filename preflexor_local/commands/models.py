@@ -54,6 +54,8 @@ def models(json_out: bool) -> None:
     if d["adapter"]:
         click.echo(f"default model: {d['name']} (Gemma 3 270M + the PRefLexOR demo LoRA, a small demo) — {state}\n  {d['path']}\n  + {d['adapter']}")
         click.echo(f"{d['base_name']}: the same base model without the adapter")
+        if d.get("grounded_name"):
+            click.echo(f"{d['grounded_name']}: the adapter trained on passages, which the default model becomes where --rag is on")
     else:
         click.echo(f"default model: {d['name']} (Gemma 3 270M base, demo only) — {state}\n  {d['path']}")
     click.echo("\nlocal GGUF files (in the cache):" + ("" if info["local_gguf"] else " none"))

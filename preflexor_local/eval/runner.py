@@ -180,7 +180,7 @@ def _open_store(retrieval: Retrieval | None):
     return open_rag(retrieval.rag)
 
 
-def _load_models(model, critic, integrator, judge, options: LoadOptions, settings: EvalSettings, fmt: ThinkingFormat):
+def _load_models(model, critic, integrator, judge, options: LoadOptions, settings: EvalSettings, fmt: ThinkingFormat, grounded: bool = False):
     """Load each distinct spec once (the judge too, when it names a role's model).
 
     When the baselines draw samples, llama.cpp models get ``--batch`` parallel slots, so an item's samples decode
@@ -191,7 +191,7 @@ def _load_models(model, critic, integrator, judge, options: LoadOptions, setting
 
     if settings.baselines and settings.batch > 1 and options.parallel < settings.batch:
         options = replace(options, parallel=settings.batch)
-    reasoner, critic_b, integrator_b = load_roles(model, critic, integrator, options)
+    reasoner, critic_b, integrator_b = load_roles(model, critic, integrator, options, grounded=grounded)
     judge_b = None
     if judge is not None:
         same = {model: reasoner, critic: critic_b, integrator: integrator_b}
@@ -263,7 +263,7 @@ def evaluate(
             if loaded is not None:
                 backends = [loaded.reasoner, loaded.critic, loaded.integrator] + ([loaded.judge.backend] if loaded.judge else [])
             else:
-                models, backends = _load_models(model, critic, integrator, judge, options, settings, fmt)
+                models, backends = _load_models(model, critic, integrator, judge, options, settings, fmt, grounded=store is not None)
                 owned = backends
             models_desc = {
                 "reasoner": models.reasoner.describe(),

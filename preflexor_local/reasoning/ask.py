@@ -12,9 +12,16 @@ from .transcript import Transcript
 
 
 def load_roles(
-    model: str | None, critic: str | None = None, integrator: str | None = None, options: LoadOptions | None = None
+    model: str | None, critic: str | None = None, integrator: str | None = None, options: LoadOptions | None = None, *, grounded: bool = False
 ) -> tuple[Backend, Backend, Backend]:
-    """Load the reasoner, critic and integrator; a role naming the same spec shares the loaded model."""
+    """Load the reasoner, critic and integrator; a role naming the same spec shares the loaded model.
+
+    ``grounded``: retrieval is on, and the default model is loaded as its grounded variant (``models.for_retrieval``).
+    """
+    from ..models import for_retrieval
+
+    model = for_retrieval(model, grounded)
+    critic, integrator = (None if m is None else for_retrieval(m, grounded) for m in (critic, integrator))  # None: as the role before
     loaded: dict[str | None, Backend] = {}
 
     def get(spec: str | None) -> Backend:
@@ -50,7 +57,7 @@ def ask(
     >>> t = ask("Why is spider silk tough?", recursion=Recursion(rounds=3))  # doctest: +SKIP
     >>> print(t.final_answer)  # doctest: +SKIP
     """
-    roles = load_roles(model, critic, integrator, options)
+    roles = load_roles(model, critic, integrator, options, grounded=context is not None or evidence is not None)
     try:
         engine = Engine(*roles, sampling=sampling, recursion=recursion, fmt=fmt, context=context, evidence=evidence, on_event=on_event)
         return engine.run(question)

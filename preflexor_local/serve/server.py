@@ -64,7 +64,7 @@ def serve(
             from ..rag.evidence import open_rag
 
             store = open_rag(retrieval.rag)
-        roles = load_roles(model, critic, integrator, dataclasses.replace(options, parallel=settings.parallel))
+        roles = load_roles(model, critic, integrator, dataclasses.replace(options, parallel=settings.parallel), grounded=store is not None)
         check_parallel(roles, settings.parallel)
     except BaseException:
         sock.close()
