@@ -47,6 +47,7 @@ MODELS = {"base": "gemma3-270m-base", "adapter": "default"}
 N_LEAK = 8
 # a half-written PRefLexOR tag left in prose ("<|/thnkmkj|]", "<|///ROUTINES|>"); a real tag is not counted
 GARBLED_TAG = re.compile(r"<\|[^\s<]{0,40}")
+PHANTOM_CITATION = re.compile(r"\[\d{1,3}\]")  # a passage citation, as the grounded roles write them
 
 
 def held_out() -> list[dict]:
@@ -173,7 +174,7 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
     closed = answers_ok = answers = leaked = garbled = loops = at_limit = restarts = ended_all = calls = gen_tokens = 0
     gen_seconds = 0.0
     copy, rel, took = [], [], []
-    rewrites = ordered_rewrites = ordered_answers = 0
+    rewrites = ordered_rewrites = ordered_answers = phantom = 0
     for rec in records:
         t = rec["transcript"]
         rounds = t["rounds"]
@@ -185,6 +186,8 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         fields = texts + [r.get("critique") or "" for r in rounds] + [r.get("improved_thinking") or "" for r in rounds]
         leaked += sum(bool(_grams(_words(f), N_LEAK) & leaks) for f in fields if f)
         garbled += sum(_garbled(f) for f in fields if f)
+        if not t.get("context"):  # no passage was given: a "[1]" cites nothing
+            phantom += bool(PHANTOM_CITATION.search(t["final_answer"] or ""))
         own = [c for r in rounds for c in r["calls"]] + ([t["integration"]] if t.get("integration") else [])
         for c in own:
             calls += 1
@@ -224,6 +227,8 @@ def measure(records: list[dict], leaks: set, embed) -> dict:
         "rewrites_with_critic_orders": ordered_rewrites / rewrites if rewrites else None,
         "answers_with_critic_orders": ordered_answers / answers if answers else None,
         "critique_uptake_median": statistics.median(took) if took else None,
+        "final_answers_citing_no_passage": phantom,
+        "gen_tokens_mean": gen_tokens / n if n else None,
         "gen_tokens_per_s": gen_tokens / gen_seconds if gen_seconds else None,
     }
 
@@ -304,6 +309,8 @@ def main() -> None:
         "rewrites_with_critic_orders",
         "answers_with_critic_orders",
         "critique_uptake_median",
+        "final_answers_citing_no_passage",
+        "gen_tokens_mean",
         "gen_tokens_per_s",
         "load_s",
     ]
