@@ -91,6 +91,7 @@ def ask(question, model, critic, integrator, tags, json_out, quiet, **kwargs):
     preflexor-local ask "..." --model http://127.0.0.1:8080/v1 --json > transcript.json
     """
     from ..format import ThinkingFormat
+    from ..models import for_retrieval
     from ..rag.evidence import open_rag
     from ..reasoning.ask import ask as run_ask
 
@@ -114,7 +115,8 @@ def ask(question, model, critic, integrator, tags, json_out, quiet, **kwargs):
             evidence = Evidence(store, k=retrieval.evidence_k)
         display = Display(quiet=quiet, json_out=json_out)
         if not quiet:
-            click.secho(f"loading {model or 'the default model (gemma3-270m)'} …", err=True, dim=True)
+            shown = for_retrieval(model, store is not None)  # the name load_roles will load
+            click.secho(f"loading {shown or 'the default model (gemma3-270m)'} …", err=True, dim=True)
         transcript = run_ask(
             text,
             model,
