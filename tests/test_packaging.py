@@ -36,8 +36,8 @@ def test_every_question_set_and_corpus_matches_a_package_data_glob():
     assert all(any(fnmatch(f, g) for g in globs) for f in files), sorted(files)
 
 
-def test_the_playground_files_ship_as_package_data(monkeypatch):
-    # setuptools' own list of the data files build_py copies into the wheel (nothing is built or written)
+def shipped_data(monkeypatch) -> dict:
+    """setuptools' own list of the data files build_py copies into the wheel, by package (nothing is built or written)."""
     from setuptools.config.pyprojecttoml import apply_configuration
     from setuptools.dist import Distribution
 
@@ -46,19 +46,15 @@ def test_the_playground_files_ship_as_package_data(monkeypatch):
     apply_configuration(dist, ROOT / "pyproject.toml")
     build = dist.get_command_obj("build_py")
     build.ensure_finalized()
-    shipped = {pkg: names for pkg, _src, _dst, names in build.data_files}
+    return {pkg: names for pkg, _src, _dst, names in build.data_files}
+
+
+def test_the_playground_files_ship_as_package_data(monkeypatch):
+    shipped = shipped_data(monkeypatch)
     static = sorted(f"static/{p.name}" for p in (ROOT / "preflexor_local/serve/static").iterdir())
     assert static and sorted(shipped["preflexor_local.serve"]) == static
 
 
 def test_both_demo_adapters_ship_as_package_data(monkeypatch):
-    from setuptools.config.pyprojecttoml import apply_configuration
-    from setuptools.dist import Distribution
-
-    monkeypatch.chdir(ROOT)
-    dist = Distribution()
-    apply_configuration(dist, ROOT / "pyproject.toml")
-    build = dist.get_command_obj("build_py")
-    build.ensure_finalized()
-    shipped = {pkg: names for pkg, _src, _dst, names in build.data_files}
+    shipped = shipped_data(monkeypatch)
     assert {"data/demo-adapter.gguf", "data/demo-adapter-grounded.gguf"} <= set(shipped["preflexor_local"])
