@@ -96,8 +96,8 @@ def convert_gguf_lora_to_peft(adapter: str | Path, base: str | Path, out: str | 
         )
     out = check_output(out, force)
     arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
-    n_blocks = int(cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers", 0))
-    name_map = gguf.get_tensor_name_map(arch_enum, n_blocks)
+    text = cfg.get("text_config", cfg)  # a multimodal config keeps the language model's in text_config
+    name_map = gguf.get_tensor_name_map(arch_enum, int(text.get("num_hidden_layers", 0)))
     shapes = _checkpoint_weights(base)
     to_hf = {}  # gguf weight name -> the checkpoint's module name
     for name in shapes:
@@ -105,7 +105,6 @@ def convert_gguf_lora_to_peft(adapter: str | Path, base: str | Path, out: str | 
         found = name_map.get_type_and_name(norm, try_suffixes=(".weight", ".bias")) if norm and name.endswith(".weight") else None
         if found is not None:
             to_hf[found[1]] = name[: -len(".weight")]
-    text = cfg.get("text_config", cfg)
     n_head = int(text.get("num_attention_heads", 0) or 0)
     n_kv = int(text.get("num_key_value_heads", n_head) or n_head)
     family = dict(SUPPORTED.values())[arch]

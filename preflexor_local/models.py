@@ -153,7 +153,7 @@ def default_model_path(quiet: bool = False) -> Path:
 
 def demo_adapter_path(name: str = "default") -> Path | None:
     """The shipped adapter the embedded model ``name`` applies, or None (the base, or a build without it)."""
-    adapter = EMBEDDED.get(name, EMBEDDED["default"])[0]
+    adapter = EMBEDDED[name][0]
     return adapter if adapter is not None and adapter.is_file() else None
 
 

@@ -390,11 +390,12 @@ def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Pa
     new = [r for r in rows if r["meta"]["key"].split(":")[0] in grounded_ids]
     old = [r for r in rows if r["meta"]["key"].split(":")[0] not in grounded_ids]
     rng = random.Random(seed)
-    mixed = new + rng.sample(old, min(replay, len(old)))
+    replayed = rng.sample(old, min(replay, len(old)))
+    mixed = new + replayed
     rng.shuffle(mixed)
     out = work / "pairs-continue.jsonl"
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mixed), encoding="utf-8")
-    print(f"continue: {len(new)} grounded pairs + {min(replay, len(old))} replayed", file=sys.stderr, flush=True)
+    print(f"continue: {len(new)} grounded pairs + {len(replayed)} replayed", file=sys.stderr, flush=True)
     return out
 
 

@@ -330,14 +330,14 @@ def _apply_adapters(llm, base: GGUFInfo, texts: tuple[str, ...]) -> list[dict]:
 
 def load(spec: ModelSpec, options: LoadOptions) -> LlamaCppBackend:
     if spec.kind == "default":
-        from ..models import EMBEDDED, demo_adapter_path
+        from ..models import BASE_ALIAS, EMBEDDED, demo_adapter_path
 
         adapter = demo_adapter_path(spec.text)
         if adapter is not None and not options.adapters:
             options = dataclasses.replace(options, adapters=(str(adapter),))
             backend = LlamaCppBackend(default_model_path(), options, name=EMBEDDED[spec.text][1])
         else:  # --adapter on the default model replaces the demo adapter: the name says the base runs with the user's
-            backend = LlamaCppBackend(default_model_path(), options, name="gemma3-270m (base)" + (" + --adapter" if options.adapters else ""))
+            backend = LlamaCppBackend(default_model_path(), options, name=EMBEDDED[BASE_ALIAS][1] + (" + --adapter" if options.adapters else ""))
         backend.embedded = True
         return backend
     return LlamaCppBackend(spec.path, options)
