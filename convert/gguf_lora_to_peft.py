@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from preflexor_local.errors import InvalidModelError
+from preflexor_local.errors import InvalidModelError, ModelNotFoundError
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -83,6 +83,8 @@ def convert_gguf_lora_to_peft(adapter: str | Path, base: str | Path, out: str | 
 
     t0 = time.perf_counter()
     adapter, base = Path(adapter).expanduser(), Path(base).expanduser()
+    if not adapter.is_file():
+        raise ModelNotFoundError(f"adapter not found: {adapter}", hint="pass a LoRA GGUF written by `convert lora-gguf` (or llama.cpp's converter)")
     meta = read_gguf(adapter)  # names a bad or truncated file first
     if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
         raise InvalidModelError(f"{adapter} is not a LoRA adapter GGUF (general.type {meta.get('general.type')!r})")

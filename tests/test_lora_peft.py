@@ -71,6 +71,8 @@ def test_refusals_and_cli(tiny_lora_bases, tmp_path):
     from preflexor_local.convert.lora_gguf import convert_lora_to_gguf
 
     hf, base_gguf = tiny_lora_bases["gemma3"]
+    code, _, err = run_cli("convert", "lora-peft", str(tmp_path / "missing.gguf"), "--base", str(hf), "-o", str(tmp_path / "m"))
+    assert code != 0 and "adapter not found" in err and "Traceback" not in err and "unexpected" not in err
     with pytest.raises(InvalidModelError, match="not a LoRA adapter GGUF"):
         convert_gguf_lora_to_peft(base_gguf, hf, tmp_path / "x", quiet=True)
     adapter = make_adapter(hf, tmp_path / "adapter")
