@@ -52,15 +52,26 @@ def replace_dir(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temp folder beside ``target``; on success it takes ``target``'s place."""
+def atomic_dir(target: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a fresh temp folder beside ``target``; on success it takes ``target``'s place.
+
+    ``keep_existing``: a ``target`` that appeared meanwhile (another process built the same content) is kept and
+    ours dropped, so a reader of the first one never sees it swapped out under it.
+    """
     target = Path(target)
     tmp = tmp_name(target, "dir")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        replace_dir(tmp, target)
+        if not keep_existing:
+            replace_dir(tmp, target)
+        else:
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.is_dir():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

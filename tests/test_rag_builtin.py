@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sqlite3
+
 import pytest
 
 from preflexor_local.errors import UsageError
@@ -25,6 +28,38 @@ def test_the_builtin_corpus_becomes_a_cached_store_whose_passages_are_found(tmp_
     again = open_rag("builtin:grounded")  # cached: no second build
     again.close()
     assert "indexing" not in capsys.readouterr().err
+
+
+def _first_use(home: str, start, failures) -> None:
+    import os
+
+    os.environ["PREFLEXOR_HOME"] = home
+    from preflexor_local.rag.evidence import builtin_store
+
+    start.wait()
+    try:
+        builtin_store("grounded")
+    except Exception as e:  # reported to the test, which names it
+        failures.put(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.slow
+def test_two_processes_using_the_builtin_store_first_at_once_both_get_it_whole(tmp_path):
+    """Two evals started together (as the benchmarks run them) once shared the build's temporary name: one died
+    with 'UNIQUE constraint failed: documents.path'."""
+    ctx = multiprocessing.get_context("spawn")
+    start, failures = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_first_use, args=(str(tmp_path), start, failures)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert failures.empty(), failures.get()
+    [store] = (tmp_path / "stores").glob("grounded-*.db")
+    with sqlite3.connect(store) as db:
+        assert db.execute("select count(*) from documents").fetchone()[0] == len(load_corpus("grounded"))
+    assert not list(tmp_path.rglob("*.part*")), "a build left its temporary files behind"
 
 
 def test_an_unknown_builtin_or_a_missing_store_is_one_clear_line(tmp_path, monkeypatch):

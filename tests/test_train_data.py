@@ -178,6 +178,13 @@ def test_atomic_outputs_appear_whole_or_not_at_all(tmp_path):
     write_json(tmp_path / "state.json", {"round": 3})
     assert json.loads((tmp_path / "state.json").read_text()) == {"round": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "state.json", "w.safetensors"]
+    with atomic_dir(target, keep_existing=True) as tmp:  # built the same folder as another process, which got there first
+        (tmp / "ours.txt").write_text("ours")
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir())[0] == "merged"
+    with atomic_dir(tmp_path / "fresh", keep_existing=True) as tmp:
+        (tmp / "ours.txt").write_text("ours")
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == ["ours.txt"]
+    assert not list(tmp_path.glob(".*part*"))
 
 
 def test_the_training_core_is_engine_free():

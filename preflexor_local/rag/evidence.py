@@ -79,7 +79,7 @@ def builtin_store(name: str):
     import json
     import sys
 
-    from ..atomic import atomic_dir
+    from ..atomic import atomic_dir, atomic_file
     from ..eval.corpus import load_corpus
     from ..models import home
     from .ingest import IndexConfig, index_folder
@@ -92,12 +92,12 @@ def builtin_store(name: str):
     print(f"note: indexing the built-in {name} corpus ({len(passages)} passages) into {store} once …", file=sys.stderr, flush=True)
     folder = home() / "corpora" / f"{name}-{digest}"
     if not folder.is_dir():
-        with atomic_dir(folder) as tmp:
+        # Processes started together each build under their own temporary name; the first folder stays in place
+        # (another may be indexing it) and the last whole store wins (they are the same).
+        with atomic_dir(folder, keep_existing=True) as tmp:
             for p in passages:
                 (tmp / f"{p['id']}.md").write_text(f"# {p['source']}\n\n{p['text'].strip()}\n", encoding="utf-8")
     store.parent.mkdir(parents=True, exist_ok=True)
-    partial = store.with_name(store.name + ".part")
-    partial.unlink(missing_ok=True)
-    index_folder([folder], partial, IndexConfig(progress=False))
-    partial.replace(store)  # whole or absent: an interrupted build starts over
+    with atomic_file(store) as partial:  # whole or absent: an interrupted build starts over
+        index_folder([folder], partial, IndexConfig(progress=False))
     return store
