@@ -51,6 +51,10 @@ Continued training (``--stage continue``; the pairs of stage 2 must exist):
    passages) plus ``--replay`` older pairs drawn at random, so the roles learnt before stay in the loss. Exported
    stacked on the shipped adapter (``stack_loras``, exact) -> ``adapter-continue.gguf``. A from-scratch Phase I
    over all 914 pairs is about 460 steps (2.5 h or more on 2 cores); this is about 150 (35 min).
+9. **continue-phase2**: Phase II on that adapter, as in steps 5-7: *rejected* = ``adapter-continue.gguf``'s own
+   review (``--phase2-roles critique,rewrite``: the critic's verdict is what it has to learn) and rewrite of every
+   grounded training ``refine`` record, with its passages as evidence; a new LoRA on it merged (``convert
+   lora-peft`` + ``convert merge``), stacked on it -> ``adapter-continue-phase2.gguf``.
 
 Wall time on a 2-core CPU: see docs/demo-model.md.
 """
@@ -252,23 +256,28 @@ def export_gguf(adapter: Path, out: Path, *extra: str) -> Path:
     return out
 
 
-def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
-    """(chosen = the seed's reply, rejected = the Phase I adapter's own) for every training refine record and critic role."""
+def phase2_examples(fmt, roles: tuple[str, ...], grounded_only: bool) -> list[tuple[dict, tuple]]:
+    """(record, role example) for every training refine record (with passages only, if ``grounded_only``) and role in ``roles``."""
+    records = [rec for rec in seed_records("train") if rec["task"] == "refine" and (rec.get("passages") or not grounded_only)]
+    return [(rec, ex) for rec in records for ex in role_examples(rec, fmt) if ex[0] in roles]
+
+
+def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...], adapter: Path, out: Path, grounded_only: bool = False) -> Path:
+    """(chosen = the seed's reply, rejected = ``adapter``'s own) for every training refine record (with passages only
+    when ``grounded_only``) and critic role, appended to ``out``."""
     from preflexor_local.backends import load
     from preflexor_local.backends.base import GenerationRequest
     from preflexor_local.config import LoadOptions, Sampling
     from preflexor_local.format import ThinkingFormat
     from preflexor_local.models import default_model_path
 
-    out = work / "pairs-phase2.jsonl"  # every role's pairs; training reads those of --phase2-roles (phase2_training_set)
-    done = done_keys(out)
+    done = done_keys(out)  # every role's pairs; training reads those of --phase2-roles (phase2_training_set)
     fmt = ThinkingFormat()
-    todo = [(rec, ex) for rec in seed_records("train") if rec["task"] == "refine" for ex in role_examples(rec, fmt) if ex[0] in roles]
-    todo = [(rec, ex) for rec, ex in todo if f"{rec['id']}:{ex[0]}" not in done]
+    todo = [(rec, ex) for rec, ex in phase2_examples(fmt, roles, grounded_only) if f"{rec['id']}:{ex[0]}" not in done]
     print(f"phase2 pairs: {len(done)} done, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
         return out
-    model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(work / "adapter.gguf"),)))
+    model = load(str(default_model_path()), LoadOptions(chat_template=TEMPLATE, ctx=2048, adapters=(str(adapter),)))
     sampling = Sampling(seed=seed, max_tokens=384)  # what the engine asks of the model at inference (DRY on)
     with Appender(out) as fh:
         for i, (rec, (role, msgs, prefill, chosen)) in enumerate(todo, 1):
@@ -293,7 +302,7 @@ def stage_phase2_pairs(work: Path, seed: int, roles: tuple[str, ...]) -> Path:
 def phase2_training_set(pairs: Path, roles: tuple[str, ...]) -> Path:
     """The pairs of ``roles`` only, in file order: the pair file may also hold another role's from an earlier run."""
     rows = [line for line in pairs.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["meta"]["role"] in roles]
-    out = pairs.with_name(f"pairs-phase2-{'+'.join(roles)}.jsonl")
+    out = pairs.with_name(f"{pairs.stem}-{'+'.join(roles)}.jsonl")
     out.write_text("".join(line + "\n" for line in rows), encoding="utf-8")
     return out
 
@@ -326,10 +335,11 @@ def merged_phase1(work: Path, base: Path, phase1: Path, name: str = "phase1-merg
     return merged
 
 
-def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args) -> Path:
-    merged = merged_phase1(work, base, phase1)
+def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args, prefix: str = "") -> Path:
+    """A new LoRA on ``phase1`` merged into the base (``WORK/PREFIXphase1-merged``), in ``WORK/PREFIXphase2-METHOD``."""
+    merged = merged_phase1(work, base, phase1, name=f"{prefix}phase1-merged")
     method, *extra = PHASE2_METHODS[args.phase2_method](args)
-    run_dir = work / f"phase2-{args.phase2_method}"
+    run_dir = work / f"{prefix}phase2-{args.phase2_method}"
     return train_run(method, merged, pairs, run_dir, args.phase2_epochs, args.phase2_lr, args, *extra, max_steps=args.phase2_max_steps)
 
 
@@ -370,14 +380,18 @@ def stage_phase2_export(work: Path, phase1: Path, phase2_adapter: Path) -> Path:
     return export_gguf(both, work / "adapter-phase2.gguf", "--force")
 
 
+def peft_of(adapter: Path, base: Path, out: Path) -> Path:
+    """A LoRA GGUF as a PEFT folder for ``base`` (``convert lora-peft``), made once."""
+    if not (out / "adapter_config.json").is_file():
+        run("convert", "lora-peft", str(adapter), "--base", str(base), "-o", str(out), "--force")
+    return out
+
+
 def shipped_peft(work: Path, base: Path) -> Path:
-    """The shipped adapter (``demo-adapter.gguf``, Phase I + II) as a PEFT folder for ``base``: ``convert lora-peft``."""
+    """The shipped adapter (``demo-adapter.gguf``, Phase I + II) as a PEFT folder for ``base``."""
     from preflexor_local.models import demo_adapter_path
 
-    out = work / "shipped-peft"
-    if not (out / "adapter_config.json").is_file():
-        run("convert", "lora-peft", str(demo_adapter_path()), "--base", str(base), "-o", str(out), "--force")
-    return out
+    return peft_of(demo_adapter_path(), base, work / "shipped-peft")
 
 
 def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Path:
@@ -421,10 +435,24 @@ def stage_continue(work: Path, pairs: Path, args) -> Path:
     return export_gguf(both, work / "adapter-continue.gguf", "--force")
 
 
+def stage_continue_phase2(work: Path, seed: int, roles: tuple[str, ...], args) -> Path:
+    """Phase II on the continued adapter (``adapter-continue.gguf``): rejected = its own reviews and rewrites of the
+    grounded refine records; a new LoRA on it merged, stacked on it -> ``adapter-continue-phase2.gguf``."""
+    adapter = work / "adapter-continue.gguf"
+    if not adapter.is_file():
+        raise SystemExit(f"{adapter} not found: run --stage continue first")
+    pairs = phase2_training_set(stage_phase2_pairs(work, seed, roles, adapter, work / "pairs-continue-phase2.jsonl", grounded_only=True), roles)
+    base = stage_base(work)
+    phase1 = peft_of(adapter, base, work / "continue-peft")
+    run_dir = stage_phase2_train(work, base, phase1, pairs, args, prefix="continue-")
+    both = stack_loras(phase1, args.phase2_round or run_dir / "adapter", work / "continue+phase2")
+    return export_gguf(both, work / "adapter-continue-phase2.gguf", "--force")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, pairs, run)")
-    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2", "continue"), default="all")
+    ap.add_argument("--stage", choices=("all", "base", "pairs", "train", "export", "phase2", "continue", "continue-phase2"), default="all")
     ap.add_argument("--phase1", type=Path, default=None, help="Phase I adapter Phase II starts from (default: WORK/run/adapter)")
     ap.add_argument("--phase2-roles", default="rewrite", help="critic roles Phase II pairs are made for: rewrite, critique or both")
     ap.add_argument("--phase2-method", choices=sorted(PHASE2_METHODS), default="orpo")
@@ -458,6 +486,9 @@ def main() -> None:
     if args.stage == "continue":
         print(stage_continue(args.work, args.work / "pairs.jsonl", args))
         return
+    if args.stage == "continue-phase2":
+        print(stage_continue_phase2(args.work, args.seed, roles, args))
+        return
     if args.stage != "phase2":
         base = stage_base(args.work) if want("base") or want("train") else None
         pairs = stage_pairs(args.work, args.rejected_tokens, args.seed) if want("pairs") else args.work / "pairs.jsonl"
@@ -466,7 +497,8 @@ def main() -> None:
             print(stage_export(args.work, run_dir))
     if want("phase2"):
         phase1 = args.phase1 or args.work / "run" / "adapter"
-        pairs2 = phase2_training_set(stage_phase2_pairs(args.work, args.seed, roles), roles)
+        made = stage_phase2_pairs(args.work, args.seed, roles, args.work / "adapter.gguf", args.work / "pairs-phase2.jsonl")
+        pairs2 = phase2_training_set(made, roles)
         run_dir = stage_phase2_train(args.work, stage_base(args.work), phase1, pairs2, args)
         print(stage_phase2_export(args.work, phase1, args.phase2_round or run_dir / "adapter"))
 

@@ -83,3 +83,21 @@ def test_a_pair_torn_by_a_kill_is_redone_and_the_file_stays_whole(recipe, tmp_pa
         fh.append(row(1))
     got = [json.loads(line)["chosen"] for line in recipe.phase2_training_set(pairs, ("rewrite",)).read_text().splitlines()]
     assert got == ["c0", "c1"] and recipe.done_keys(pairs) == {"x0:rewrite", "x1:rewrite"}
+
+
+def test_continued_phase2_reviews_and_rewrites_the_grounded_records_only_in_its_own_files(recipe, tmp_path):
+    """The critic's verdict is what the continued adapter lacks: its Phase II takes every grounded review, those of
+    nothing to fix included, and every grounded rewrite; its training file does not overwrite Phase II's."""
+    from preflexor_local.format import ThinkingFormat
+
+    got = recipe.phase2_examples(ThinkingFormat(), ("critique", "rewrite"), grounded_only=True)
+    assert got and all(rec.get("passages") for rec, _ in got)
+    reviews = [ex for _, ex in got if ex[0] == "critique"]
+    assert sum("nothing to fix" in ex[3].lower() for ex in reviews) >= 0.3 * len(reviews)
+    assert len(reviews) == sum(1 for r in recipe.seed_records("train") if r["task"] == "refine" and r.get("passages"))
+    assert {ex[0] for _, ex in recipe.phase2_examples(ThinkingFormat(), ("rewrite",), grounded_only=False)} == {"rewrite"}
+    row = {"prompt": "q", "chosen": "c", "rejected": "r", "meta": {"key": "x:critique", "role": "critique"}}
+    for name in ("pairs-phase2.jsonl", "pairs-continue-phase2.jsonl"):
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    outs = {recipe.phase2_training_set(tmp_path / n, ("critique",)).name for n in ("pairs-phase2.jsonl", "pairs-continue-phase2.jsonl")}
+    assert outs == {"pairs-phase2-critique.jsonl", "pairs-continue-phase2-critique.jsonl"}
