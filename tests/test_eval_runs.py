@@ -34,7 +34,7 @@ SCRIPT = {
     "down": ["A", "B", "B"],  # key A: right → wrong
     "stay": ["B", "B", "B"],  # key B: stays right
     "zig": ["A", "B", "A"],  # key B: wrong → right → wrong
-    "num": ["41", "42", "42"],  # key 42
+    "num": ["unsure", "42", "42"],  # key 42; round 1 gives no number at all (unreadable)
 }
 
 
@@ -229,6 +229,7 @@ def test_report_figures_recompute_from_item_records(tmp_path):
         n = len(recs)
         c = summary["conditions"][cond]
         assert (c["correct"], c["keyed"], c["accuracy"]) == (k, n, k / n)
+        assert c["readable"] == sum(it["prediction"] is not None for it in recs)
         p = k / n
         centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
         half = Z95 / (1 + Z95**2 / n) * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))
@@ -249,6 +250,7 @@ def test_report_figures_recompute_from_item_records(tmp_path):
     assert summary["conditions"]["self-consistency"]["mean_samples"] == by[("up", "self-consistency")]["samples"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| rounds-3 | round 1 → round 2 | 5 | 1 | 3 | +2 |" in md
+    assert summary["conditions"]["rounds-1"]["readable"] == 4 and "| 2 / 5 | 4 (80.0 %) |" in md  # num's round 1 names no number
     assert (tmp_path / "out" / "report.png").read_bytes().startswith(b"\x89PNG")
     lines = read_items(tmp_path / "out" / "items.jsonl")
     assert set(lines) == {x.id for x in QUESTIONS} and "transcript" in lines["up"]["records"][1]

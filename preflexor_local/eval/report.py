@@ -5,7 +5,8 @@ and it reads nothing but the flat item records that ``report.json`` stores, so
 anyone can recompute every figure from ``report.json["items"]``:
 
 * per condition: items run; keyed items, correct, accuracy with its 95 % Wilson
-  interval; for open items win/tie/loss against the baseline condition (the
+  interval; readable: keyed items whose final answer gave a key at all (right or
+  wrong), with its interval; for open items win/tie/loss against the baseline condition (the
   smallest round count), with Wilson intervals for the win and loss rates; mean
   generated tokens and seconds per item with 95 % intervals;
 * flips inside each multi-round run (``rounds-K`` and ``adaptive``): round i →
@@ -61,6 +62,7 @@ def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
     for cond, recs in by_cond.items():
         keyed = [r for r in recs if r["kind"] != "open"]
         correct = sum(1 for r in keyed if r["correct"])
+        readable = sum(1 for r in keyed if r.get("prediction") is not None)
         judged = [r for r in recs if r["kind"] == "open" and r.get("verdict")]
         win, tie, loss = (sum(1 for r in judged if r["verdict"] == v) for v in ("win", "tie", "loss"))
         tokens, tokens_ci = mean_ci([r["tokens"] for r in recs])
@@ -71,6 +73,9 @@ def summarize(items: list[dict], conditions: list[str], baseline: str) -> dict:
             "correct": correct,
             "accuracy": correct / len(keyed) if keyed else None,
             "accuracy_ci95": _interval(wilson(correct, len(keyed))),
+            "readable": readable,
+            "readable_rate": readable / len(keyed) if keyed else None,
+            "readable_ci95": _interval(wilson(readable, len(keyed))),
             "open": {
                 "judged": len(judged),
                 "win": win,
@@ -169,10 +174,18 @@ def _num(x, digits: int = 0) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
+def _readable(c: dict) -> str:
+    # reports written before the count existed have none
+    return "–" if c.get("readable_rate") is None else f"{c['readable']} ({_pct(c['readable_rate'])})"
+
+
 def markdown(report: dict) -> str:
     s, base = report["summary"], report["baseline"]
     lines = [f"### Evaluation: {report['question_set']['source']} ({report['question_set']['evaluated']} items)", ""]
-    lines += [f"| condition | accuracy | 95 % CI | correct / keyed | open win / tie / loss vs {base} | mean tokens | mean s |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| condition | accuracy | 95 % CI | correct / keyed | readable | open win / tie / loss vs {base} | mean tokens | mean s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for cond in report["conditions"]:
         c = s["conditions"].get(cond)
         if not c:
@@ -181,7 +194,7 @@ def markdown(report: dict) -> str:
         wtl = f"{o['win']} / {o['tie']} / {o['loss']}" if o["judged"] else "–"
         extra = f" ({c['mean_samples']:.1f} samples)" if "mean_samples" in c else ""
         lines.append(
-            f"| {cond}{extra} | {_pct(c['accuracy'])} | {_ci(c['accuracy_ci95'])} | {c['correct']} / {c['keyed']} | {wtl} | "
+            f"| {cond}{extra} | {_pct(c['accuracy'])} | {_ci(c['accuracy_ci95'])} | {c['correct']} / {c['keyed']} | {_readable(c)} | {wtl} | "
             f"{_num(c['mean_tokens'])} | {_num(c['mean_seconds'], 1)} |"
         )
     flip_rows = []
