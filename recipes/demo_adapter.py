@@ -54,7 +54,9 @@ Continued training (``--stage continue``; the pairs of stage 2 must exist):
 9. **continue-phase2**: Phase II on that adapter, as in steps 5-7: *rejected* = ``adapter-continue.gguf``'s own
    review (``--phase2-roles critique,rewrite``: the critic's verdict is what it has to learn) and rewrite of every
    grounded training ``refine`` record, with its passages as evidence; a new LoRA on it merged (``convert
-   lora-peft`` + ``convert merge``), stacked on it -> ``adapter-continue-phase2.gguf``.
+   lora-peft`` + ``convert merge``), stacked on it -> ``adapter-continue-phase2.gguf``. ``--phase2-replay N``
+   mixes in N Phase I reasoner pairs of the grounded records (-> ``adapter-continue-phase2-rN.gguf``): trained on
+   the critic's roles alone, the shared LoRA also moved the reasoner.
 
 Wall time on a 2-core CPU: see docs/demo-model.md.
 """
@@ -335,11 +337,11 @@ def merged_phase1(work: Path, base: Path, phase1: Path, name: str = "phase1-merg
     return merged
 
 
-def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args, prefix: str = "") -> Path:
-    """A new LoRA on ``phase1`` merged into the base (``WORK/PREFIXphase1-merged``), in ``WORK/PREFIXphase2-METHOD``."""
+def stage_phase2_train(work: Path, base: Path, phase1: Path, pairs: Path, args, prefix: str = "", suffix: str = "") -> Path:
+    """A new LoRA on ``phase1`` merged into the base (``WORK/PREFIXphase1-merged``), in ``WORK/PREFIXphase2-METHODSUFFIX``."""
     merged = merged_phase1(work, base, phase1, name=f"{prefix}phase1-merged")
     method, *extra = PHASE2_METHODS[args.phase2_method](args)
-    run_dir = work / f"{prefix}phase2-{args.phase2_method}"
+    run_dir = work / f"{prefix}phase2-{args.phase2_method}{suffix}"
     return train_run(method, merged, pairs, run_dir, args.phase2_epochs, args.phase2_lr, args, *extra, max_steps=args.phase2_max_steps)
 
 
@@ -394,23 +396,32 @@ def shipped_peft(work: Path, base: Path) -> Path:
     return peft_of(demo_adapter_path(), base, work / "shipped-peft")
 
 
-def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Path:
-    """Every pair of a grounded record (one with passages) and ``replay`` others drawn at random, shuffled.
+def with_replay(new: list[dict], pool: list[dict], replay: int, seed: int, out: Path) -> Path:
+    """``new`` and ``replay`` pairs of ``pool`` drawn at random, shuffled, written to ``out``.
 
-    The others keep the roles' earlier behaviour in the loss while the grounded ones are learnt (a replay share).
+    The pool's pairs keep the behaviour they taught in the loss while the new ones are learnt (a replay share): one
+    LoRA serves every role, so training some roles moves the others.
     """
-    grounded_ids = {rec["id"] for rec in seed_records("train") if rec.get("passages")}
-    rows = list(whole_rows(pairs))
-    new = [r for r in rows if r["meta"]["key"].split(":")[0] in grounded_ids]
-    old = [r for r in rows if r["meta"]["key"].split(":")[0] not in grounded_ids]
     rng = random.Random(seed)
-    replayed = rng.sample(old, min(replay, len(old)))
+    replayed = rng.sample(pool, min(replay, len(pool)))
     mixed = new + replayed
     rng.shuffle(mixed)
-    out = work / "pairs-continue.jsonl"
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mixed), encoding="utf-8")
-    print(f"continue: {len(new)} grounded pairs + {len(replayed)} replayed", file=sys.stderr, flush=True)
+    print(f"{out.name}: {len(new)} new pairs + {len(replayed)} replayed", file=sys.stderr, flush=True)
     return out
+
+
+def grounded_ids() -> set[str]:
+    return {rec["id"] for rec in seed_records("train") if rec.get("passages")}
+
+
+def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Path:
+    """Every pair of a grounded record (one with passages) and ``replay`` older ones drawn at random, shuffled."""
+    ids = grounded_ids()
+    rows = list(whole_rows(pairs))
+    new = [r for r in rows if r["meta"]["key"].split(":")[0] in ids]
+    old = [r for r in rows if r["meta"]["key"].split(":")[0] not in ids]
+    return with_replay(new, old, replay, seed, work / "pairs-continue.jsonl")
 
 
 def stage_continue(work: Path, pairs: Path, args) -> Path:
@@ -442,11 +453,16 @@ def stage_continue_phase2(work: Path, seed: int, roles: tuple[str, ...], args) -
     if not adapter.is_file():
         raise SystemExit(f"{adapter} not found: run --stage continue first")
     pairs = phase2_training_set(stage_phase2_pairs(work, seed, roles, adapter, work / "pairs-continue-phase2.jsonl", grounded_only=True), roles)
+    suffix = f"-r{args.phase2_replay}" if args.phase2_replay else ""
+    if args.phase2_replay:
+        ids = grounded_ids()
+        pool = [r for r in whole_rows(work / "pairs.jsonl") if r["meta"]["role"] == "reasoner" and r["meta"]["key"].split(":")[0] in ids]
+        pairs = with_replay(list(whole_rows(pairs)), pool, args.phase2_replay, seed, pairs.with_name(f"{pairs.stem}{suffix}.jsonl"))
     base = stage_base(work)
     phase1 = peft_of(adapter, base, work / "continue-peft")
-    run_dir = stage_phase2_train(work, base, phase1, pairs, args, prefix="continue-")
-    both = stack_loras(phase1, args.phase2_round or run_dir / "adapter", work / "continue+phase2")
-    return export_gguf(both, work / "adapter-continue-phase2.gguf", "--force")
+    run_dir = stage_phase2_train(work, base, phase1, pairs, args, prefix="continue-", suffix=suffix)
+    both = stack_loras(phase1, args.phase2_round or run_dir / "adapter", work / f"continue+phase2{suffix}")
+    return export_gguf(both, work / f"adapter-continue-phase2{suffix}.gguf", "--force")
 
 
 def main() -> None:
@@ -460,6 +476,12 @@ def main() -> None:
     ap.add_argument("--phase2-max-steps", type=int, default=14, help="cap on Phase II optimizer steps (the 14 measured in the README)")
     ap.add_argument("--phase2-lr", type=float, default=1e-4)
     ap.add_argument("--phase2-round", type=Path, default=None, help="Phase II checkpoint to export (default: WORK/phase2-METHOD/adapter)")
+    ap.add_argument(
+        "--phase2-replay",
+        type=int,
+        default=0,
+        help="--stage continue-phase2: Phase I reasoner pairs of the grounded records mixed in (the reasoner shares the LoRA)",
+    )
     ap.add_argument("--replay", type=int, default=64, help="--stage continue: older (ungrounded) pairs mixed in with the grounded ones")
     ap.add_argument("--continue-lr", type=float, default=2e-4, help="--stage continue: learning rate of the new LoRA")
     ap.add_argument("--rejected-tokens", type=int, default=96, help="most tokens of each rejected reply")
