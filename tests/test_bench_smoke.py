@@ -26,6 +26,7 @@ SMOKED = {
     "mlx.py",
     "pairs.py",
     "rag.py",
+    "reasoner_probe.py",
     "serve.py",
     "train.py",
     "transcripts.py",
@@ -135,6 +136,14 @@ def test_rag(env):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_reasoner_probe(env):
+    from preflexor_local.models import demo_adapter_path
+
+    out = bench(env, "reasoner_probe.py", demo_adapter_path(), "--limit", 1, "--max-tokens", 8)
+    assert out.rstrip().endswith("of 1") and out.startswith("gr-")
+
+
 def test_serve(env, long_tiny):
     args = ["--model", long_tiny[1], "--ctx", 2048, "--rounds", 1, "--max-tokens", 6, "--repeats", 1, "--clients", 1, "--parallel", 1, "--threads", 1]
     out = bench(env, "serve.py", *args)
