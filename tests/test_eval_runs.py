@@ -333,6 +333,33 @@ def test_adaptive_rounds_stop_early_and_the_report_counts_the_tokens_saved(tmp_p
     assert "| adaptive | round 1 → round 2 | 5 | 1 | 3 | +2 | 1 |" in md
 
 
+def test_adaptive_runs_the_rounds_of_the_fixed_run_even_where_a_second_draw_would_differ(tmp_path):
+    """llama.cpp's greedy output depends on what its prompt cache holds: the same first round, drawn again for the
+    adaptive condition, once came out with another answer (gr-003: 96 in rounds-3, 5.0 in adaptive). A keyed
+    item's adaptive rounds are the fixed run's, cut where the engine stops."""
+    seen: dict[str, int] = {}
+
+    def drifting(request) -> str:
+        if request.sampling.temperature == 0 and not ("Review this reasoning" in last_user(request) or "Rewrite" in last_user(request)):
+            k = repr(request.messages) + request.prefill
+            seen[k] = seen.get(k, 0) + 1
+            if seen[k] > 1 and not request.prefill.endswith("<|thinking|>\n"):
+                return "Answer: A"  # a second draw of the same prompt, another answer
+        return calm_reply(request)
+
+    SCRIPT["calm"] = ["B", "B", "B"]
+    qset = QuestionSet(source="scripted", path="scripted", sha256="0", questions=(q("calm"), q("zig")))
+    settings = EvalSettings(rounds="1,3", baselines="none", adaptive=True)
+    backend = Scripted(drifting)
+    report = evaluate(qset, tmp_path / "out", "scripted", settings=settings, sampling=GREEDY, progress=False, loaded=Models(backend, backend, backend))
+    by = {(it["id"], it["condition"]): it for it in report["items"]}
+    for qid, stop in (("calm", 1), ("zig", 3)):
+        a, fixed = by[(qid, "adaptive")], by[(qid, "rounds-3")]
+        assert [r["answer"] for r in a["rounds"]] == [r["answer"] for r in fixed["rounds"][:stop]]
+    assert by[("calm", "adaptive")]["stop_reason"] == "nothing_to_fix" and by[("calm", "adaptive")]["correct"]
+    assert by[("zig", "adaptive")]["prediction"] == by[("zig", "rounds-3")]["prediction"]
+
+
 def test_batched_draws_keep_exactly_the_samples_drawn_one_at_a_time():
     from preflexor_local.eval.samples import draw, kept
 

@@ -14,10 +14,13 @@ Conditions, all on the same item:
   reasoner calls) instead of being generated again; the record says so
   (``derived_from``). That also pairs the flip counts exactly.
 * ``adaptive`` (``--adaptive``): the engine with early stops, at most the
-  largest K rounds, the same seed as ``rounds-K`` (so it runs the same rounds
-  until it stops): it ends when the critic finds nothing to fix or two answers
-  agree. Its record says why it stopped and the tokens it saved against
-  ``rounds-K`` on the same item.
+  largest K rounds: it ends when the critic finds nothing to fix or two answers
+  agree. A keyed item's is read from ``rounds-K`` cut where the engine stops
+  (``engine.stopped_early``: the same rounds, the answer selected from them);
+  generating them again would not give the same rounds, as llama.cpp's greedy
+  output depends on what its prompt cache holds. An open item's runs (with the
+  same seed), since its answers are merged. Its record says why it stopped and
+  the tokens it saved against ``rounds-K`` on the same item.
 * ``self-consistency``: independent single-round samples at
   ``--sample-temperature``, majority vote over their extracted predictions
   (choice, numeric within tolerance, exact); not defined for open items.
@@ -49,7 +52,7 @@ from ..answers import Key
 from ..backends.base import Backend
 from ..config import Recursion, Sampling
 from ..format import ThinkingFormat
-from ..reasoning.engine import Engine
+from ..reasoning.engine import Engine, stopped_early
 from ..reasoning.transcript import Transcript
 from .extract import same_prediction, score
 from .grounding import Grounding, ItemGrounding
@@ -312,7 +315,10 @@ class ItemRunner:
                     records[rounds_name(1)] = self._first_round_record(q, records[rounds_name(k)], t)
         fixed = records[rounds_name(cfg.max_rounds)]
         if cfg.adaptive:
-            t = self._engine(replace(self.sampling, seed=seed), cfg.max_rounds, early_stop=True, grounding=grounding).run(prompt, key=key)
+            if key is not None:  # the largest run, cut where the engine stops: the same calls, not a second draw of them
+                t = stopped_early(largest, key)
+            else:  # an open item's answers are merged: the integrator writes for the rounds it stopped at
+                t = self._engine(replace(self.sampling, seed=seed), cfg.max_rounds, early_stop=True, grounding=grounding).run(prompt, key=key)
             records[ADAPTIVE] = self._adaptive_record(q, seed, t, fixed)
         # One answer's size (round 1's reasoner calls, the same prompt) sizes the first batch of samples.
         estimate = sum(c.completion_tokens for c in largest.rounds[0].calls if c.role == "reasoner")

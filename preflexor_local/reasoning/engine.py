@@ -23,6 +23,7 @@ All text goes through ``format.StreamParser``: the streamed channels and the tra
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections import Counter
 from collections.abc import Callable
@@ -64,6 +65,42 @@ def answers_agree(a: str, b: str, key: Key | None = None) -> bool:
         return same_key(key.kind, extract_key(key.kind, a, key.choices), extract_key(key.kind, b, key.choices), key.tolerance)
     wa, wb = a.lower().split(), b.lower().split()
     return bool(wa) and difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio() >= AGREE
+
+
+def stop_reason(rounds: list[Round], key: Key | None) -> str | None:
+    """Why an early-stopping recursion ends after the last of ``rounds``, else None: its answer agrees with the one
+    before (checked before it is critiqued: no critique is made then), or its critic found nothing to fix."""
+    if len(rounds) > 1 and answers_agree(rounds[-2].answer, rounds[-1].answer, key):
+        return "answers_agree"
+    return "nothing_to_fix" if rounds[-1].verdict == "nothing to fix" else None
+
+
+def stopped_early(t: Transcript, key: Key) -> Transcript:
+    """A keyed run of fixed rounds as the engine with ``early_stop`` runs it: the same rounds up to where it stops
+    (``stop_reason``), the critic calls it would not have made dropped, the answer selected from those rounds.
+
+    Exact, since every call up to the stop has the same prompt. Running them again is not: llama.cpp's greedy
+    output changes with how much of a prompt its cache already holds (measured: the same first round written twice
+    with different answers).
+    """
+    out = copy.deepcopy(t)
+    out.settings.setdefault("recursion", {})["early_stop"] = True
+    for i in range(1, len(out.rounds)):  # the last round is never checked: the recursion ends there anyway
+        why = stop_reason(out.rounds[:i], key)
+        if why is None:
+            continue
+        out.rounds, out.stop_reason = out.rounds[:i], why
+        last = out.rounds[-1]
+        last.improved_thinking = None  # no next round to start from it
+        last.calls = [c for c in last.calls if c.channel != "rewrite"]
+        if why == "answers_agree":  # stopped before the critique
+            last.critique = last.critique_source = last.verdict = None
+            last.passages, last.cited = [], []
+            last.calls = [c for c in last.calls if c.role == "reasoner"]
+        break
+    out.selection = select(out.rounds, key)
+    out.final_answer = out.selection.pop("answer")
+    return out
 
 
 class Engine:
@@ -134,8 +171,8 @@ class Engine:
             t.rounds.append(rnd)
             if last:
                 break
-            if len(t.rounds) > 1 and self.recursion.early_stop and answers_agree(t.rounds[-2].answer, rnd.answer, key):
-                t.stop_reason = "answers_agree"
+            if self.recursion.early_stop and (why := stop_reason(t.rounds, key)):  # before the critique: agreement only
+                t.stop_reason = why
                 break
             if self.evidence is not None:
                 found = self.evidence(question, rnd.thinking)
@@ -145,8 +182,8 @@ class Engine:
             ref = self.strategy.refine(lambda name, r, **inputs: self._critic_turn(ctx, name, r, **inputs), rnd)
             rnd.critique, rnd.critique_source, rnd.verdict = ref.critique.strip(), ref.source, ref.verdict
             rnd.cited = cited_passages(rnd.critique, len(rnd.passages)) if rnd.passages else []
-            if ref.verdict == "nothing to fix" and self.recursion.early_stop:
-                t.stop_reason = "nothing_to_fix"
+            if self.recursion.early_stop and (why := stop_reason(t.rounds, key)):
+                t.stop_reason = why
                 break
             improved = self._clean_thinking(ref.improved_thinking or "") or rnd.thinking  # an empty rewrite keeps the old thinking
             rnd.improved_thinking = improved
