@@ -401,3 +401,25 @@ def test_runs_over_parts_of_a_set_merge_into_the_report_of_one_run(tmp_path):
     merged = load_script("bench/merge_eval.py").merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
     assert merged["summary"] == whole["summary"] and merged["question_set"]["evaluated"] == len(QUESTIONS)
     assert "| rounds-2 |" in (tmp_path / "merged" / "report.md").read_text()
+
+
+def test_an_older_runs_adaptive_records_are_made_again_from_its_fixed_rounds(tmp_path):
+    """bench/merge_eval.py --adaptive-from-fixed: a run whose adaptive rounds were drawn again (before 7a9e4ca) gets
+    the records the eval makes now, from its rounds-K transcripts, with no generation."""
+    from scripts import load_script
+
+    merge_eval = load_script("bench/merge_eval.py")
+    SCRIPT["calm"] = ["B", "B", "B"]
+    qset = QuestionSet(source="scripted", path="scripted", sha256="0", questions=(*QUESTIONS, q("calm")))
+    backend = Scripted(calm_reply)
+    settings = EvalSettings(rounds="1,3", baselines="none", adaptive=True)
+    now = evaluate(qset, tmp_path / "run", "scripted", settings=settings, sampling=GREEDY, progress=False, loaded=Models(backend, backend, backend))
+    items = tmp_path / "run" / "items.jsonl"
+    lines = [json.loads(x) for x in items.read_text().splitlines()]
+    for line in lines:  # as an older run left them: a second draw that came out otherwise
+        ad = next(r for r in line["records"] if r["condition"] == "adaptive")
+        ad.update(rounds_run=1, stop_reason="nothing_to_fix", prediction="A", correct=False, tokens=1)
+    items.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert merge_eval.merge(tmp_path / "as-is", [tmp_path / "run"])["summary"] != now["summary"]
+    again = merge_eval.merge(tmp_path / "again", [tmp_path / "run"], from_fixed=True)
+    assert again["summary"] == now["summary"]

@@ -90,6 +90,52 @@ class Models:
     judge: PairwiseJudge | None = None
 
 
+def rounds_record(q: Question, name: str, seed: int, temperature: float, t: Transcript) -> dict:
+    """The record of one multi-round condition (``rounds-K`` or ``adaptive``) on ``q``: per round and final."""
+    per_round = []
+    for rnd in t.rounds:
+        s = score(q, rnd.answer)
+        per_round.append(
+            {
+                "index": rnd.index,
+                "answer": rnd.answer,
+                "prediction": s.prediction,
+                "correct": s.correct,
+                "tokens": rnd.completion_tokens,
+                "seconds": round(rnd.seconds, 4),
+                "verdict": rnd.verdict,
+                "cited": rnd.cited,
+            }
+        )
+    s = score(q, t.final_answer)
+    return {
+        "condition": name,
+        "family": "adaptive" if name == ADAPTIVE else "rounds",
+        "rounds_run": len(t.rounds),
+        "seed": seed,
+        "temperature": temperature,
+        "final_answer": t.final_answer,
+        "prediction": s.prediction,
+        "correct": s.correct,
+        "integrated": t.integrated,
+        "selected": t.selection is not None,  # keyed: chosen from the rounds (the transcript has the votes)
+        "selection_rule": t.selection["rule"] if t.selection else None,
+        "stop_reason": t.stop_reason,
+        "tokens": t.completion_tokens,
+        "prompt_tokens": t.prompt_tokens,
+        "seconds": round(t.seconds, 4),
+        "calls": len(t.calls),
+        "rounds": per_round,
+        "transcript": t.to_dict(),
+    }
+
+
+def adaptive_record(q: Question, seed: int, temperature: float, t: Transcript, fixed: dict, max_rounds: int) -> dict:
+    rec = rounds_record(q, ADAPTIVE, seed, temperature, t)
+    rec.update(max_rounds=max_rounds, versus=fixed["condition"], tokens_saved=fixed["tokens"] - rec["tokens"])
+    return rec
+
+
 class ItemRunner:
     """Runs every condition on one question and returns the item's records (one JSONL line)."""
 
@@ -130,42 +176,7 @@ class ItemRunner:
 
     # -- conditions -------------------------------------------------------------
     def _rounds_record(self, q: Question, name: str, seed: int, t: Transcript) -> dict:
-        per_round = []
-        for rnd in t.rounds:
-            s = score(q, rnd.answer)
-            per_round.append(
-                {
-                    "index": rnd.index,
-                    "answer": rnd.answer,
-                    "prediction": s.prediction,
-                    "correct": s.correct,
-                    "tokens": rnd.completion_tokens,
-                    "seconds": round(rnd.seconds, 4),
-                    "verdict": rnd.verdict,
-                    "cited": rnd.cited,
-                }
-            )
-        s = score(q, t.final_answer)
-        return {
-            "condition": name,
-            "family": "adaptive" if name == ADAPTIVE else "rounds",
-            "rounds_run": len(t.rounds),
-            "seed": seed,
-            "temperature": self.sampling.temperature,
-            "final_answer": t.final_answer,
-            "prediction": s.prediction,
-            "correct": s.correct,
-            "integrated": t.integrated,
-            "selected": t.selection is not None,  # keyed: chosen from the rounds (the transcript has the votes)
-            "selection_rule": t.selection["rule"] if t.selection else None,
-            "stop_reason": t.stop_reason,
-            "tokens": t.completion_tokens,
-            "prompt_tokens": t.prompt_tokens,
-            "seconds": round(t.seconds, 4),
-            "calls": len(t.calls),
-            "rounds": per_round,
-            "transcript": t.to_dict(),
-        }
+        return rounds_record(q, name, seed, self.sampling.temperature, t)
 
     @staticmethod
     def _first_round_record(q: Question, big: dict, t: Transcript) -> dict:
@@ -193,9 +204,7 @@ class ItemRunner:
         }
 
     def _adaptive_record(self, q: Question, seed: int, t: Transcript, fixed: dict) -> dict:
-        rec = self._rounds_record(q, ADAPTIVE, seed, t)
-        rec.update(max_rounds=self.settings.max_rounds, versus=fixed["condition"], tokens_saved=fixed["tokens"] - rec["tokens"])
-        return rec
+        return adaptive_record(q, seed, self.sampling.temperature, t, fixed, self.settings.max_rounds)
 
     def _sample(self, q: Question, i: int, grounding: ItemGrounding | None = None) -> dict:
         seed = item_seed(self.base_seed, q.id, f"sample-{i}")
