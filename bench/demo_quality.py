@@ -30,6 +30,7 @@ questions are not redone), the table to stdout, ``OUT/report.json``.
 
     python bench/demo_quality.py -o bench-out/quality [--limit 12] [--models base,adapter]
     python bench/demo_quality.py -o bench-out/candidate --models adapter --adapter candidate.gguf [--adapter more.gguf:0.5]
+    python bench/demo_quality.py -o bench-out/greedy --models adapter --temperature 0 --max-tokens 200
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run_model(
     out: Path,
     rounds: int,
     report_only: bool = False,
-    dry: float | None = None,
+    overrides: dict | None = None,
     adapters: tuple = (),
     seed: int = 0,
 ) -> dict:
@@ -155,8 +156,9 @@ def run_model(
     t0 = time.perf_counter()
     backend = load(spec, LoadOptions(adapters=adapters))
     load_s = time.perf_counter() - t0
-    # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier overrides DRY for both models
-    sampling = Sampling(seed=seed, **({} if dry is None else {"dry_multiplier": dry}))
+    # the README command's settings (temperature 0.1, DRY 0.8), seeded; --dry-multiplier, --temperature and
+    # --max-tokens override them for every model
+    sampling = Sampling(seed=seed, **(overrides or {}))
     with Appender(path) as fh:
         for i, q in enumerate(questions, 1):
             if q["id"] in done:
@@ -275,6 +277,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="no generation: report on the transcripts already in OUT")
     ap.add_argument("--speed", action="store_true", help="only the speed comparison (load time, tok/s)")
     ap.add_argument("--dry-multiplier", type=float, default=None, help="DRY strength for both models (default: the shipped default; 0 = off)")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the shipped one; 0 = greedy)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="most tokens per call (default: the shipped limit)")
     ap.add_argument(
         "--adapter",
         action="append",
@@ -291,7 +295,9 @@ def main() -> None:
     report = {}
     for label in args.models.split(","):
         adapters = tuple(args.adapter) if label == "adapter" else ()
-        res = run_model(label, args.model or MODELS[label], questions, args.out, args.rounds, args.report_only, args.dry_multiplier, adapters, args.seed)
+        overrides = {"dry_multiplier": args.dry_multiplier, "temperature": args.temperature, "max_tokens": args.max_tokens}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        res = run_model(label, args.model or MODELS[label], questions, args.out, args.rounds, args.report_only, overrides, adapters, args.seed)
         report[label] = {**measure(res["records"], leaks, embed), "load_s": None if res["load_s"] is None else round(res["load_s"], 3)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     keys = [

@@ -104,9 +104,28 @@ def test_convert(env, tiny_llama, tiny_llama_gguf):
 
 @pytest.mark.slow
 def test_demo_quality_and_transcripts(env, long_tiny, tmp_path):
-    out = bench(env, "demo_quality.py", "-o", tmp_path, "--models", "adapter", "--model", long_tiny[1], "--limit", 1, "--rounds", 1)
+    out = bench(
+        env,
+        "demo_quality.py",
+        "-o",
+        tmp_path,
+        "--models",
+        "adapter",
+        "--model",
+        long_tiny[1],
+        "--limit",
+        1,
+        "--rounds",
+        1,
+        "--temperature",
+        0,
+        "--max-tokens",
+        24,
+    )
     assert "| thinking_closed |" in out and "| relevance_median |" in out
     assert json.loads((tmp_path / "report.json").read_text())["adapter"]["questions"] == 1
+    sampling = json.loads((tmp_path / "adapter.jsonl").read_text().splitlines()[0])["transcript"]["settings"]["sampling"]
+    assert (sampling["temperature"], sampling["max_tokens"]) == (0, 24)
     md = bench(env, "transcripts.py", tmp_path / "adapter.jsonl", "--limit", 1)
     assert md.startswith("### base + adapter (default): ") and "[round 1 · thinking" in md
 
