@@ -21,8 +21,9 @@ GROUNDED_ALIAS = "gemma3-270m-grounded"  # the embedded base with the adapter tr
 DEFAULT_FILE = "gemma-3-270m-q4_k_m.gguf"
 # The PRefLexOR LoRAs for the default model, trained by recipes/demo_adapter.py; they ship inside the package.
 DEMO_ADAPTER = Path(__file__).parent / "data" / "demo-adapter.gguf"
-# The demo adapter trained on from the grounded seed records (--stage continue): it checks claims against passages
-# and cites them, and so it cites "[1]" even where no passage was given; it is used only where retrieval is on.
+# The demo adapter trained on from the grounded seed records (recipe stages continue and continue-phase2): it checks
+# claims against passages and cites them, and so it cites "[1]" even where no passage was given; it is used only
+# where retrieval is on.
 GROUNDED_ADAPTER = Path(__file__).parent / "data" / "demo-adapter-grounded.gguf"
 # Each embedded model name -> (the adapter it applies, its display name); None is the raw base.
 EMBEDDED = {

@@ -415,12 +415,17 @@ def grounded_ids() -> set[str]:
     return {rec["id"] for rec in seed_records("train") if rec.get("passages")}
 
 
+def record_id(row: dict) -> str:
+    """The seed record a pair was made from (its key is ``RECORD:ROLE``)."""
+    return row["meta"]["key"].split(":")[0]
+
+
 def continue_training_set(work: Path, pairs: Path, replay: int, seed: int) -> Path:
     """Every pair of a grounded record (one with passages) and ``replay`` older ones drawn at random, shuffled."""
     ids = grounded_ids()
     rows = list(whole_rows(pairs))
-    new = [r for r in rows if r["meta"]["key"].split(":")[0] in ids]
-    old = [r for r in rows if r["meta"]["key"].split(":")[0] not in ids]
+    new = [r for r in rows if record_id(r) in ids]
+    old = [r for r in rows if record_id(r) not in ids]
     return with_replay(new, old, replay, seed, work / "pairs-continue.jsonl")
 
 
@@ -456,7 +461,7 @@ def stage_continue_phase2(work: Path, seed: int, roles: tuple[str, ...], args) -
     suffix = f"-r{args.phase2_replay}" if args.phase2_replay else ""
     if args.phase2_replay:
         ids = grounded_ids()
-        pool = [r for r in whole_rows(work / "pairs.jsonl") if r["meta"]["role"] == "reasoner" and r["meta"]["key"].split(":")[0] in ids]
+        pool = [r for r in whole_rows(work / "pairs.jsonl") if r["meta"]["role"] == "reasoner" and record_id(r) in ids]
         pairs = with_replay(list(whole_rows(pairs)), pool, args.phase2_replay, seed, pairs.with_name(f"{pairs.stem}{suffix}.jsonl"))
     base = stage_base(work)
     phase1 = peft_of(adapter, base, work / "continue-peft")

@@ -175,9 +175,6 @@ class ItemRunner:
         return Engine(m.reasoner, m.critic, m.integrator, sampling=sampling, recursion=recursion, fmt=self.fmt, context=context, evidence=evidence)
 
     # -- conditions -------------------------------------------------------------
-    def _rounds_record(self, q: Question, name: str, seed: int, t: Transcript) -> dict:
-        return rounds_record(q, name, seed, self.sampling.temperature, t)
-
     @staticmethod
     def _first_round_record(q: Question, big: dict, t: Transcript) -> dict:
         """``rounds-1`` read from round 1 of a longer run: the reasoner's calls of that round only."""
@@ -202,9 +199,6 @@ class ItemRunner:
             "rounds": [{"index": 1, "answer": rnd.answer, "prediction": s.prediction, "correct": s.correct, "tokens": tokens, "seconds": seconds}],
             "derived_from": big["condition"],
         }
-
-    def _adaptive_record(self, q: Question, seed: int, t: Transcript, fixed: dict) -> dict:
-        return adaptive_record(q, seed, self.sampling.temperature, t, fixed, self.settings.max_rounds)
 
     def _sample(self, q: Question, i: int, grounding: ItemGrounding | None = None) -> dict:
         seed = item_seed(self.base_seed, q.id, f"sample-{i}")
@@ -317,7 +311,7 @@ class ItemRunner:
             if k == 1 and derive_one:
                 continue
             t = self._engine(replace(self.sampling, seed=seed), k, grounding=grounding).run(prompt, key=key)
-            records[rounds_name(k)] = self._rounds_record(q, rounds_name(k), seed, t)
+            records[rounds_name(k)] = rounds_record(q, rounds_name(k), seed, self.sampling.temperature, t)
             if k == cfg.max_rounds:
                 largest = t
                 if derive_one:
@@ -328,7 +322,7 @@ class ItemRunner:
                 t = stopped_early(largest, key)
             else:  # an open item's answers are merged: the integrator writes for the rounds it stopped at
                 t = self._engine(replace(self.sampling, seed=seed), cfg.max_rounds, early_stop=True, grounding=grounding).run(prompt, key=key)
-            records[ADAPTIVE] = self._adaptive_record(q, seed, t, fixed)
+            records[ADAPTIVE] = adaptive_record(q, seed, self.sampling.temperature, t, fixed, cfg.max_rounds)
         # One answer's size (round 1's reasoner calls, the same prompt) sizes the first batch of samples.
         estimate = sum(c.completion_tokens for c in largest.rounds[0].calls if c.role == "reasoner")
         records.update(self.baselines(q, fixed["tokens"], estimate, grounding))
